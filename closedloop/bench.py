@@ -1,0 +1,147 @@
+"""Benchmark harness: each named benchmark measures closedloop and a raw baseline in the same run.
+
+A benchmark returns one or more :class:`Measurement` rows: the project's figure, the baseline's, and
+their ratio, so results compare across machines. Each side runs in a fresh spawned process so that
+peak memory (``ru_maxrss``) is its own and not the harness's. Results go to JSON and a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROWS_PER_CUSTOMER = 8.7  # profile + 6 statements + application + ~0.7 matured outcomes
+
+
+@dataclass
+class Measurement:
+    benchmark: str
+    metric: str
+    unit: str
+    project: float
+    baseline: float
+    higher_is_better: bool
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """project / baseline."""
+        return self.project / self.baseline if self.baseline else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": round(self.ratio, 3)}
+
+
+@dataclass
+class BenchReport:
+    started_at: str
+    machine: dict[str, Any]
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started_at": self.started_at, "machine": self.machine,
+                "measurements": [m.to_dict() for m in self.measurements]}
+
+    def markdown(self) -> str:
+        lines = ["| benchmark | metric | closedloop | raw baseline | ratio (closedloop / baseline) | note |",
+                 "|---|---|---|---|---|---|"]
+        for m in self.measurements:
+            lines.append(f"| {m.benchmark} | {m.metric} ({m.unit}) | {m.project:,.3g} | {m.baseline:,.3g} | "
+                         f"{m.ratio:.2f} | {m.note} |")
+        return "\n".join(lines) + "\n"
+
+
+def _in_child(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """Run ``fn`` in a fresh interpreter and return its figures plus its peak memory growth."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measured, (fn, *args))
+
+
+def _measured(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    import psutil
+
+    before = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    figures = fn(*args)
+    figures["seconds"] = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    figures["peak_mb"] = max(peak - before, 0) / 2**20
+    return figures
+
+
+def _generate(customers: int, folder: str) -> dict[str, float]:
+    from tasks.synthetic import SyntheticConfig, write_synthetic
+
+    summary = write_synthetic(SyntheticConfig(customers=customers, seed=11), folder)
+    return {"rows": float(summary.total_rows)}
+
+
+def _raw_write(rows: int, folder: str) -> dict[str, float]:
+    """The floor: the same number of rows of random columns, made in one go and written to parquet."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(11)
+    columns = {f"f{i}": rng.random(rows) for i in range(7)}
+    columns["ts"] = pa.array(rng.integers(0, 2**40, rows)).cast(pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table(columns), f"{folder}/raw.parquet", compression="zstd")
+    return {"rows": float(rows)}
+
+
+def bench_generator(rows: int = 1_000_000) -> list[Measurement]:
+    """Synthetic generator: rows/s against a raw numpy->parquet write, and peak memory at 1x and 3x size."""
+    customers = math.ceil(rows / ROWS_PER_CUSTOMER)
+    out: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
+        small = _in_child(_generate, customers, f"{tmp}/gen1")
+        raw = _in_child(_raw_write, int(small["rows"]), f"{tmp}")
+        shutil.rmtree(f"{tmp}/gen1")
+        big = _in_child(_generate, customers * 3, f"{tmp}/gen3")
+        raw_big = _in_child(_raw_write, int(big["rows"]), f"{tmp}")
+    out.append(Measurement("generator", f"throughput at {small['rows']:,.0f} rows", "rows/s",
+                           small["rows"] / small["seconds"], raw["rows"] / raw["seconds"], True,
+                           f"{small['seconds']:.1f} s for {small['rows']:,.0f} rows in 4 tables"))
+    out.append(Measurement("generator", f"peak memory at {small['rows']:,.0f} rows", "MB",
+                           small["peak_mb"], raw["peak_mb"], False, "baseline holds all rows at once"))
+    out.append(Measurement("generator", f"peak memory at {big['rows']:,.0f} rows", "MB",
+                           big["peak_mb"], raw_big["peak_mb"], False,
+                           f"3x the rows: {big['peak_mb'] / max(small['peak_mb'], 1e-9):.2f}x the memory "
+                           f"(baseline {raw_big['peak_mb'] / max(raw['peak_mb'], 1e-9):.2f}x)"))
+    return out
+
+
+BENCHMARKS: dict[str, Callable[..., list[Measurement]]] = {
+    "generator": bench_generator,
+}
+
+
+def run(names: list[str], out_dir: Path, **options: Any) -> tuple[BenchReport, Path]:
+    """Run the named benchmarks (all when empty); write ``<out_dir>/bench-<time>.{json,md}``."""
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise KeyError(f"unknown benchmark(s) {unknown}; available: {sorted(BENCHMARKS)}")
+    report = BenchReport(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine={"python": platform.python_version(), "cpus": multiprocessing.cpu_count(),
+                 "platform": platform.platform()},
+    )
+    for name in names or list(BENCHMARKS):
+        report.measurements.extend(BENCHMARKS[name](**options.get(name, {})))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"bench-{report.started_at.replace(':', '')}"
+    stem.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=2))
+    stem.with_suffix(".md").write_text(report.markdown())
+    return report, stem.with_suffix(".json")

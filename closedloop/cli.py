@@ -1,0 +1,243 @@
+"""The ``closedloop`` command line: the stack, the data, the benchmarks and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from closedloop.settings import Settings, SettingsError, disable_telemetry, load_settings
+
+app = typer.Typer(help="closedloop: a closed-loop MLOps pipeline for credit-risk scoring.", no_args_is_help=True)
+data_app = typer.Typer(help="Put data into the landing zone.", no_args_is_help=True)
+contract_app = typer.Typer(help="Inspect dataset contracts.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(contract_app, name="contract")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"closedloop: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _emit(payload: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str) if as_json else text)
+
+
+@app.callback()
+def _main() -> None:
+    disable_telemetry()
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from closedloop.contract import ContractError
+    from closedloop.stack import StackError
+    from closedloop.storage import StorageError
+
+    return (ContractError, StackError, StorageError, SettingsError)
+
+
+def _status_table(rows: list[Any]) -> str:
+    lines = [f"{'component':<10} {'state':<10} {'pid':>8}  address"]
+    for row in rows:
+        lines.append(f"{row.name:<10} {row.state:<10} {row.pid or '-':>8}  {row.address}"
+                     + (f"\n{'':<31}{row.detail}" if row.detail else ""))
+    return "\n".join(lines)
+
+
+@app.command()
+def up(
+    s3: Annotated[bool, typer.Option("--s3", help="also start a local in-memory S3 endpoint (moto)")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start the Prefect and MLflow servers in the background (idempotent) and print their addresses."""
+    from closedloop import stack
+
+    settings = _settings()
+    try:
+        rows = stack.up(settings, s3=s3)
+    except _known_errors() as exc:
+        _fail(str(exc))
+    text = _status_table(rows) + f"\n\nstate: {settings.state_dir}\nprofile: {settings.profile.value}"
+    if any(r.name == "s3" for r in rows):
+        text += ("\n\nThe S3 endpoint keeps everything in memory and loses it on 'down'. Use it with\n"
+                 f"  export CLOSEDLOOP_S3_ENDPOINT_URL={settings.s3_local_endpoint} AWS_ACCESS_KEY_ID=test "
+                 "AWS_SECRET_ACCESS_KEY=test")
+    _emit({"profile": settings.profile.value, "state_dir": settings.state_dir,
+           "components": [r.to_dict() for r in rows]}, as_json, text)
+
+
+@app.command()
+def down(as_json: JsonFlag = False) -> None:
+    """Stop exactly the servers 'up' started, by their recorded pids."""
+    from closedloop import stack
+
+    settings = _settings()
+    stopped = stack.down(settings)
+    _emit({"stopped": stopped}, as_json, f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(as_json: JsonFlag = False) -> None:
+    """Report each component, its pid and its address; exit 1 when something is not running."""
+    from closedloop import stack
+
+    settings = _settings()
+    if not settings.state_dir.exists():
+        _fail(f"no closedloop state at {settings.state_dir}: run 'closedloop up' first "
+              "(or point CLOSEDLOOP_STATE_DIR at an existing state directory)")
+    rows = stack.status(settings)
+    _emit({"profile": settings.profile.value, "state_dir": settings.state_dir,
+           "components": [r.to_dict() for r in rows]}, as_json, _status_table(rows))
+    if any(r.state != "running" for r in rows):
+        raise typer.Exit(1)
+
+
+@contract_app.command("check")
+def contract_check(
+    path: Annotated[Path | None, typer.Argument(help="contract file (default: CLOSEDLOOP_CONTRACT)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate a contract and show what is derived from it."""
+    from closedloop.contract import ContractError, load_contract
+
+    target = path or _settings().contract
+    try:
+        contract = load_contract(target)
+    except ContractError as exc:
+        _fail(str(exc))
+    derived = {
+        "name": contract.name, "version": contract.version, "fingerprint": contract.fingerprint,
+        "tables": {name: contract.required_columns(name) for name in contract.tables},
+        "model_inputs": [c.name for c in contract.model_inputs],
+        "sensitive": [c.name for c in contract.sensitive],
+        "excluded": {c.name: c.exclude for c in contract.excluded},
+        "label": contract.label.model_dump(),
+    }
+    text = (f"{contract.name} v{contract.version} ({contract.fingerprint}): valid\n"
+            f"  model inputs: {', '.join(derived['model_inputs'])}\n"
+            f"  sensitive:    {', '.join(derived['sensitive']) or '-'}\n"
+            f"  excluded:     {', '.join(derived['excluded']) or '-'}")
+    _emit(derived, as_json, text)
+
+
+@data_app.command("synth")
+def data_synth(
+    customers: Annotated[int, typer.Option(min=1, help="customers, one application each (~8.7 rows each)")] = 20_000,
+    seed: int = 7,
+    start: Annotated[str, typer.Option(help="first application month, YYYY-MM")] = "2025-01",
+    months: Annotated[int, typer.Option(min=1)] = 12,
+    scenario: Annotated[str, typer.Option(help="none, covariate_shift, new_category, concept_drift, "
+                                                "quality_bug, delayed_labels")] = "none",
+    drift_start: Annotated[str | None, typer.Option(help="YYYY-MM the scenario starts (default: 2/3 in)")] = None,
+    batch: Annotated[str, typer.Option(help="month or week")] = "month",
+    file_format: Annotated[str, typer.Option("--format", help="parquet, csv or mixed")] = "parquet",
+    out: Annotated[str | None, typer.Option(help="landing URI (default: the lake's landing zone)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate synthetic credit data as dated batches in the landing zone."""
+    from tasks.synthetic import FileFormat, Scenario, SyntheticConfig, write_synthetic
+
+    settings = _settings()
+    try:
+        config = SyntheticConfig(customers=customers, seed=seed, start=start, months=months,
+                                 scenario=Scenario(scenario), drift_start=drift_start, batch=batch,
+                                 file_format=FileFormat(file_format))
+        target = out or settings.landing_uri("credit_synthetic")
+        summary = write_synthetic(config, target, settings.s3_endpoint_url)
+    except ValueError as exc:
+        _fail(str(exc))
+    except _known_errors() as exc:
+        _fail(str(exc))
+    payload = {"landing_uri": target, "rows": summary.rows, "total_rows": summary.total_rows,
+               "files": len(summary.files), "config": summary.config}
+    _emit(payload, as_json, f"wrote {summary.total_rows:,} rows ({summary.rows}) in {len(summary.files)} "
+                            f"files to {target}")
+
+
+@data_app.command("taiwan")
+def data_taiwan(
+    out: Annotated[str | None, typer.Option(help="landing URI (default: the lake's landing zone)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Reshape the shipped UCI Taiwan credit-default data into contract tables in the landing zone."""
+    from tasks.taiwan import write_taiwan
+
+    settings = _settings()
+    target = out or settings.landing_uri("taiwan_credit_default")
+    try:
+        rows = write_taiwan(target, endpoint_url=settings.s3_endpoint_url)
+    except _known_errors() as exc:
+        _fail(str(exc))
+    _emit({"landing_uri": target, "rows": rows}, as_json, f"wrote {rows} to {target}")
+
+
+@app.command()
+def bench(
+    names: Annotated[list[str] | None, typer.Argument(help="benchmarks to run (default: all)")] = None,
+    rows: Annotated[int, typer.Option(help="generator: rows to write")] = 1_000_000,
+    out: Annotated[Path | None, typer.Option(help="folder for the JSON and markdown results")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run benchmarks; each reports closedloop's figure, a raw baseline and their ratio."""
+    from closedloop import bench as harness
+
+    settings = _settings()
+    try:
+        report, path = harness.run(list(names or []), out or settings.state_dir / "bench",
+                                   generator={"rows": rows})
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    _emit(report.to_dict(), as_json, report.markdown() + f"\nresults: {path} (+ .md)")
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=1000, help="synthetic customers for the year of data")] = 20_000,
+    keep_running: Annotated[bool, typer.Option(help="leave the servers running afterwards")] = True,
+) -> None:
+    """Bring the stack up and seed the landing zones with a year of synthetic data and the Taiwan data."""
+    from closedloop import stack, storage
+    from tasks.synthetic import SyntheticConfig, write_synthetic
+    from tasks.taiwan import write_taiwan
+
+    settings = _settings()
+    try:
+        rows = stack.up(settings)
+        typer.echo(_status_table(rows))
+        synth_landing = settings.landing_uri("credit_synthetic")
+        if storage.list_objects(synth_landing):
+            typer.echo(f"landing zone {synth_landing} already holds batches: not generating again")
+        else:
+            summary = write_synthetic(SyntheticConfig(customers=customers), synth_landing, settings.s3_endpoint_url)
+            typer.echo(f"synthetic year: {summary.total_rows:,} rows in {len(summary.files)} batches -> {synth_landing}")
+        taiwan_landing = settings.landing_uri("taiwan_credit_default")
+        if not storage.list_objects(taiwan_landing):
+            typer.echo(f"Taiwan data: {write_taiwan(taiwan_landing, endpoint_url=settings.s3_endpoint_url)}")
+    except _known_errors() as exc:
+        _fail(str(exc))
+    finally:
+        if not keep_running:
+            stack.down(settings)
+    typer.echo(f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
+               "Stop everything with: closedloop down")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
