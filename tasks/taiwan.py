@@ -49,7 +49,7 @@ def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if missing:
         raise TaiwanDataError(f"raw Taiwan file lacks column(s) {missing}")
     for column, mapping in (("SEX", SEX), ("EDUCATION", EDUCATION), ("MARRIAGE", MARRIAGE)):
-        unknown = sorted(set(raw[column].unique()) - set(mapping))
+        unknown = sorted(int(v) for v in set(raw[column].unique()) - set(mapping))
         if unknown:
             raise TaiwanDataError(f"raw Taiwan column {column} holds undocumented codes {unknown}")
 

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from closedloop.settings import Profile, Settings, SettingsError, load_settings
+
+
+def test_local_profile_keeps_all_state_under_one_folder(settings: Settings) -> None:
+    root = settings.state_dir
+    assert settings.profile is Profile.LOCAL
+    assert settings.prefect_database_url == f"sqlite+aiosqlite:///{root}/prefect/prefect.db"
+    assert settings.mlflow_backend_store_uri == f"sqlite:///{root}/mlflow/mlflow.db"
+    assert settings.mlflow_artifacts_destination == (root / "mlflow" / "artifacts").as_uri()
+    assert settings.lake_uri == (root / "lake").as_uri()
+    assert settings.landing_uri("credit_synthetic") == (root / "lake" / "credit_synthetic" / "landing").as_uri()
+    assert settings.feast_registry == str(root / "feast" / "registry.db")
+    assert settings.feast_online_store == {"type": "sqlite", "path": str(root / "feast" / "online_store.db")}
+
+
+def test_production_profile_points_at_postgres_redis_and_s3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOSEDLOOP_PROFILE", "production")
+    monkeypatch.setenv("CLOSEDLOOP_POSTGRES_URL", "postgresql://ml:secret@db.internal:5432")
+    monkeypatch.setenv("CLOSEDLOOP_S3_BUCKET", "acme-credit")
+    monkeypatch.setenv("CLOSEDLOOP_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    s = load_settings()
+    assert s.prefect_database_url == "postgresql+asyncpg://ml:secret@db.internal:5432/closedloop_prefect"
+    assert s.mlflow_backend_store_uri == "postgresql+psycopg://ml:secret@db.internal:5432/closedloop_mlflow"
+    assert s.mlflow_artifacts_destination == "s3://acme-credit/mlflow"
+    assert s.lake_uri == "s3://acme-credit/lake"
+    assert s.bundles_uri == "s3://acme-credit/bundles"
+    registry = s.feast_registry
+    assert isinstance(registry, dict) and registry["path"].endswith("/closedloop_feast")
+    assert s.feast_online_store["type"] == "redis"
+    env = s.server_environment()
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["DO_NOT_TRACK"] == "true"
+
+
+def test_settings_are_frozen(settings: Settings) -> None:
+    with pytest.raises(Exception, match="frozen"):
+        settings.prefect_port = 1  # type: ignore[misc]
+
+
+def test_a_misspelt_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOSEDLOOP_STATE_DIRR", "/tmp/x")
+    with pytest.raises(SettingsError, match="CLOSEDLOOP_STATE_DIRR"):
+        load_settings()
+
+
+def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOSEDLOOP_PROFILE", "staging")
+    with pytest.raises(SettingsError, match="CLOSEDLOOP_PROFILE"):
+        load_settings()
+    monkeypatch.setenv("CLOSEDLOOP_PROFILE", "local")
+    monkeypatch.setenv("CLOSEDLOOP_MLFLOW_PORT", "70000")
+    with pytest.raises(SettingsError, match="CLOSEDLOOP_MLFLOW_PORT"):
+        load_settings()
+
+
+def test_unknown_constructor_keys_are_rejected() -> None:
+    with pytest.raises(SettingsError, match="STAT_DIR: Extra inputs are not permitted"):
+        load_settings(stat_dir=Path("/tmp"))

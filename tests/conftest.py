@@ -1,0 +1,58 @@
+"""Shared fixtures, built up in layers: isolated settings, then real servers, then data."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from closedloop.settings import TELEMETRY_OFF, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+for _key, _value in TELEMETRY_OFF.items():
+    os.environ.setdefault(_key, _value)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's CLOSEDLOOP_* variables."""
+    for key in list(os.environ):
+        if key.upper().startswith("CLOSEDLOOP_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Local-profile settings with every port free and all state in a temporary folder."""
+    monkeypatch.setenv("CLOSEDLOOP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLOSEDLOOP_PREFECT_PORT", str(free_port()))
+    monkeypatch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(free_port()))
+    monkeypatch.setenv("CLOSEDLOOP_S3_PORT", str(free_port()))
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint (moto's server) on loopback, for the whole test session."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
