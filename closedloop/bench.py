@@ -36,7 +36,7 @@ class Measurement:
 
     @property
     def ratio(self) -> float:
-        """project / baseline."""
+        """Project / baseline."""
         return self.project / self.baseline if self.baseline else math.inf
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,15 +50,22 @@ class BenchReport:
     measurements: list[Measurement] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"started_at": self.started_at, "machine": self.machine,
-                "measurements": [m.to_dict() for m in self.measurements]}
+        return {
+            "started_at": self.started_at,
+            "machine": self.machine,
+            "measurements": [m.to_dict() for m in self.measurements],
+        }
 
     def markdown(self) -> str:
-        lines = ["| benchmark | metric | closedloop | raw baseline | ratio (closedloop / baseline) | note |",
-                 "|---|---|---|---|---|---|"]
+        lines = [
+            "| benchmark | metric | closedloop | raw baseline | ratio (closedloop / baseline) | note |",
+            "|---|---|---|---|---|---|",
+        ]
         for m in self.measurements:
-            lines.append(f"| {m.benchmark} | {m.metric} ({m.unit}) | {m.project:,.3g} | {m.baseline:,.3g} | "
-                         f"{m.ratio:.2f} | {m.note} |")
+            lines.append(
+                f"| {m.benchmark} | {m.metric} ({m.unit}) | {m.project:,.3g} | {m.baseline:,.3g} | "
+                f"{m.ratio:.2f} | {m.note} |"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -111,15 +118,40 @@ def bench_generator(rows: int = 1_000_000) -> list[Measurement]:
         shutil.rmtree(f"{tmp}/gen1")
         big = _in_child(_generate, customers * 3, f"{tmp}/gen3")
         raw_big = _in_child(_raw_write, int(big["rows"]), f"{tmp}")
-    out.append(Measurement("generator", f"throughput at {small['rows']:,.0f} rows", "rows/s",
-                           small["rows"] / small["seconds"], raw["rows"] / raw["seconds"], True,
-                           f"{small['seconds']:.1f} s for {small['rows']:,.0f} rows in 4 tables"))
-    out.append(Measurement("generator", f"peak memory at {small['rows']:,.0f} rows", "MB",
-                           small["peak_mb"], raw["peak_mb"], False, "baseline holds all rows at once"))
-    out.append(Measurement("generator", f"peak memory at {big['rows']:,.0f} rows", "MB",
-                           big["peak_mb"], raw_big["peak_mb"], False,
-                           f"3x the rows: {big['peak_mb'] / max(small['peak_mb'], 1e-9):.2f}x the memory "
-                           f"(baseline {raw_big['peak_mb'] / max(raw['peak_mb'], 1e-9):.2f}x)"))
+    out.append(
+        Measurement(
+            "generator",
+            f"throughput at {small['rows']:,.0f} rows",
+            "rows/s",
+            small["rows"] / small["seconds"],
+            raw["rows"] / raw["seconds"],
+            True,
+            f"{small['seconds']:.1f} s for {small['rows']:,.0f} rows in 4 tables",
+        )
+    )
+    out.append(
+        Measurement(
+            "generator",
+            f"peak memory at {small['rows']:,.0f} rows",
+            "MB",
+            small["peak_mb"],
+            raw["peak_mb"],
+            False,
+            "baseline holds all rows at once",
+        )
+    )
+    out.append(
+        Measurement(
+            "generator",
+            f"peak memory at {big['rows']:,.0f} rows",
+            "MB",
+            big["peak_mb"],
+            raw_big["peak_mb"],
+            False,
+            f"3x the rows: {big['peak_mb'] / max(small['peak_mb'], 1e-9):.2f}x the memory "
+            f"(baseline {raw_big['peak_mb'] / max(raw['peak_mb'], 1e-9):.2f}x)",
+        )
+    )
     return out
 
 
@@ -135,8 +167,11 @@ def run(names: list[str], out_dir: Path, **options: Any) -> tuple[BenchReport, P
         raise KeyError(f"unknown benchmark(s) {unknown}; available: {sorted(BENCHMARKS)}")
     report = BenchReport(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine={"python": platform.python_version(), "cpus": multiprocessing.cpu_count(),
-                 "platform": platform.platform()},
+        machine={
+            "python": platform.python_version(),
+            "cpus": multiprocessing.cpu_count(),
+            "platform": platform.platform(),
+        },
     )
     for name in names or list(BENCHMARKS):
         report.measurements.extend(BENCHMARKS[name](**options.get(name, {})))

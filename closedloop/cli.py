@@ -52,8 +52,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def _status_table(rows: list[Any]) -> str:
     lines = [f"{'component':<10} {'state':<10} {'pid':>8}  address"]
     for row in rows:
-        lines.append(f"{row.name:<10} {row.state:<10} {row.pid or '-':>8}  {row.address}"
-                     + (f"\n{'':<31}{row.detail}" if row.detail else ""))
+        lines.append(
+            f"{row.name:<10} {row.state:<10} {row.pid or '-':>8}  {row.address}"
+            + (f"\n{'':<31}{row.detail}" if row.detail else "")
+        )
     return "\n".join(lines)
 
 
@@ -72,11 +74,16 @@ def up(
         _fail(str(exc))
     text = _status_table(rows) + f"\n\nstate: {settings.state_dir}\nprofile: {settings.profile.value}"
     if any(r.name == "s3" for r in rows):
-        text += ("\n\nThe S3 endpoint keeps everything in memory and loses it on 'down'. Use it with\n"
-                 f"  export CLOSEDLOOP_S3_ENDPOINT_URL={settings.s3_local_endpoint} AWS_ACCESS_KEY_ID=test "
-                 "AWS_SECRET_ACCESS_KEY=test")
-    _emit({"profile": settings.profile.value, "state_dir": settings.state_dir,
-           "components": [r.to_dict() for r in rows]}, as_json, text)
+        text += (
+            "\n\nThe S3 endpoint keeps everything in memory and loses it on 'down'. Use it with\n"
+            f"  export CLOSEDLOOP_S3_ENDPOINT_URL={settings.s3_local_endpoint} AWS_ACCESS_KEY_ID=test "
+            "AWS_SECRET_ACCESS_KEY=test"
+        )
+    _emit(
+        {"profile": settings.profile.value, "state_dir": settings.state_dir, "components": [r.to_dict() for r in rows]},
+        as_json,
+        text,
+    )
 
 
 @app.command()
@@ -96,11 +103,16 @@ def status(as_json: JsonFlag = False) -> None:
 
     settings = _settings()
     if not settings.state_dir.exists():
-        _fail(f"no closedloop state at {settings.state_dir}: run 'closedloop up' first "
-              "(or point CLOSEDLOOP_STATE_DIR at an existing state directory)")
+        _fail(
+            f"no closedloop state at {settings.state_dir}: run 'closedloop up' first "
+            "(or point CLOSEDLOOP_STATE_DIR at an existing state directory)"
+        )
     rows = stack.status(settings)
-    _emit({"profile": settings.profile.value, "state_dir": settings.state_dir,
-           "components": [r.to_dict() for r in rows]}, as_json, _status_table(rows))
+    _emit(
+        {"profile": settings.profile.value, "state_dir": settings.state_dir, "components": [r.to_dict() for r in rows]},
+        as_json,
+        _status_table(rows),
+    )
     if any(r.state != "running" for r in rows):
         raise typer.Exit(1)
 
@@ -118,18 +130,25 @@ def contract_check(
         contract = load_contract(target)
     except ContractError as exc:
         _fail(str(exc))
+    inputs = [c.name for c in contract.model_inputs]
+    sensitive = [c.name for c in contract.sensitive]
+    excluded = {c.name: c.exclude for c in contract.excluded}
     derived = {
-        "name": contract.name, "version": contract.version, "fingerprint": contract.fingerprint,
+        "name": contract.name,
+        "version": contract.version,
+        "fingerprint": contract.fingerprint,
         "tables": {name: contract.required_columns(name) for name in contract.tables},
-        "model_inputs": [c.name for c in contract.model_inputs],
-        "sensitive": [c.name for c in contract.sensitive],
-        "excluded": {c.name: c.exclude for c in contract.excluded},
+        "model_inputs": inputs,
+        "sensitive": sensitive,
+        "excluded": excluded,
         "label": contract.label.model_dump(),
     }
-    text = (f"{contract.name} v{contract.version} ({contract.fingerprint}): valid\n"
-            f"  model inputs: {', '.join(derived['model_inputs'])}\n"
-            f"  sensitive:    {', '.join(derived['sensitive']) or '-'}\n"
-            f"  excluded:     {', '.join(derived['excluded']) or '-'}")
+    text = (
+        f"{contract.name} v{contract.version} ({contract.fingerprint}): valid\n"
+        f"  model inputs: {', '.join(inputs)}\n"
+        f"  sensitive:    {', '.join(sensitive) or '-'}\n"
+        f"  excluded:     {', '.join(excluded) or '-'}"
+    )
     _emit(derived, as_json, text)
 
 
@@ -139,8 +158,9 @@ def data_synth(
     seed: int = 7,
     start: Annotated[str, typer.Option(help="first application month, YYYY-MM")] = "2025-01",
     months: Annotated[int, typer.Option(min=1)] = 12,
-    scenario: Annotated[str, typer.Option(help="none, covariate_shift, new_category, concept_drift, "
-                                                "quality_bug, delayed_labels")] = "none",
+    scenario: Annotated[
+        str, typer.Option(help="none, covariate_shift, new_category, concept_drift, quality_bug, delayed_labels")
+    ] = "none",
     drift_start: Annotated[str | None, typer.Option(help="YYYY-MM the scenario starts (default: 2/3 in)")] = None,
     batch: Annotated[str, typer.Option(help="month or week")] = "month",
     file_format: Annotated[str, typer.Option("--format", help="parquet, csv or mixed")] = "parquet",
@@ -152,19 +172,34 @@ def data_synth(
 
     settings = _settings()
     try:
-        config = SyntheticConfig(customers=customers, seed=seed, start=start, months=months,
-                                 scenario=Scenario(scenario), drift_start=drift_start, batch=batch,
-                                 file_format=FileFormat(file_format))
+        config = SyntheticConfig(
+            customers=customers,
+            seed=seed,
+            start=start,
+            months=months,
+            scenario=Scenario(scenario),
+            drift_start=drift_start,
+            batch=batch,
+            file_format=FileFormat(file_format),
+        )
         target = out or settings.landing_uri("credit_synthetic")
         summary = write_synthetic(config, target, settings.s3_endpoint_url)
     except ValueError as exc:
         _fail(str(exc))
     except _known_errors() as exc:
         _fail(str(exc))
-    payload = {"landing_uri": target, "rows": summary.rows, "total_rows": summary.total_rows,
-               "files": len(summary.files), "config": summary.config}
-    _emit(payload, as_json, f"wrote {summary.total_rows:,} rows ({summary.rows}) in {len(summary.files)} "
-                            f"files to {target}")
+    payload = {
+        "landing_uri": target,
+        "rows": summary.rows,
+        "total_rows": summary.total_rows,
+        "files": len(summary.files),
+        "config": summary.config,
+    }
+    _emit(
+        payload,
+        as_json,
+        f"wrote {summary.total_rows:,} rows ({summary.rows}) in {len(summary.files)} files to {target}",
+    )
 
 
 @data_app.command("taiwan")
@@ -196,8 +231,7 @@ def bench(
 
     settings = _settings()
     try:
-        report, path = harness.run(list(names or []), out or settings.state_dir / "bench",
-                                   generator={"rows": rows})
+        report, path = harness.run(list(names or []), out or settings.state_dir / "bench", generator={"rows": rows})
     except KeyError as exc:
         _fail(str(exc.args[0]))
     _emit(report.to_dict(), as_json, report.markdown() + f"\nresults: {path} (+ .md)")
@@ -222,7 +256,9 @@ def demo(
             typer.echo(f"landing zone {synth_landing} already holds batches: not generating again")
         else:
             summary = write_synthetic(SyntheticConfig(customers=customers), synth_landing, settings.s3_endpoint_url)
-            typer.echo(f"synthetic year: {summary.total_rows:,} rows in {len(summary.files)} batches -> {synth_landing}")
+            typer.echo(
+                f"synthetic year: {summary.total_rows:,} rows in {len(summary.files)} batches -> {synth_landing}"
+            )
         taiwan_landing = settings.landing_uri("taiwan_credit_default")
         if not storage.list_objects(taiwan_landing):
             typer.echo(f"Taiwan data: {write_taiwan(taiwan_landing, endpoint_url=settings.s3_endpoint_url)}")
@@ -231,8 +267,10 @@ def demo(
     finally:
         if not keep_running:
             stack.down(settings)
-    typer.echo(f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
-               "Stop everything with: closedloop down")
+    typer.echo(
+        f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
+        "Stop everything with: closedloop down"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -153,12 +153,14 @@ class Contract(_Strict):
             raise ValueError(f"'label.source' names unknown table {self.label.source!r} (known: {sorted(tables)})")
         seen: set[str] = set()
         reserved = {self.entity.join_key, self.label.column}
-        for name, table in self.tables.items():
+        for table in self.tables.values():
             reserved.add(table.event_time)
             reserved.update(table.primary_key)
         for i, col in enumerate(self.columns):
             if col.source not in tables:
-                raise ValueError(f"columns[{i}] ({col.name}).source: unknown table {col.source!r} (known: {sorted(tables)})")
+                raise ValueError(
+                    f"columns[{i}] ({col.name}).source: unknown table {col.source!r} (known: {sorted(tables)})"
+                )
             if col.name in seen:
                 raise ValueError(f"columns[{i}]: column {col.name!r} is declared twice")
             if col.name in reserved:
@@ -214,7 +216,11 @@ def _format_loc(loc: tuple[Any, ...], data: Any) -> str:
     node = data
     for part in loc:
         if isinstance(part, int):
-            name = node[part].get("name") if isinstance(node, list) and part < len(node) and isinstance(node[part], dict) else None
+            name = (
+                node[part].get("name")
+                if isinstance(node, list) and part < len(node) and isinstance(node[part], dict)
+                else None
+            )
             out += f"[{part}]" + (f" ({name})" if name else "")
         else:
             out += ("." if out else "") + str(part)

@@ -78,8 +78,17 @@ def components(settings: Settings, s3: bool = False) -> list[Component]:
             port=settings.prefect_port,
             health_url=f"{settings.prefect_api_url}/health",
             ui_url=settings.prefect_ui_url,
-            command=[_bin("prefect"), "server", "start", "--host", settings.host,
-                     "--port", str(settings.prefect_port), "--analytics-off", "--no-background"],
+            command=[
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.prefect_port),
+                "--analytics-off",
+                "--no-background",
+            ],
             env=prefect_env,
         ),
         Component(
@@ -87,9 +96,20 @@ def components(settings: Settings, s3: bool = False) -> list[Component]:
             port=settings.mlflow_port,
             health_url=f"{settings.mlflow_tracking_uri}/health",
             ui_url=settings.mlflow_tracking_uri,
-            command=[_bin("mlflow"), "server", "--backend-store-uri", settings.mlflow_backend_store_uri,
-                     "--artifacts-destination", settings.mlflow_artifacts_destination,
-                     "--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1"],
+            command=[
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_backend_store_uri,
+                "--artifacts-destination",
+                settings.mlflow_artifacts_destination,
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
+            ],
             env={
                 **base_env,
                 # mlflow launches uvicorn through a shell: the venv's bin must be on PATH
@@ -100,14 +120,16 @@ def components(settings: Settings, s3: bool = False) -> list[Component]:
         ),
     ]
     if s3:
-        out.append(Component(
-            name="s3",
-            port=settings.s3_port,
-            health_url=f"{settings.s3_local_endpoint}/moto-api/",
-            ui_url=settings.s3_local_endpoint,
-            command=[_bin("moto_server"), "-H", settings.host, "-p", str(settings.s3_port)],
-            env=base_env,
-        ))
+        out.append(
+            Component(
+                name="s3",
+                port=settings.s3_port,
+                health_url=f"{settings.s3_local_endpoint}/moto-api/",
+                ui_url=settings.s3_local_endpoint,
+                command=[_bin("moto_server"), "-H", settings.host, "-p", str(settings.s3_port)],
+                env=base_env,
+            )
+        )
     return out
 
 
@@ -214,13 +236,25 @@ def _start(settings: Settings, comp: Component) -> int:
         log.write(f"\n--- closedloop up {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {' '.join(comp.command)}\n".encode())
         log.flush()
         proc = subprocess.Popen(  # noqa: S603 - fixed argv built from settings, no shell
-            comp.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=settings.state_dir, start_new_session=True,
+            comp.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=settings.state_dir,
+            start_new_session=True,
         )
     _pid_file(settings, comp.name).parent.mkdir(parents=True, exist_ok=True)
-    _pid_file(settings, comp.name).write_text(json.dumps({
-        "pid": proc.pid, "command": comp.command, "address": comp.ui_url, "started_at": time.time(),
-    }))
+    _pid_file(settings, comp.name).write_text(
+        json.dumps(
+            {
+                "pid": proc.pid,
+                "command": comp.command,
+                "address": comp.ui_url,
+                "started_at": time.time(),
+            }
+        )
+    )
     return proc.pid
 
 
@@ -258,19 +292,21 @@ def up(settings: Settings, s3: bool = False) -> list[ComponentStatus]:
     started: list[tuple[Component, int]] = []
     waiting: list[tuple[Component, int]] = []
     prepared = settings.profile is not Profile.PRODUCTION
+    current = {comp.name: _status_of(settings, comp) for comp in comps}
+    for comp in comps:  # check every port before starting anything
+        if current[comp.name].state == "foreign":
+            raise StackError(
+                f"cannot start {comp.name}: port {comp.port} on {settings.host} is already in use by another "
+                f"process; stop it or choose another port with CLOSEDLOOP_{comp.name.upper()}_PORT"
+            )
     try:
         for comp in comps:
-            current = _status_of(settings, comp)
-            if current.state == "running":
+            state, pid = current[comp.name].state, current[comp.name].pid
+            if state == "running":
                 continue
-            if current.state == "unhealthy" and current.pid is not None:
-                waiting.append((comp, current.pid))  # still starting (a concurrent 'up')
+            if state == "unhealthy" and pid is not None:
+                waiting.append((comp, pid))  # still starting (a concurrent 'up')
                 continue
-            if current.state == "foreign":
-                raise StackError(
-                    f"cannot start {comp.name}: port {comp.port} on {settings.host} is already in use by another "
-                    f"process; stop it or choose another port with CLOSEDLOOP_{comp.name.upper()}_PORT"
-                )
             if comp.name == "s3":  # the production servers need the endpoint before they start
                 pid = _start(settings, comp)
                 started.append((comp, pid))

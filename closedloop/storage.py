@@ -117,7 +117,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> str:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            Path(tmp).replace(target)
         except OSError as exc:
             raise StorageError(f"{uri}: cannot write ({exc.strerror})") from exc
         return str(loc)

@@ -108,7 +108,7 @@ class SyntheticConfig:
     @property
     def end(self) -> np.datetime64:
         """The generator's "now": nothing later than this has been observed yet."""
-        return (self.first_month + self.months).astype("datetime64[us]")
+        return np.datetime64(self.first_month + self.months, "us")
 
 
 @dataclass
@@ -163,8 +163,13 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
     home = rng.choice(3, n, p=[0.4, 0.2, 0.4])
     employment_years = np.round(np.clip(rng.gamma(2.0, 3.5, n), 0, np.maximum(age - 16, 0)), 1)
     log_income = (
-        10.55 + 0.18 * (3 - education) + 0.012 * (age - 41) - 0.0006 * (age - 41) ** 2
-        - 0.06 * (sex == 0) - 0.15 * latent + rng.normal(0, 0.35, n)
+        10.55
+        + 0.18 * (3 - education)
+        + 0.012 * (age - 41)
+        - 0.0006 * (age - 41) ** 2
+        - 0.06 * (sex == 0)
+        - 0.15 * latent
+        + rng.normal(0, 0.35, n)
     )
     income = np.round(np.exp(log_income), 2)
     if scenario is Scenario.COVARIATE_SHIFT:
@@ -180,9 +185,7 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
     noise = rng.normal(0, 0.35, (n, HISTORY_MONTHS)).cumsum(axis=1) * 0.5
     utilisation = np.round(np.clip(1.15 * _sigmoid(-0.5 + 0.9 * latent[:, None] + noise), 0, 1.5), 4)
     delinquency_rate = np.exp(-2.3 + 0.9 * latent)
-    months_delinquent = np.clip(
-        rng.poisson(delinquency_rate[:, None] * (6 + k[None, :])), 0, 12
-    ).astype(np.int64)
+    months_delinquent = np.clip(rng.poisson(delinquency_rate[:, None] * (6 + k[None, :])), 0, 12).astype(np.int64)
     payment_ratio = np.round(
         np.clip(_sigmoid(1.4 - 1.1 * latent[:, None] + rng.normal(0, 0.6, (n, HISTORY_MONTHS))), 0, 1), 4
     )
@@ -231,44 +234,52 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
 
     rep = np.repeat(customer_id, HISTORY_MONTHS)
     return {
-        "profiles": pa.table({
-            "customer_id": customer_id,
-            "profile_at": ts(profile_at),
-            "age": age,
-            "sex": SEXES[sex],
-            "marital_status": MARITAL[marital],
-            "education": EDUCATION[education],
-            "region": REGIONS[region],
-            "home_ownership": HOME[home],
-            "income": income,
-            "employment_years": employment_years,
-            "postcode": postcode,
-        }),
-        "credit_history": pa.table({
-            "customer_id": rep,
-            "snapshot_at": ts(snapshot_at),
-            "credit_limit": np.repeat(limit, HISTORY_MONTHS),
-            "balance": balance.ravel(),
-            "utilisation": reported_util.ravel(),
-            "months_delinquent": months_delinquent.ravel(),
-            "payment_ratio": payment_ratio.ravel(),
-            "open_accounts": open_accounts.ravel().astype(np.int64),
-        }),
-        "applications": pa.table({
-            "application_id": application_id,
-            "customer_id": customer_id,
-            "applied_at": ts(applied_at),
-            "loan_amount": loan_amount,
-            "loan_term_months": term.astype(np.int64),
-            "loan_purpose": pa.array(purpose_names, type=pa.string()),
-            "channel": pa.array(channel, type=pa.string()),
-        }),
-        "outcomes": pa.table({
-            "application_id": application_id[known],
-            "customer_id": customer_id[known],
-            "observed_at": ts(observed_at[known]),
-            "defaulted": defaulted[known],
-        }),
+        "profiles": pa.table(
+            {
+                "customer_id": customer_id,
+                "profile_at": ts(profile_at),
+                "age": age,
+                "sex": SEXES[sex],
+                "marital_status": MARITAL[marital],
+                "education": EDUCATION[education],
+                "region": REGIONS[region],
+                "home_ownership": HOME[home],
+                "income": income,
+                "employment_years": employment_years,
+                "postcode": postcode,
+            }
+        ),
+        "credit_history": pa.table(
+            {
+                "customer_id": rep,
+                "snapshot_at": ts(snapshot_at),
+                "credit_limit": np.repeat(limit, HISTORY_MONTHS),
+                "balance": balance.ravel(),
+                "utilisation": reported_util.ravel(),
+                "months_delinquent": months_delinquent.ravel(),
+                "payment_ratio": payment_ratio.ravel(),
+                "open_accounts": open_accounts.ravel().astype(np.int64),
+            }
+        ),
+        "applications": pa.table(
+            {
+                "application_id": application_id,
+                "customer_id": customer_id,
+                "applied_at": ts(applied_at),
+                "loan_amount": loan_amount,
+                "loan_term_months": term.astype(np.int64),
+                "loan_purpose": pa.array(purpose_names, type=pa.string()),
+                "channel": pa.array(channel, type=pa.string()),
+            }
+        ),
+        "outcomes": pa.table(
+            {
+                "application_id": application_id[known],
+                "customer_id": customer_id[known],
+                "observed_at": ts(observed_at[known]),
+                "defaulted": defaulted[known],
+            }
+        ),
     }
 
 
@@ -282,11 +293,11 @@ EVENT_TIME = {
 
 def _batch_keys(times: pa.Array, batch: str) -> np.ndarray:
     """Batch date of each row: the first day of its month or the Monday of its week."""
-    days = times.cast(pa.int64()).to_numpy() // US_PER_DAY
+    days: np.ndarray = np.asarray(times.cast(pa.int64()).to_numpy()) // US_PER_DAY
     if batch == "month":
-        return days.astype("datetime64[D]").astype("datetime64[M]").astype("datetime64[D]")
+        return np.asarray(days.astype("datetime64[D]").astype("datetime64[M]"), dtype="datetime64[D]")
     # 1970-01-01 was a Thursday: shift so that weeks start on Monday
-    return ((days + 3) // 7 * 7 - 3).astype("datetime64[D]")
+    return np.asarray((days + 3) // 7 * 7 - 3, dtype="datetime64[D]")
 
 
 class _BatchWriters:

@@ -27,7 +27,15 @@ APPLIED_AT = pd.Timestamp("2005-10-01", tz="UTC")
 OBSERVED_AT = pd.Timestamp("2005-11-01", tz="UTC")
 
 SEX = {1: "male", 2: "female"}
-EDUCATION = {1: "graduate_school", 2: "university", 3: "high_school", 4: "others", 0: "unknown", 5: "unknown", 6: "unknown"}
+EDUCATION = {
+    1: "graduate_school",
+    2: "university",
+    3: "high_school",
+    4: "others",
+    0: "unknown",
+    5: "unknown",
+    6: "unknown",
+}
 MARRIAGE = {1: "married", 2: "single", 3: "others", 0: "unknown"}
 
 TS = "datetime64[us, UTC]"
@@ -43,8 +51,18 @@ def _month_end(month: str) -> pd.Timestamp:
 
 def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Wide client rows -> ``profiles``, ``credit_history``, ``applications``, ``outcomes``."""
-    expected = {"ID", "LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", "default.payment.next.month",
-                *PAY_STATUS, *(f"BILL_AMT{i}" for i in range(1, 7)), *(f"PAY_AMT{i}" for i in range(1, 7))}
+    expected = {
+        "ID",
+        "LIMIT_BAL",
+        "SEX",
+        "EDUCATION",
+        "MARRIAGE",
+        "AGE",
+        "default.payment.next.month",
+        *PAY_STATUS,
+        *(f"BILL_AMT{i}" for i in range(1, 7)),
+        *(f"PAY_AMT{i}" for i in range(1, 7)),
+    }
     missing = sorted(expected - set(raw.columns))
     if missing:
         raise TaiwanDataError(f"raw Taiwan file lacks column(s) {missing}")
@@ -54,37 +72,45 @@ def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
             raise TaiwanDataError(f"raw Taiwan column {column} holds undocumented codes {unknown}")
 
     ids = raw["ID"].astype("int64")
-    profiles = pd.DataFrame({
-        "customer_id": ids,
-        "profile_at": pd.Series(PROFILE_AT, index=raw.index).astype(TS),
-        "credit_limit": raw["LIMIT_BAL"].astype("float64"),
-        "sex": raw["SEX"].map(SEX),
-        "education": raw["EDUCATION"].map(EDUCATION),
-        "marital_status": raw["MARRIAGE"].map(MARRIAGE),
-        "age": raw["AGE"].astype("int64"),
-    })
-    history = [
-        pd.DataFrame({
+    profiles = pd.DataFrame(
+        {
             "customer_id": ids,
-            "snapshot_at": pd.Series(_month_end(month), index=raw.index).astype(TS),
-            "pay_status": raw[PAY_STATUS[i]].astype("int64"),
-            "bill_amount": raw[f"BILL_AMT{i + 1}"].astype("float64"),
-            "paid_amount": raw[f"PAY_AMT{i + 1}"].astype("float64"),
-        })
+            "profile_at": pd.Series(PROFILE_AT, index=raw.index).astype(TS),
+            "credit_limit": raw["LIMIT_BAL"].astype("float64"),
+            "sex": raw["SEX"].map(SEX),
+            "education": raw["EDUCATION"].map(EDUCATION),
+            "marital_status": raw["MARRIAGE"].map(MARRIAGE),
+            "age": raw["AGE"].astype("int64"),
+        }
+    )
+    history = [
+        pd.DataFrame(
+            {
+                "customer_id": ids,
+                "snapshot_at": pd.Series(_month_end(month), index=raw.index).astype(TS),
+                "pay_status": raw[PAY_STATUS[i]].astype("int64"),
+                "bill_amount": raw[f"BILL_AMT{i + 1}"].astype("float64"),
+                "paid_amount": raw[f"PAY_AMT{i + 1}"].astype("float64"),
+            }
+        )
         for i, month in enumerate(MONTHS)
     ]
     credit_history = pd.concat(history[::-1], ignore_index=True)  # oldest month first
-    applications = pd.DataFrame({
-        "application_id": ids,
-        "customer_id": ids,
-        "applied_at": pd.Series(APPLIED_AT, index=raw.index).astype(TS),
-    })
-    outcomes = pd.DataFrame({
-        "application_id": ids,
-        "customer_id": ids,
-        "observed_at": pd.Series(OBSERVED_AT, index=raw.index).astype(TS),
-        "defaulted": raw["default.payment.next.month"].astype("int64"),
-    })
+    applications = pd.DataFrame(
+        {
+            "application_id": ids,
+            "customer_id": ids,
+            "applied_at": pd.Series(APPLIED_AT, index=raw.index).astype(TS),
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "application_id": ids,
+            "customer_id": ids,
+            "observed_at": pd.Series(OBSERVED_AT, index=raw.index).astype(TS),
+            "defaulted": raw["default.payment.next.month"].astype("int64"),
+        }
+    )
     return {"profiles": profiles, "credit_history": credit_history, "applications": applications, "outcomes": outcomes}
 
 
@@ -92,12 +118,19 @@ def write_taiwan(landing_uri: str, raw_csv: Path = RAW_CSV, endpoint_url: str | 
     """Publish the reshaped tables as dated parquet batches; returns rows per table."""
     tables = reshape_taiwan(pd.read_csv(raw_csv))
     rows: dict[str, int] = {}
-    event_time = {"profiles": "profile_at", "credit_history": "snapshot_at", "applications": "applied_at", "outcomes": "observed_at"}
+    event_time = {
+        "profiles": "profile_at",
+        "credit_history": "snapshot_at",
+        "applications": "applied_at",
+        "outcomes": "observed_at",
+    }
     for name, frame in tables.items():
         for day, part in frame.groupby(frame[event_time[name]].dt.strftime("%Y-%m-%d"), sort=True):
             buffer = io.BytesIO()
             part.to_parquet(buffer, index=False)
-            storage.write_bytes(storage.join(landing_uri, name, f"{name}-{day}.parquet"), buffer.getvalue(), endpoint_url)
+            storage.write_bytes(
+                storage.join(landing_uri, name, f"{name}-{day}.parquet"), buffer.getvalue(), endpoint_url
+            )
         rows[name] = len(frame)
     logger.info("wrote the Taiwan data set (%s) to %s", rows, landing_uri)
     return rows

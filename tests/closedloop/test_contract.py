@@ -71,7 +71,10 @@ def _break(doc: dict[str, Any], column: str, **changes: Any) -> dict[str, Any]:
         (lambda d: d.pop("label"), r"label: Field required"),
         (lambda d: d.update(colour="blue"), r"colour: unknown field"),
         (lambda d: _break(d, "income", source="profile"), r"columns\[6\] \(income\).source: unknown table 'profile'"),
-        (lambda d: _break(d, "income", min=10, max=5), r"columns\[6\] \(income\): 'min' \(10.0\) is greater than 'max'"),
+        (
+            lambda d: _break(d, "income", min=10, max=5),
+            r"columns\[6\] \(income\): 'min' \(10.0\) is greater than 'max'",
+        ),
         (lambda d: _break(d, "region", categories=[]), r"columns\[4\] \(region\): a category column needs"),
         (lambda d: _break(d, "income", categories=["a"]), r"'categories' only applies to category columns"),
         (lambda d: _break(d, "income", type="decimal"), r"columns\[6\] \(income\).type: Input should be 'int'"),
@@ -82,8 +85,10 @@ def _break(doc: dict[str, Any], column: str, **changes: Any) -> dict[str, Any]:
         (lambda d: _break(d, "age", bands=[65, 18]), r"'bands' must be at least two strictly increasing edges"),
         (lambda d: d["columns"].append(dict(d["columns"][0])), r"column 'age' is declared twice"),
         (lambda d: d["tables"]["profiles"].pop("event_time"), r"tables.profiles.event_time: Field required"),
-        (lambda d: d["columns"].append({"name": "defaulted", "type": "int", "source": "outcomes"}),
-         r"'defaulted' is a key, time or label column"),
+        (
+            lambda d: d["columns"].append({"name": "defaulted", "type": "int", "source": "outcomes"}),
+            r"'defaulted' is a key, time or label column",
+        ),
     ],
 )
 def test_malformed_contract_names_the_field(doc: dict[str, Any], mutate: Any, message: str) -> None:
@@ -107,4 +112,3 @@ def test_missing_file_and_wrong_shape(tmp_path: Path) -> None:
     listed.write_text("- a\n- b\n")
     with pytest.raises(ContractError, match="a contract is a mapping of fields, got list"):
         load_contract(listed)
-

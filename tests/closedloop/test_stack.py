@@ -60,7 +60,11 @@ def test_up_is_idempotent_down_leaves_nothing_and_state_survives(running: Settin
     # put state in both servers: a Prefect flow run and variable, an MLflow run and registered model
     api = settings.prefect_api_url
     flow_id = httpx.post(f"{api}/flows/", json={"name": "survives-restart"}).raise_for_status().json()["id"]
-    run_id = httpx.post(f"{api}/flow_runs/", json={"flow_id": flow_id, "name": "before-restart"}).raise_for_status().json()["id"]
+    run_id = (
+        httpx.post(f"{api}/flow_runs/", json={"flow_id": flow_id, "name": "before-restart"})
+        .raise_for_status()
+        .json()["id"]
+    )
     httpx.post(f"{api}/variables/", json={"name": "drift_threshold", "value": 0.25}).raise_for_status()
     from mlflow import MlflowClient
 
@@ -90,7 +94,9 @@ def test_a_taken_port_is_reported_and_nothing_starts(settings: Settings) -> None
     with socket.socket() as blocker:
         blocker.bind((settings.host, settings.prefect_port))
         blocker.listen()
-        with pytest.raises(stack.StackError, match=rf"port {settings.prefect_port} .* already in use .*CLOSEDLOOP_PREFECT_PORT"):
+        with pytest.raises(
+            stack.StackError, match=rf"port {settings.prefect_port} .* already in use .*CLOSEDLOOP_PREFECT_PORT"
+        ):
             stack.up(settings)
         states = {s.name: s.state for s in stack.status(settings)}
     assert states == {"prefect": "foreign", "mlflow": "stopped"}
@@ -150,7 +156,9 @@ def test_production_profile_runs_on_postgres_and_s3(production: Settings) -> Non
         names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
     assert set(production.postgres_databases) <= names
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{production.database_prefix}_prefect") as conn:
-        assert conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'flow_run'"
+        ).fetchone() == (1,)
 
     client = MlflowClient(tracking_uri=production.mlflow_tracking_uri)
     run = client.create_run(client.create_experiment("prod-check"))

@@ -56,8 +56,9 @@ def test_same_seed_same_bytes_and_blocks_bound_memory(tmp_path: Path) -> None:
         assert Path(uri_a[7:]).read_bytes() == Path(uri_b[7:]).read_bytes()
     sizes = [len(block["profiles"]) for block in iter_blocks(config)]
     assert sizes == [BLOCK_CUSTOMERS, 700]
-    other = write_synthetic(SyntheticConfig(customers=BLOCK_CUSTOMERS + 700, seed=6, months=3),
-                            (tmp_path / "c").as_uri())
+    other = write_synthetic(
+        SyntheticConfig(customers=BLOCK_CUSTOMERS + 700, seed=6, months=3), (tmp_path / "c").as_uri()
+    )
     assert Path(other.files[0][7:]).read_bytes() != Path(first.files[0][7:]).read_bytes()
 
 
@@ -95,7 +96,9 @@ def test_history_precedes_the_application_and_labels_arrive_late(clean: dict[str
     end = pd.Timestamp("2026-01-01", tz="UTC")
     assert out["observed_at"].max() < end
     # outcomes not yet observed by the end of the year are simply not there yet
-    assert len(out) < CUSTOMERS and (clean["applications"]["applied_at"] < end - pd.Timedelta(days=120)).sum() <= len(out)
+    assert len(out) < CUSTOMERS and (clean["applications"]["applied_at"] < end - pd.Timedelta(days=120)).sum() <= len(
+        out
+    )
     assert 0.08 < out["defaulted"].mean() < 0.3
 
 
@@ -126,10 +129,14 @@ def test_the_label_is_learnable(clean: dict[str, pd.DataFrame]) -> None:
     from sklearn.metrics import roc_auc_score
 
     last = clean["credit_history"].sort_values("snapshot_at").groupby("customer_id").last()
-    frame = (clean["outcomes"][["application_id", "customer_id", "defaulted"]]
-             .join(clean["applications"].set_index("application_id")[["loan_amount", "loan_term_months"]], on="application_id")
-             .join(clean["profiles"].set_index("customer_id")[["income", "employment_years"]], on="customer_id")
-             .join(last[["utilisation", "months_delinquent", "payment_ratio"]], on="customer_id"))
+    frame = (
+        clean["outcomes"][["application_id", "customer_id", "defaulted"]]
+        .join(
+            clean["applications"].set_index("application_id")[["loan_amount", "loan_term_months"]], on="application_id"
+        )
+        .join(clean["profiles"].set_index("customer_id")[["income", "employment_years"]], on="customer_id")
+        .join(last[["utilisation", "months_delinquent", "payment_ratio"]], on="customer_id")
+    )
     features = frame.drop(columns=["application_id", "customer_id", "defaulted"])
     split = len(frame) * 2 // 3
     model = xgb.XGBClassifier(n_estimators=60, max_depth=3, n_jobs=1).fit(features[:split], frame["defaulted"][:split])
@@ -185,7 +192,9 @@ def test_concept_drift_changes_who_defaults(tmp_path: Path, drift_start: pd.Time
     drifted = _generate(tmp_path, "c1", customers=20_000, scenario=Scenario.CONCEPT_DRIFT)
 
     def rates(tables: dict[str, pd.DataFrame]) -> pd.Series:
-        out = tables["outcomes"].join(tables["applications"].set_index("application_id")["applied_at"], on="application_id")
+        out = tables["outcomes"].join(
+            tables["applications"].set_index("application_id")["applied_at"], on="application_id"
+        )
         out = out.join(tables["profiles"].set_index("customer_id")["region"], on="customer_id")
         late = out[out["applied_at"] >= drift_start]
         return late.groupby("region")["defaulted"].mean()
@@ -199,7 +208,9 @@ def test_concept_drift_changes_who_defaults(tmp_path: Path, drift_start: pd.Time
     assert (early["defaulted_x"] == early["defaulted_y"]).all()
 
 
-def test_delayed_labels_arrive_150_days_late(tmp_path: Path, clean: dict[str, pd.DataFrame], drift_start: pd.Timestamp) -> None:
+def test_delayed_labels_arrive_150_days_late(
+    tmp_path: Path, clean: dict[str, pd.DataFrame], drift_start: pd.Timestamp
+) -> None:
     delayed = _generate(tmp_path, "late", scenario=Scenario.DELAYED_LABELS)
     apps = delayed["applications"].set_index("application_id")["applied_at"]
     out = delayed["outcomes"].join(apps, on="application_id")

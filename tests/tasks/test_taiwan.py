@@ -32,7 +32,11 @@ def test_shipped_file_is_the_published_one() -> None:
 
 def test_row_counts_and_label_rate(tables: dict[str, pd.DataFrame]) -> None:
     assert {k: len(v) for k, v in tables.items()} == {
-        "profiles": 30_000, "credit_history": 180_000, "applications": 30_000, "outcomes": 30_000}
+        "profiles": 30_000,
+        "credit_history": 180_000,
+        "applications": 30_000,
+        "outcomes": 30_000,
+    }
     assert tables["outcomes"]["defaulted"].sum() == 6_636
 
 
