@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` runs closedloop on the embedded default, `make test` tests it.
+# Both install everything first (.ci/setup: uv + the committed lock), so they work on a fresh clone.
+.PHONY: setup demo test lint down bench
+
+setup:
+	bash .ci/setup
+
+demo: setup
+	.venv/bin/closedloop demo
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+
+test: lint
+	.venv/bin/python -m pytest -p no:cacheprovider
+
+down:
+	.venv/bin/closedloop down
+
+bench: setup
+	.venv/bin/closedloop bench
