@@ -47,8 +47,22 @@ def test_unknown_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_data_commands_fill_the_landing_zone(settings: Settings) -> None:
-    result = runner.invoke(app, ["data", "synth", "--customers", "1500", "--months", "3", "--scenario",
-                                 "quality_bug", "--format", "mixed", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--customers",
+            "1500",
+            "--months",
+            "3",
+            "--scenario",
+            "quality_bug",
+            "--format",
+            "mixed",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     landing = settings.state_dir / "lake" / "credit_synthetic" / "landing"
