@@ -156,7 +156,7 @@ def contract_check(
 def data_synth(
     customers: Annotated[int, typer.Option(min=1, help="customers, one application each (~8.7 rows each)")] = 20_000,
     seed: int = 7,
-    start: Annotated[str, typer.Option(help="first application month, YYYY-MM")] = "2025-01",
+    start: Annotated[str | None, typer.Option(help="first application month, YYYY-MM (default: a year ago)")] = None,
     months: Annotated[int, typer.Option(min=1)] = 12,
     scenario: Annotated[
         str, typer.Option(help="none, covariate_shift, new_category, concept_drift, quality_bug, delayed_labels")

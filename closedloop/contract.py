@@ -8,7 +8,7 @@ not new code. Loading a malformed contract raises :class:`ContractError` naming 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,12 +39,32 @@ class Table(_Strict):
 
     event_time: Identifier = Field(description="UTC timestamp column: when the row became true")
     primary_key: list[Identifier] = Field(min_length=1, description="columns unique within the table")
+    ttl_days: int = Field(default=3650, ge=1, description="how long a row stays a valid feature value")
     description: str = ""
 
 
 class Entity(_Strict):
     name: Identifier
     join_key: Identifier
+    description: str = ""
+
+
+class Ratio(_Strict):
+    """An on-demand feature: numerator / denominator, computed the same way offline and online."""
+
+    name: Identifier
+    numerator: Identifier
+    denominator: Identifier
+    description: str = ""
+
+
+class Aggregate(_Strict):
+    """A history feature: ``function`` of ``column`` over an entity's last ``window`` rows of its table."""
+
+    name: Identifier
+    column: Identifier
+    function: Literal["mean", "max", "min", "sum"]
+    window: int = Field(ge=2, le=120, description="number of most recent rows, the current one included")
     description: str = ""
 
 
@@ -140,6 +160,9 @@ class Contract(_Strict):
     label: Label
     columns: list[Column] = Field(min_length=1)
     decision: Decision
+    key_type: Literal["int", "string"] = Field(default="int", description="type of the entity and primary keys")
+    ratios: list[Ratio] = Field(default_factory=list)
+    aggregates: list[Aggregate] = Field(default_factory=list)
     max_bad_row_share: float = Field(default=0.2, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -168,6 +191,20 @@ class Contract(_Strict):
             seen.add(col.name)
         if not self.model_inputs:
             raise ValueError("no column is a model input: every column is sensitive or excluded")
+        numeric = {c.name for c in self.model_inputs if c.type in (ColumnType.INT, ColumnType.FLOAT)}
+        for i, ratio in enumerate(self.ratios):
+            for side in ("numerator", "denominator"):
+                if getattr(ratio, side) not in numeric:
+                    raise ValueError(
+                        f"ratios[{i}] ({ratio.name}).{side}: {getattr(ratio, side)!r} is not a numeric model input"
+                    )
+        derived = [r.name for r in self.ratios] + [a.name for a in self.aggregates]
+        for i, agg in enumerate(self.aggregates):
+            if agg.column not in numeric:
+                raise ValueError(f"aggregates[{i}] ({agg.name}).column: {agg.column!r} is not a numeric model input")
+        clash = sorted((set(derived) & seen) | {n for n in derived if derived.count(n) > 1})
+        if clash:
+            raise ValueError(f"derived feature name(s) {clash} clash with a column or with each other")
         return self
 
     # --- derived views -------------------------------------------------------------------------
@@ -183,6 +220,9 @@ class Contract(_Strict):
     @property
     def excluded(self) -> list[Column]:
         return [c for c in self.columns if c.exclude]
+
+    def aggregates_of(self, table: str) -> list[Aggregate]:
+        return [a for a in self.aggregates if self.column(a.column).source == table]
 
     def column(self, name: str) -> Column:
         for col in self.columns:
@@ -262,7 +302,3 @@ def load_contract(path: str | Path) -> Contract:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ContractError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
     return parse_contract(data, origin=str(path))
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

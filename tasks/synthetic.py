@@ -72,7 +72,7 @@ class SyntheticConfig:
 
     customers: int = 100_000
     seed: int = 7
-    start: str = "2025-01"  # first application month (YYYY-MM)
+    start: str | None = None  # first application month (YYYY-MM); default: `months` months before this one
     months: int = 12
     scenario: Scenario = Scenario.NONE
     drift_start: str | None = None  # YYYY-MM; default: two thirds into the period
@@ -97,6 +97,8 @@ class SyntheticConfig:
 
     @property
     def first_month(self) -> np.datetime64:
+        if self.start is None:  # the most recent full months, so that the data is fresh for serving
+            return np.datetime64(datetime.now(UTC).strftime("%Y-%m"), "M") - self.months
         return np.datetime64(self.start, "M")
 
     @property
@@ -389,6 +391,7 @@ def write_synthetic(config: SyntheticConfig, landing_uri: str, endpoint_url: str
 
 def _describe(config: SyntheticConfig) -> dict[str, object]:
     out = asdict(config)
+    out["start"] = str(config.first_month)
     out["drift_start"] = str(config.drift_month)
     out["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return out

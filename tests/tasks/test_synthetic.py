@@ -37,7 +37,7 @@ def _read(root: Path, table: str) -> pd.DataFrame:
 
 
 def _generate(tmp: Path, name: str, **kwargs: object) -> dict[str, pd.DataFrame]:
-    config = SyntheticConfig(customers=kwargs.pop("customers", CUSTOMERS), seed=3, **kwargs)  # type: ignore[arg-type]
+    config = SyntheticConfig(customers=kwargs.pop("customers", CUSTOMERS), seed=3, start="2025-01", **kwargs)  # type: ignore[arg-type]
     write_synthetic(config, (tmp / name).as_uri())
     return {t: _read(tmp / name, t) for t in CONTRACT.tables}
 
@@ -48,7 +48,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
 
 
 def test_same_seed_same_bytes_and_blocks_bound_memory(tmp_path: Path) -> None:
-    config = SyntheticConfig(customers=BLOCK_CUSTOMERS + 700, seed=5, months=3)
+    config = SyntheticConfig(customers=BLOCK_CUSTOMERS + 700, seed=5, months=3, start="2025-01")
     first = write_synthetic(config, (tmp_path / "a").as_uri())
     second = write_synthetic(config, (tmp_path / "b").as_uri())
     assert first.rows == second.rows and first.rows["profiles"] == BLOCK_CUSTOMERS + 700
@@ -57,7 +57,7 @@ def test_same_seed_same_bytes_and_blocks_bound_memory(tmp_path: Path) -> None:
     sizes = [len(block["profiles"]) for block in iter_blocks(config)]
     assert sizes == [BLOCK_CUSTOMERS, 700]
     other = write_synthetic(
-        SyntheticConfig(customers=BLOCK_CUSTOMERS + 700, seed=6, months=3), (tmp_path / "c").as_uri()
+        SyntheticConfig(customers=BLOCK_CUSTOMERS + 700, seed=6, months=3, start="2025-01"), (tmp_path / "c").as_uri()
     )
     assert Path(other.files[0][7:]).read_bytes() != Path(first.files[0][7:]).read_bytes()
 
@@ -103,7 +103,9 @@ def test_history_precedes_the_application_and_labels_arrive_late(clean: dict[str
 
 
 def test_batches_are_dated_by_event_time(tmp_path: Path) -> None:
-    write_synthetic(SyntheticConfig(customers=2_000, months=2, batch="week"), (tmp_path / "w").as_uri())
+    write_synthetic(
+        SyntheticConfig(customers=2_000, months=2, batch="week", start="2025-01"), (tmp_path / "w").as_uri()
+    )
     for path in (tmp_path / "w" / "applications").iterdir():
         day = pd.Timestamp(path.stem.split("-", 1)[1], tz="UTC")
         assert day.dayofweek == 0
@@ -218,6 +220,15 @@ def test_delayed_labels_arrive_150_days_late(
     assert ((late["observed_at"] - late["applied_at"]) >= pd.Timedelta(days=240)).all()
     base = clean["outcomes"].join(apps, on="application_id")
     assert len(late) < len(base[base["applied_at"] >= drift_start])
+
+
+def test_default_period_ends_with_the_last_full_month() -> None:
+    import datetime as dt
+
+    config = SyntheticConfig(customers=10)
+    this_month = np.datetime64(dt.datetime.now(dt.UTC).strftime("%Y-%m"), "M")
+    assert config.first_month == this_month - 12
+    assert config.end == np.datetime64(this_month, "us")
 
 
 @pytest.mark.parametrize(
