@@ -1,0 +1,304 @@
+"""Row-level validation of a batch with a Great Expectations suite derived from the dataset contract.
+
+Three stages, each naming what it rejects:
+1. schema (whole batch): required columns present, no unknown columns, event times carry a timezone, rows exist;
+2. types (per row): every cell converts to the contract's type (text in a numeric column, a timestamp without
+   a timezone or a fractional integer fail that row, with the offending value);
+3. expectations (per row): the GX suite (nulls, ranges, categories, key uniqueness, event times between the
+   contract's start and now, label domain), run by GX itself with ``COMPLETE`` results, whose unexpected-index
+   lists say which rows broke which expectation.
+A batch whose bad-row share exceeds the contract's ``max_bad_row_share`` is quarantined whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from closedloop.contract import ColumnType, Contract
+from tasks.batches import UnusableBatch
+
+logger = logging.getLogger(__name__)
+
+TZ_SUFFIX = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+TS_DTYPE = "datetime64[us, UTC]"
+_GX_LOCK = threading.Lock()  # the ephemeral GX context is not safe to mutate from two threads
+
+
+@dataclass
+class Validation:
+    """Outcome of validating one batch of one table."""
+
+    table: str
+    rows_in: int
+    accepted: pd.DataFrame
+    rejected: pd.DataFrame  # rows as read, plus _source_row and _reasons
+    failing: dict[str, int] = field(default_factory=dict)  # expectation -> rows that broke it
+    gx_result: dict[str, Any] | None = None
+    batch_error: str | None = None  # set when the batch is quarantined whole
+
+    @property
+    def rows_accepted(self) -> int:
+        return 0 if self.batch_error else len(self.accepted)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.rows_in - self.rows_accepted
+
+
+def _gx() -> Any:
+    import great_expectations as gx
+
+    return gx
+
+
+@lru_cache(maxsize=1)
+def _context() -> Any:
+    gx = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return ctx
+
+
+def build_suite(contract: Contract, table: str, now: datetime) -> Any:
+    """The GX expectation suite for one table of the contract, as of ``now`` (for the future-time check)."""
+    import great_expectations.expectations as gxe
+
+    spec = contract.tables[table]
+    keys = list(dict.fromkeys([contract.entity.join_key, *[k for k in spec.primary_key if k != spec.event_time]]))
+    expectations: list[Any] = [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+    for key in keys:
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=key))
+    expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.event_time))
+    expectations.append(
+        gxe.ExpectColumnValuesToBeBetween(column=spec.event_time, min_value=contract.start, max_value=now)
+    )
+    if len(spec.primary_key) == 1:
+        expectations.append(gxe.ExpectColumnValuesToBeUnique(column=spec.primary_key[0]))
+    else:
+        expectations.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.primary_key)))
+    if table == contract.label.source:
+        label = contract.label
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=label.column))
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(column=label.column, value_set=[label.negative, label.positive])
+        )
+    for col in contract.columns_of(table):
+        if not col.nullable:
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name))
+        if col.type is ColumnType.CATEGORY:
+            expectations.append(gxe.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.categories or [])))
+        elif col.min is not None or col.max is not None:
+            expectations.append(
+                gxe.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max)
+            )
+    gx = _gx()
+    return gx.ExpectationSuite(name=f"{contract.name}.{table}.v{contract.version}", expectations=expectations)
+
+
+def describe(expectation: dict[str, Any]) -> str:
+    """Short, stable name of an expectation, e.g. ``expect_column_values_to_be_between(income)``."""
+    kwargs = expectation.get("kwargs", {})
+    target = kwargs.get("column") or ",".join(kwargs.get("column_list", []) or [])
+    return f"{expectation['type']}({target})" if target else expectation["type"]
+
+
+def check_schema(frame: pd.DataFrame, contract: Contract, table: str) -> None:
+    """Whole-batch checks: the columns are exactly the contract's, and there are rows."""
+    required = contract.required_columns(table)
+    present = [str(c) for c in frame.columns]
+    duplicated = sorted({c for c in present if present.count(c) > 1})
+    if duplicated:
+        raise UnusableBatch(f"column(s) {duplicated} appear more than once")
+    missing = [c for c in required if c not in present]
+    if table == contract.label.source and contract.label.column in missing:
+        raise UnusableBatch(f"the label column {contract.label.column!r} is missing from this {table} batch")
+    if missing:
+        raise UnusableBatch(f"missing column(s) {missing} required by contract {contract.name!r} for table {table!r}")
+    extra = [c for c in present if c not in required]
+    if extra:
+        raise UnusableBatch(
+            f"unexpected column(s) {extra} not in contract {contract.name!r} for table {table!r} "
+            "(add them to the contract, or drop them upstream)"
+        )
+    if frame.empty:
+        raise UnusableBatch("empty batch: a header but no rows")
+    event_time = contract.tables[table].event_time
+    dtype = frame[event_time].dtype
+    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.datetime64):
+        raise UnusableBatch(f"event time {event_time!r} has no timezone: closedloop will not guess one (write UTC)")
+
+
+def _key_columns(contract: Contract, table: str) -> list[str]:
+    spec = contract.tables[table]
+    keys = [contract.entity.join_key, *spec.primary_key]
+    return [k for k in dict.fromkeys(keys) if k != spec.event_time]
+
+
+def coerce(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Cast every column to the contract's type; returns the typed frame and type failures by row position."""
+    failures: dict[int, list[str]] = {}
+    out: dict[str, pd.Series] = {}
+
+    def fail(mask: np.ndarray, column: str, raw: pd.Series, expected: str) -> None:
+        for pos in np.flatnonzero(mask):
+            failures.setdefault(int(pos), []).append(f"type({column}): expected {expected}, got {raw.iloc[pos]!r}")
+
+    def numeric(column: str, integer: bool) -> pd.Series:
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = raw.notna().to_numpy() & values.isna().to_numpy()
+        if integer:
+            fractional = values.notna().to_numpy() & (np.asarray(values.fillna(0)) % 1 != 0)
+            bad |= fractional
+            values = values.where(~fractional)
+        fail(bad, column, raw, "an integer" if integer else "a number")
+        return values.astype("Int64") if integer else values.astype("float64")
+
+    for key in _key_columns(contract, table):
+        if contract.key_type == "int":
+            out[key] = numeric(key, integer=True)
+        else:
+            out[key] = frame[key].astype("string")
+    event_time = contract.tables[table].event_time
+    out[event_time] = _timestamps(frame[event_time], event_time, failures)
+    if table == contract.label.source:
+        out[contract.label.column] = numeric(contract.label.column, integer=True)
+    for col in contract.columns_of(table):
+        if col.type is ColumnType.INT:
+            out[col.name] = numeric(col.name, integer=True)
+        elif col.type is ColumnType.FLOAT:
+            out[col.name] = numeric(col.name, integer=False)
+        elif col.type is ColumnType.BOOL:
+            raw = frame[col.name]
+            mapped = raw.map(
+                lambda v: {"true": True, "1": True, "false": False, "0": False}.get(str(v).strip().lower())
+                if pd.notna(v)
+                else None
+            )
+            fail(raw.notna().to_numpy() & mapped.isna().to_numpy(), col.name, raw, "true or false")
+            out[col.name] = mapped.astype("boolean")
+        else:
+            raw = frame[col.name]
+            out[col.name] = raw.where(raw.isna(), raw.astype(str)).astype(object)
+    typed = pd.DataFrame(out, index=frame.index)[contract.required_columns(table)]
+    return typed, failures
+
+
+def _timestamps(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return raw.dt.tz_convert("UTC").astype(TS_DTYPE)
+    text = raw.astype("string")
+    has_value = text.notna().to_numpy()
+    has_tz = text.str.strip().str.contains(TZ_SUFFIX, na=False).to_numpy()
+    parsed = pd.to_datetime(text.where(has_tz), utc=True, format="ISO8601", errors="coerce")
+    for pos in np.flatnonzero(has_value & ~has_tz):
+        failures.setdefault(int(pos), []).append(f"type({column}): timestamp without timezone {raw.iloc[pos]!r}")
+    for pos in np.flatnonzero(has_value & has_tz & parsed.isna().to_numpy()):
+        failures.setdefault(int(pos), []).append(f"type({column}): not a timestamp {raw.iloc[pos]!r}")
+    return parsed.astype(TS_DTYPE)
+
+
+def run_suite(typed: pd.DataFrame, suite: Any) -> dict[str, Any]:
+    """Run the suite with GX on a pandas batch; the result as GX's JSON document."""
+    gx = _gx()
+    with _GX_LOCK:
+        ctx = _context()
+        try:
+            source = ctx.data_sources.get("closedloop")
+        except (KeyError, ValueError):
+            source = ctx.data_sources.add_pandas("closedloop")
+        asset_name = suite.name
+        try:
+            asset = source.get_asset(asset_name)
+        except (LookupError, ValueError):
+            asset = source.add_dataframe_asset(asset_name)
+        try:
+            definition = asset.get_batch_definition("whole")
+        except (KeyError, LookupError, ValueError):
+            definition = asset.add_batch_definition_whole_dataframe("whole")
+        saved = ctx.suites.add_or_update(suite)
+        vd = ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"vd.{asset_name}", data=definition, suite=saved)
+        )
+        result = vd.run(batch_parameters={"dataframe": typed}, result_format={"result_format": "COMPLETE"})
+    document: dict[str, Any] = result.to_json_dict()
+    return document
+
+
+def validate(frame: pd.DataFrame, contract: Contract, table: str, now: datetime) -> Validation:
+    """Validate a batch read from the landing zone; never drops a row without a reason."""
+    frame = frame.reset_index(drop=True)
+    rows_in = len(frame)
+
+    def whole(
+        reason: str, failing: dict[str, int] | None = None, gx_result: dict[str, Any] | None = None
+    ) -> Validation:
+        rejected = frame.assign(_source_row=np.arange(rows_in), _reasons=reason)
+        return Validation(table, rows_in, frame.iloc[0:0], rejected, failing or {}, gx_result, reason)
+
+    try:
+        check_schema(frame, contract, table)
+    except UnusableBatch as exc:
+        return whole(str(exc))
+    typed, type_failures = coerce(frame, contract, table)
+    document = run_suite(typed, build_suite(contract, table, now))
+    reasons: dict[int, list[str]] = {pos: list(msgs) for pos, msgs in type_failures.items()}
+    failing: dict[str, int] = {}
+    for msgs in type_failures.values():
+        for msg in msgs:
+            label = msg.split(":", 1)[0]
+            failing[label] = failing.get(label, 0) + 1
+    typed_out = {m.split("(", 1)[1].split(")", 1)[0] for msgs in type_failures.values() for m in msgs}
+    for item in document["results"]:
+        if item["success"]:
+            continue
+        config = item["expectation_config"]
+        name = describe(config)
+        if item.get("exception_info", {}).get("raised_exception"):
+            return whole(
+                f"validator error in {name}: {item['exception_info'].get('exception_message')}", gx_result=document
+            )
+        indices = item.get("result", {}).get("unexpected_index_list")
+        if indices is None:  # a table-level expectation (row count) failed
+            return whole(f"batch broke {name}", {name: rows_in}, document)
+        column = config.get("kwargs", {}).get("column")
+        count = 0
+        for index in indices:
+            pos = int(index)
+            if (
+                column in typed_out
+                and config["type"] == "expect_column_values_to_not_be_null"
+                and any(m.startswith(f"type({column})") for m in type_failures.get(pos, []))
+            ):
+                continue  # already reported as a type failure of that cell
+            reasons.setdefault(pos, []).append(name)
+            count += 1
+        if count:
+            failing[name] = count
+    bad = np.array(sorted(reasons), dtype=np.int64)
+    good_mask = np.ones(rows_in, dtype=bool)
+    good_mask[bad] = False
+    rejected = frame.iloc[bad].assign(_source_row=bad, _reasons=["; ".join(reasons[int(p)]) for p in bad])
+    accepted = typed.loc[good_mask].reset_index(drop=True)
+    failing = dict(sorted(failing.items(), key=lambda kv: -kv[1]))
+    share = len(bad) / rows_in
+    if share > contract.max_bad_row_share:
+        top = ", ".join(f"{k} ({v})" for k, v in list(failing.items())[:3])
+        reason = f"{share:.0%} of rows are bad, over the contract's limit of {contract.max_bad_row_share:.0%}: {top}"
+        rejected = frame.assign(
+            _source_row=np.arange(rows_in),
+            _reasons=["; ".join(reasons.get(i, [])) or "batch over the bad-row limit" for i in range(rows_in)],
+        )
+        return Validation(table, rows_in, typed.iloc[0:0], rejected, failing, document, reason)
+    return Validation(table, rows_in, accepted, rejected, failing, document)
