@@ -13,9 +13,11 @@ from closedloop.settings import Settings, SettingsError, disable_telemetry, load
 
 app = typer.Typer(help="closedloop: a closed-loop MLOps pipeline for credit-risk scoring.", no_args_is_help=True)
 data_app = typer.Typer(help="Put data into the landing zone.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Inspect and replay quarantined batches.", no_args_is_help=True)
 contract_app = typer.Typer(help="Inspect dataset contracts.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(contract_app, name="contract")
+app.add_typer(quarantine_app, name="quarantine")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
@@ -217,6 +219,134 @@ def data_taiwan(
     except _known_errors() as exc:
         _fail(str(exc))
     _emit({"landing_uri": target, "rows": rows}, as_json, f"wrote {rows} to {target}")
+
+
+def _connect(settings: Settings) -> None:
+    """Point this process's Prefect and MLflow clients at the running stack (before Prefect is imported)."""
+    import os
+
+    from closedloop import stack
+
+    try:
+        stack.require_running(settings, ("prefect",))
+    except stack.StackError as exc:
+        _fail(str(exc))
+    os.environ.update(settings.server_environment())
+
+
+def _contract_option(contract: Path | None, settings: Settings) -> str:
+    return str((contract or settings.contract).resolve())
+
+
+ContractOption = Annotated[Path | None, typer.Option("--contract", help="contract file (default: CLOSEDLOOP_CONTRACT)")]
+
+
+@app.command()
+def ingest(
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="files, folders or URIs (default: the landing zone)")
+    ] = None,
+    contract: ContractOption = None,
+    no_materialize: Annotated[bool, typer.Option("--no-materialize", help="skip the online store")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the ingest/validate flow on the running stack and print its result."""
+    settings = _settings()
+    _connect(settings)
+    from flows.ingest_validate import IngestParams, ingest_validate
+
+    params = IngestParams(
+        sources=list(sources or []), contract=_contract_option(contract, settings), materialize=not no_materialize
+    )
+    try:
+        result = ingest_validate(params)
+    except _known_errors() as exc:
+        _fail(str(exc))
+    text = "\n".join(
+        f"{o.status:<11} {o.table or '?':<15} {o.rows_in:>8} in {o.rows_accepted:>8} ok {o.rows_quarantined:>8} bad  "
+        f"{o.uri.rsplit('/', 1)[-1]}" + (f"\n{'':<12}{o.reason}" if o.reason else "")
+        for o in result.batches
+    ) + (
+        f"\n\n{result.rows_in:,} rows in = {result.rows_accepted:,} accepted + {result.rows_quarantined:,} quarantined;"
+        f" materialized: {', '.join(result.materialized_views) or 'nothing'}"
+    )
+    _emit(result.model_dump(mode="json"), as_json, text)
+
+
+def _lake(settings: Settings, contract: Path | None) -> Any:
+    from closedloop.contract import ContractError, load_contract
+    from tasks.lake import Lake
+
+    try:
+        loaded = load_contract(_contract_option(contract, settings))
+    except ContractError as exc:
+        _fail(str(exc))
+    return Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url)
+
+
+@quarantine_app.command("list")
+def quarantine_list(contract: ContractOption = None, as_json: JsonFlag = False) -> None:
+    """Quarantined batches of the dataset, newest first, with their reasons."""
+    settings = _settings()
+    records = sorted(_lake(settings, contract).quarantined(), key=lambda r: r["quarantined_at"], reverse=True)
+    text = (
+        "\n".join(
+            f"{r['batch_id']}  {r['status']:<11} {r['table'] or '?':<15} {r['rows_quarantined']:>7} rows  "
+            f"{r.get('source_name')}  replays: {len(r['replays'])}\n    {r['reason'] or _top(r['failing'])}"
+            for r in records
+        )
+        or "no quarantined batches"
+    )
+    _emit(records, as_json, text)
+
+
+def _top(failing: dict[str, int]) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in list(failing.items())[:3])
+
+
+@quarantine_app.command("show")
+def quarantine_show(batch: str, contract: ContractOption = None, rows: int = 10, as_json: JsonFlag = False) -> None:
+    """One quarantined batch: its reason record and its first rejected rows with their reasons."""
+    from closedloop import storage
+
+    settings = _settings()
+    lake = _lake(settings, contract)
+    try:
+        record = lake.read_reason(batch)
+    except storage.StorageError as exc:
+        _fail(str(exc))
+    sample: list[dict[str, Any]] = []
+    if storage.exists(lake.quarantine(batch, "rejected.parquet"), lake.endpoint_url):
+        sample = lake.read_rejected(batch).head(rows).astype(str).to_dict(orient="records")
+    text = (
+        json.dumps(record, indent=2, default=str)
+        + "\n\nrejected rows:\n"
+        + "\n".join(f"  row {r['_source_row']}: {r['_reasons']}" for r in sample)
+    )
+    _emit({**record, "rejected_rows": sample}, as_json, text)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    batches: Annotated[list[str], typer.Argument(help="quarantined batch ids")],
+    contract: ContractOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-validate quarantined batches through the ingest/validate flow (after fixing the contract or the data)."""
+    settings = _settings()
+    _connect(settings)
+    from flows.ingest_validate import IngestParams, ingest_validate
+
+    try:
+        result = ingest_validate(IngestParams(replay=batches, contract=_contract_option(contract, settings)))
+    except _known_errors() as exc:
+        _fail(str(exc))
+    text = "\n".join(
+        f"{o.replay_of} -> {o.batch_id}: {o.status} ({o.rows_accepted} accepted, "
+        f"{o.rows_quarantined} still quarantined)"
+        for o in result.batches
+    )
+    _emit(result.model_dump(mode="json"), as_json, text)
 
 
 @app.command()

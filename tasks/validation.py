@@ -28,7 +28,7 @@ from tasks.batches import UnusableBatch
 
 logger = logging.getLogger(__name__)
 
-TZ_SUFFIX = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
 TS_DTYPE = "datetime64[us, UTC]"
 _GX_LOCK = threading.Lock()  # the ephemeral GX context is not safe to mutate from two threads
 
@@ -152,7 +152,9 @@ def coerce(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[pd.Data
 
     def fail(mask: np.ndarray, column: str, raw: pd.Series, expected: str) -> None:
         for pos in np.flatnonzero(mask):
-            failures.setdefault(int(pos), []).append(f"type({column}): expected {expected}, got {raw.iloc[pos]!r}")
+            value = raw.iloc[pos]
+            value = value.item() if isinstance(value, np.generic) else value
+            failures.setdefault(int(pos), []).append(f"type({column}): expected {expected}, got {value!r}")
 
     def numeric(column: str, integer: bool) -> pd.Series:
         raw = frame[column]
