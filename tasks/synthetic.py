@@ -81,6 +81,8 @@ class SyntheticConfig:
     file_format: FileFormat = FileFormat.PARQUET
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scenario", Scenario(self.scenario))  # accept plain names too
+        object.__setattr__(self, "file_format", FileFormat(self.file_format))
         if self.customers < 1:
             raise ValueError(f"customers must be at least 1, got {self.customers}")
         if self.months < 1:
