@@ -326,3 +326,21 @@ def test_batch_ref_names_the_table_by_folder_or_prefix() -> None:
     )
     assert identify("file:///l/credit_history-2025-01-01.parquet", "file:///l", contract).table == "credit_history"
     assert identify("file:///l/other/x.csv", "file:///l", contract).table is None
+
+
+@pytest.mark.parametrize(("case", "fmt", "mutate", "bad", "reason"), ROW_CASES, ids=[c[0] for c in ROW_CASES])
+def test_the_fast_pass_and_gx_agree_row_by_row(
+    tables: dict[str, pd.DataFrame], case: str, fmt: str, mutate: Mutation, bad: list[int], reason: str
+) -> None:
+    """The vectorised pass over the suite flags exactly the rows GX's own engine flags, rule by rule."""
+    from tasks.validation import _masks_from, build_suite, coerce, run_suite, unexpected_masks
+
+    contract = contract_at(CONTRACT)
+    frame = mutate(tables["applications"].copy())
+    if fmt == "csv":
+        frame = pd.read_csv(io.BytesIO(_csv(frame)), dtype=str, keep_default_na=False, na_values=[""])
+    typed, _ = coerce(frame, contract, "applications")
+    suite = build_suite(contract, "applications", NOW)
+    fast = {k: v.nonzero()[0].tolist() for k, v in (unexpected_masks(typed, suite) or {}).items() if v.any()}
+    slow = {k: v.nonzero()[0].tolist() for k, v in _masks_from(run_suite(typed, suite), len(typed)).items()}
+    assert fast == slow
