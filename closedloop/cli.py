@@ -64,6 +64,7 @@ def _status_table(rows: list[Any]) -> str:
 @app.command()
 def up(
     s3: Annotated[bool, typer.Option("--s3", help="also start a local in-memory S3 endpoint (moto)")] = False,
+    flows: Annotated[bool, typer.Option("--flows", help="also serve the flows (run them from the Prefect UI)")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start the Prefect and MLflow servers in the background (idempotent) and print their addresses."""
@@ -71,7 +72,7 @@ def up(
 
     settings = _settings()
     try:
-        rows = stack.up(settings, s3=s3)
+        rows = stack.up(settings, s3=s3, flows=flows)
     except _known_errors() as exc:
         _fail(str(exc))
     text = _status_table(rows) + f"\n\nstate: {settings.state_dir}\nprofile: {settings.profile.value}"
@@ -349,6 +350,18 @@ def quarantine_replay(
     _emit(result.model_dump(mode="json"), as_json, text)
 
 
+@app.command("serve-flows")
+def serve_flows() -> None:
+    """Serve every flow as a deployment (schedules, runs from the UI); `up --flows` runs this in the background."""
+    settings = _settings()
+    _connect(settings)
+    from prefect import serve
+
+    from deployments.flows import deployments
+
+    serve(*deployments(), limit=2)
+
+
 @app.command()
 def bench(
     names: Annotated[list[str] | None, typer.Argument(help="benchmarks to run (default: all)")] = None,
@@ -379,7 +392,7 @@ def demo(
 
     settings = _settings()
     try:
-        rows = stack.up(settings)
+        rows = stack.up(settings, flows=True)
         typer.echo(_status_table(rows))
         synth_landing = settings.landing_uri("credit_synthetic")
         if storage.list_objects(synth_landing):

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLOSEDLOOP_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Every library in the stack phones home unless told not to; these machines have no internet and
 # users in regulated settings expect silence. Values as each library reads them (see STACK notes).
@@ -48,7 +49,8 @@ class Settings(BaseSettings):
     profile: Profile = Profile.LOCAL
     state_dir: Path = Field(default=Path(".closedloop"), description="all local state lives below this folder")
     contract: Path = Field(
-        default=Path("datasets/credit_synthetic/contract.yaml"), description="the dataset contract in use"
+        default=PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml",
+        description="the dataset contract in use",
     )
 
     host: str = Field(default="127.0.0.1", description="interface the local servers bind to")
@@ -169,6 +171,10 @@ class Settings(BaseSettings):
     def server_environment(self) -> dict[str, str]:
         """Environment every child process (servers, flow runs) gets on top of the caller's."""
         env = dict(TELEMETRY_OFF)
+        # the same settings, with paths already absolute, for processes started elsewhere (flow runs, servers)
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = str(value.value if isinstance(value, Profile) else value)
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["PREFECT_API_URL"] = self.prefect_api_url
         env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri

@@ -62,7 +62,7 @@ def _bin(name: str) -> str:
     return str(path)
 
 
-def components(settings: Settings, s3: bool = False) -> list[Component]:
+def components(settings: Settings, s3: bool = False, flows: bool = False) -> list[Component]:
     """The servers of this profile, with the exact command line and environment each one runs with."""
     base_env = settings.server_environment()
     prefect_env = {
@@ -119,6 +119,18 @@ def components(settings: Settings, s3: bool = False) -> list[Component]:
             },
         ),
     ]
+    if flows:
+        out.append(
+            Component(
+                name="flows",
+                port=0,
+                # healthy once the served deployment is registered with the Prefect server
+                health_url=f"{settings.prefect_api_url}/deployments/name/ingest_validate/ingest-validate",
+                ui_url=f"{settings.prefect_ui_url}/deployments",
+                command=[_bin("closedloop"), "serve-flows"],
+                env={**prefect_env},
+            )
+        )
     if s3:
         out.append(
             Component(
@@ -157,7 +169,7 @@ def _alive(pid: int) -> bool:
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
     try:
-        return httpx.get(url, timeout=timeout).status_code < 500
+        return httpx.get(url, timeout=timeout).status_code < 400
     except httpx.HTTPError:
         return False
 
@@ -202,11 +214,11 @@ def _status_of(settings: Settings, comp: Component) -> ComponentStatus:
     return status
 
 
-def status(settings: Settings, s3: bool | None = None) -> list[ComponentStatus]:
-    """State of every component; ``s3`` defaults to whether ``up --s3`` recorded one."""
-    if s3 is None:
-        s3 = _pid_file(settings, "s3").exists()
-    return [_status_of(settings, comp) for comp in components(settings, s3=s3)]
+def status(settings: Settings, s3: bool | None = None, flows: bool | None = None) -> list[ComponentStatus]:
+    """State of every component; the optional ones are shown when ``up`` recorded them."""
+    s3 = _pid_file(settings, "s3").exists() if s3 is None else s3
+    flows = _pid_file(settings, "flows").exists() if flows is None else flows
+    return [_status_of(settings, comp) for comp in components(settings, s3=s3, flows=flows)]
 
 
 def _prepare_production(settings: Settings) -> None:
@@ -281,14 +293,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def up(settings: Settings, s3: bool = False) -> list[ComponentStatus]:
-    """Start what is not running yet and wait until everything answers; idempotent."""
+def up(settings: Settings, s3: bool = False, flows: bool = False) -> list[ComponentStatus]:
+    """Start what is not running yet and wait until everything answers; idempotent.
+
+    Order: the S3 endpoint (production servers write to it), then Prefect and MLflow in parallel, then the
+    flow runner (it registers its deployments with the Prefect server).
+    """
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     for folder in (settings.logs_dir, settings.run_dir, settings.prefect_home, settings.state_dir / "mlflow"):
         folder.mkdir(parents=True, exist_ok=True)
-    comps = components(settings, s3=s3)
-    # the S3 endpoint first: the production MLflow server writes its artifacts there
-    comps.sort(key=lambda c: c.name != "s3")
+    comps = components(settings, s3=s3, flows=flows)
+    comps.sort(key=lambda c: {"s3": 0, "flows": 2}.get(c.name, 1))
     started: list[tuple[Component, int]] = []
     waiting: list[tuple[Component, int]] = []
     prepared = settings.profile is not Profile.PRODUCTION
@@ -307,7 +322,10 @@ def up(settings: Settings, s3: bool = False) -> list[ComponentStatus]:
             if state == "unhealthy" and pid is not None:
                 waiting.append((comp, pid))  # still starting (a concurrent 'up')
                 continue
-            if comp.name == "s3":  # the production servers need the endpoint before they start
+            if comp.name in ("s3", "flows"):  # these need the others running first
+                for other, other_pid in waiting:
+                    _wait_healthy(settings, other, other_pid)
+                waiting.clear()
                 pid = _start(settings, comp)
                 started.append((comp, pid))
                 _wait_healthy(settings, comp, pid)
@@ -324,7 +342,7 @@ def up(settings: Settings, s3: bool = False) -> list[ComponentStatus]:
         for comp, _pid in started:
             _stop(settings, comp.name)
         raise
-    return status(settings, s3=s3 or None)
+    return status(settings, s3=s3 or None, flows=flows or None)
 
 
 def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:

@@ -1,0 +1,1 @@
+"""Prefect deployments of closedloop's flows (configuration: names, parameters, schedules, triggers)."""
