@@ -385,15 +385,21 @@ def demo(
     customers: Annotated[int, typer.Option(min=1000, help="synthetic customers for the year of data")] = 20_000,
     keep_running: Annotated[bool, typer.Option(help="leave the servers running afterwards")] = True,
 ) -> None:
-    """Bring the stack up and seed the landing zones with a year of synthetic data and the Taiwan data."""
+    """Bring the stack up, seed both landing zones, and ingest them through the served ingest deployment."""
     from closedloop import stack, storage
-    from tasks.synthetic import SyntheticConfig, write_synthetic
-    from tasks.taiwan import write_taiwan
 
     settings = _settings()
     try:
         rows = stack.up(settings, flows=True)
         typer.echo(_status_table(rows))
+        _connect(settings)  # before anything imports Prefect
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.deployments import run_deployment
+
+        from closedloop.settings import PROJECT_ROOT
+        from tasks.synthetic import SyntheticConfig, write_synthetic
+        from tasks.taiwan import write_taiwan
+
         synth_landing = settings.landing_uri("credit_synthetic")
         if storage.list_objects(synth_landing):
             typer.echo(f"landing zone {synth_landing} already holds batches: not generating again")
@@ -405,6 +411,14 @@ def demo(
         taiwan_landing = settings.landing_uri("taiwan_credit_default")
         if not storage.list_objects(taiwan_landing):
             typer.echo(f"Taiwan data: {write_taiwan(taiwan_landing, endpoint_url=settings.s3_endpoint_url)}")
+        for contract in (settings.contract, PROJECT_ROOT / "datasets" / "taiwan_credit_default" / "contract.yaml"):
+            run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns the FlowRun
+                "ingest_validate/ingest-validate", parameters={"params": {"contract": str(contract)}}, timeout=1800
+            )
+            state = run.state.name if run.state else "unknown"
+            typer.echo(f"ingest of {contract.parent.name}: {state} ({settings.prefect_ui_url}/runs/flow-run/{run.id})")
+            if not run.state or not run.state.is_completed():
+                _fail(f"the ingest of {contract.parent.name} did not complete: see {settings.logs_dir / 'flows.log'}")
     except _known_errors() as exc:
         _fail(str(exc))
     finally:
@@ -412,7 +426,7 @@ def demo(
             stack.down(settings)
     typer.echo(
         f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
-        "Stop everything with: closedloop down"
+        "Quarantine: closedloop quarantine list\nStop everything with: closedloop down"
     )
 
 
