@@ -350,6 +350,31 @@ def quarantine_replay(
     _emit(result.model_dump(mode="json"), as_json, text)
 
 
+@app.command()
+def train(contract: ContractOption = None, as_json: JsonFlag = False) -> None:
+    """Run the train/evaluate flow on the running stack: version, metrics with intervals, gate verdicts."""
+    settings = _settings()
+    _connect(settings)
+    from flows.train_evaluate import TrainParams, train_evaluate
+    from tasks.training import TrainingDataError
+
+    try:
+        result = train_evaluate(TrainParams(contract=_contract_option(contract, settings)))
+    except TrainingDataError as exc:
+        _fail(str(exc))
+    except _known_errors() as exc:
+        _fail(str(exc))
+    lines = [
+        f"{result.dataset} v{result.version}: {'eligible' if result.eligible else 'NOT eligible'} "
+        f"({result.training_rows:,} training rows)"
+    ]
+    for name, value in result.metrics.items():
+        low, high = result.intervals.get(name, (float("nan"), float("nan")))
+        lines.append(f"  {name:<9} {value:.4f}  [{low:.4f}, {high:.4f}]")
+    lines += [f"  gate {k}: {v['verdict']} - {v.get('reason', '')}" for k, v in result.gates.items()]
+    _emit(result.model_dump(mode="json"), as_json, "\n".join(lines))
+
+
 @app.command("serve-flows")
 def serve_flows() -> None:
     """Serve every flow as a deployment (schedules, runs from the UI); `up --flows` runs this in the background."""

@@ -70,9 +70,6 @@ class Settings(BaseSettings):
     s3_bucket: str = Field(default="closedloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     aws_region: str = "us-east-1"
 
-    mlflow_experiment: str = "closedloop"
-    registered_model: str = "credit-risk"
-
     @field_validator("state_dir", "contract")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

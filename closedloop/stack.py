@@ -293,7 +293,9 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def up(settings: Settings, s3: bool = False, flows: bool = False) -> list[ComponentStatus]:
+def up(
+    settings: Settings, s3: bool = False, flows: bool = False, only: tuple[str, ...] | None = None
+) -> list[ComponentStatus]:
     """Start what is not running yet and wait until everything answers; idempotent.
 
     Order: the S3 endpoint (production servers write to it), then Prefect and MLflow in parallel, then the
@@ -302,7 +304,7 @@ def up(settings: Settings, s3: bool = False, flows: bool = False) -> list[Compon
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     for folder in (settings.logs_dir, settings.run_dir, settings.prefect_home, settings.state_dir / "mlflow"):
         folder.mkdir(parents=True, exist_ok=True)
-    comps = components(settings, s3=s3, flows=flows)
+    comps = [c for c in components(settings, s3=s3, flows=flows) if only is None or c.name in only]
     comps.sort(key=lambda c: {"s3": 0, "flows": 2}.get(c.name, 1))
     started: list[tuple[Component, int]] = []
     waiting: list[tuple[Component, int]] = []

@@ -10,8 +10,10 @@ from typing import Any
 from prefect.schedules import Interval
 
 from flows.ingest_validate import IngestParams, ingest_validate
+from flows.train_evaluate import TrainParams, train_evaluate
 
 INGEST = "ingest-validate"
+TRAIN = "train-evaluate"
 
 
 def deployments() -> list[Any]:
@@ -23,5 +25,11 @@ def deployments() -> list[Any]:
             parameters={"params": IngestParams().model_dump()},
             schedules=[Interval(3600, parameters={"params": IngestParams().model_dump()})],
             tags=["closedloop", "ingest"],
+        ),
+        train_evaluate.to_deployment(
+            name=TRAIN,
+            description="Train a challenger on matured labels, evaluate it against the gates, register it.",
+            parameters={"params": TrainParams().model_dump(mode="json")},
+            tags=["closedloop", "train"],
         ),
     ]

@@ -69,6 +69,16 @@ def model_service_name(contract: Contract) -> str:
     return f"{contract.name}_model_v{contract.version}"
 
 
+def sensitive_refs(contract: Contract) -> list[str]:
+    """Feature references of the sensitive attributes (offline views: fairness analysis only)."""
+    return [
+        f"{table}_sensitive:{c.name}"
+        for table in feature_tables(contract)
+        for c in contract.columns_of(table)
+        if c.sensitive and not c.is_model_input
+    ]
+
+
 def _fields(columns: list[Column]) -> list[Field]:
     return [Field(name=c.name, dtype=FEAST_TYPES[c.type]) for c in columns]
 

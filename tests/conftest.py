@@ -67,3 +67,17 @@ def prefect_server() -> Iterator[str]:
         from prefect.settings import PREFECT_API_URL
 
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One real MLflow tracking server (SQLite, local artifacts) for the session; yields its port."""
+    from closedloop import stack
+
+    state = tmp_path_factory.mktemp("mlflow-server")
+    server = Settings(state_dir=state, mlflow_port=free_port(), prefect_port=free_port())
+    stack.up(server, only=("mlflow",))
+    try:
+        yield server.mlflow_port
+    finally:
+        stack.down(server)

@@ -1,0 +1,108 @@
+"""Fairness of the refusal decision across the contract's sensitive attributes, with Fairlearn.
+
+The favourable outcome for an applicant is approval (score below the threshold). For each sensitive attribute
+(numeric ones in the contract's bands) it reports approval rate, TPR, FPR and AUC by group, the
+demographic-parity and equalized-odds differences and the disparate-impact ratio of approval rates
+(four-fifths rule). Groups below ``min_group_rows`` are reported and flagged but not judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fairlearn.metrics import (
+    MetricFrame,
+    demographic_parity_difference,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import roc_auc_score
+
+from closedloop.contract import Column, Contract
+
+
+@dataclass(frozen=True)
+class FairnessLimits:
+    max_demographic_parity_difference: float = 0.15
+    max_equalized_odds_difference: float = 0.15
+    min_disparate_impact: float = 0.8
+    min_group_rows: int = 50
+    max_worsening_vs_champion: float = 0.02
+
+
+def groups_of(values: pd.Series, column: Column) -> pd.Series:
+    """Group labels of a sensitive attribute: categories as they are, numbers in the contract's bands."""
+    if column.bands:
+        edges = column.bands
+        labels = [f"{edges[i]:g}-{edges[i + 1]:g}" for i in range(len(edges) - 1)]
+        return pd.cut(pd.to_numeric(values, errors="coerce"), bins=edges, right=False, labels=labels).astype(object)
+    return values.astype(object)
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def assess(
+    contract: Contract, sensitive: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, limits: FairnessLimits
+) -> dict[str, Any]:
+    """Per sensitive attribute: metrics by group, the three disparity measures, and whether they pass the limits."""
+    refuse = (p >= threshold).astype(int)
+    approve = 1 - refuse
+    out: dict[str, Any] = {}
+    for column in contract.sensitive:
+        if column.name not in sensitive:
+            out[column.name] = {"verdict": "skipped", "reason": "attribute not available for the test rows"}
+            continue
+        groups = groups_of(sensitive[column.name].reset_index(drop=True), column)
+        known = groups.notna().to_numpy()
+        sizes = groups[known].value_counts()
+        judged = [g for g, n in sizes.items() if n >= limits.min_group_rows]
+        small = [g for g, n in sizes.items() if n < limits.min_group_rows]
+        if len(judged) < 2:
+            out[column.name] = {
+                "verdict": "skipped",
+                "groups": sizes.to_dict(),
+                "reason": f"fewer than two groups with at least {limits.min_group_rows} rows",
+            }
+            continue
+        mask = known & groups.isin(judged).to_numpy()
+        frame = MetricFrame(
+            metrics={"approval_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate},
+            y_true=y[mask],
+            y_pred=refuse[mask],
+            sensitive_features=groups[mask].to_numpy(),
+        )
+        by_group = frame.by_group.to_dict(orient="index")
+        for g in by_group:
+            sel = groups[mask].to_numpy() == g
+            by_group[g]["approval_rate"] = float(approve[mask][sel].mean())
+            by_group[g]["roc_auc"] = _auc(y[mask][sel], p[mask][sel])
+            by_group[g]["rows"] = int(sel.sum())
+        rates = [v["approval_rate"] for v in by_group.values()]
+        dp = float(demographic_parity_difference(y[mask], refuse[mask], sensitive_features=groups[mask].to_numpy()))
+        eo = float(equalized_odds_difference(y[mask], refuse[mask], sensitive_features=groups[mask].to_numpy()))
+        di = float(min(rates) / max(rates)) if max(rates) > 0 else float("nan")
+        result: dict[str, Any] = {
+            "groups": {str(k): v for k, v in by_group.items()},
+            "small_groups": {str(g): int(sizes[g]) for g in small},
+            "demographic_parity_difference": dp,
+            "equalized_odds_difference": eo,
+            "disparate_impact": di,
+        }
+        failures = []
+        if dp > limits.max_demographic_parity_difference:
+            failures.append("demographic parity difference")
+        if eo > limits.max_equalized_odds_difference:
+            failures.append("equalized odds difference")
+        if not di >= limits.min_disparate_impact:
+            failures.append("disparate impact (four-fifths rule)")
+        result["verdict"] = "fail" if failures else "pass"
+        result["failures"] = failures
+        out[column.name] = result
+    return out

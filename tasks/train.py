@@ -1,0 +1,389 @@
+"""Prefect tasks of the train/evaluate flow: build the training set, fit, evaluate with gates, register."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from closedloop.settings import PROJECT_ROOT, Settings
+from feature_repo.definitions import model_service_name, sensitive_refs
+from feature_repo.store import open_store
+from tasks import evaluation as ev
+from tasks.fairness import FairnessLimits, assess
+from tasks.ingest import contract_at
+from tasks.lake import Lake
+from tasks.registry import ChampionUnavailable, champion_scores, champion_version, log_and_register
+from tasks.training import (
+    EVENT_TIMESTAMP,
+    SPLIT,
+    TrainingConfig,
+    assign_splits,
+    entity_frame,
+    feature_names,
+    fit_model,
+    frame_hash,
+    typed_features,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Gates(BaseModel):
+    """Promotion thresholds; every gate fails closed."""
+
+    min_roc_auc: float = Field(default=0.65, description="absolute floor on the test window")
+    min_test_rows: int = Field(default=200, description="fewer test rows: the gate cannot decide")
+    min_test_positives: int = Field(default=20)
+    noninferiority_margin: float = Field(
+        default=0.01, description="lower bound of AUC(new)-AUC(champion) above -margin"
+    )
+    max_demographic_parity_difference: float = 0.15
+    max_equalized_odds_difference: float = 0.15
+    min_disparate_impact: float = 0.8
+    min_group_rows: int = 50
+    max_fairness_worsening: float = Field(default=0.02, description="vs the champion, per disparity measure")
+
+
+class TrainingSet(BaseModel):
+    uri: str
+    rows: int
+    positives: int
+    entity_hash: str
+    window_start: datetime
+    window_end: datetime
+    feature_service: str
+    contract_fingerprint: str
+
+
+@task(name="build_training_set", cache_policy=NO_CACHE)
+def build_training_set(settings: Settings, contract_path: str, cutoff: datetime, config: TrainingConfig) -> TrainingSet:
+    """Point-in-time features for every matured application, through the model's FeatureService."""
+    contract = contract_at(contract_path)
+    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
+    entities = entity_frame(lake, contract, cutoff)
+    store = open_store(settings, contract)
+    service = model_service_name(contract)
+    try:
+        frame = store.get_historical_features(entity_df=entities, features=store.get_feature_service(service)).to_df()
+    except Exception as exc:  # a feature the service names but the store lacks, an unapplied repo, ...
+        raise ev_error(f"cannot build the training set through FeatureService {service!r}: {exc}") from exc
+    refs = sensitive_refs(contract)
+    if refs:
+        keys = [*_row_keys(contract), EVENT_TIMESTAMP]
+        sensitive = store.get_historical_features(entity_df=entities[keys], features=refs).to_df()
+        frame = frame.merge(sensitive, on=keys, how="left", validate="one_to_one")
+    missing = [f for f in feature_names(contract) if f not in frame]
+    if missing:
+        raise ev_error(f"the feature store returned no column(s) {missing} for FeatureService {service!r}")
+    frame = frame.sort_values([EVENT_TIMESTAMP, *_row_keys(contract)]).reset_index(drop=True)
+    if len(frame) < config.min_rows:
+        raise ev_error(
+            f"only {len(frame)} matured labelled rows by {cutoff:%Y-%m-%d}; at least {config.min_rows} needed"
+        )
+    positives = int((frame[contract.label.column] == contract.label.positive).sum())
+    if positives < config.min_positives:
+        raise ev_error(
+            f"only {positives} positive labels among {len(frame)} rows; at least {config.min_positives} needed"
+        )
+    frame[SPLIT] = assign_splits(frame, contract, config)
+    folder = settings.state_dir / "training" / contract.name
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = frame_hash(entities)
+    path = folder / f"training-{digest}.parquet"
+    frame.to_parquet(path, index=False)
+    return TrainingSet(
+        uri=path.as_uri(),
+        rows=len(frame),
+        positives=positives,
+        entity_hash=digest,
+        window_start=frame[EVENT_TIMESTAMP].min().to_pydatetime(),
+        window_end=frame[EVENT_TIMESTAMP].max().to_pydatetime(),
+        feature_service=service,
+        contract_fingerprint=contract.fingerprint,
+    )
+
+
+def _row_keys(contract: Any) -> list[str]:
+    """The entity key and the prediction table's own key: one row per decision."""
+    spec = contract.tables[contract.prediction]
+    return list(dict.fromkeys([contract.entity.join_key, *[k for k in spec.primary_key if k != spec.event_time]]))
+
+
+def ev_error(message: str) -> ValueError:
+    from tasks.training import TrainingDataError
+
+    return TrainingDataError(message)
+
+
+def _load(training: TrainingSet, contract_path: str) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    contract = contract_at(contract_path)
+    frame = pd.read_parquet(training.uri[7:])
+    features = typed_features(frame, contract)
+    y = (frame[contract.label.column] == contract.label.positive).astype(int).to_numpy()
+    return frame, features, y
+
+
+@task(name="fit_model", cache_policy=NO_CACHE)
+def train_model(training: TrainingSet, contract_path: str, config: TrainingConfig) -> str:
+    """Fit XGBoost on the train split with early stopping on the validation split; returns the model file."""
+    frame, x, y = _load(training, contract_path)
+    split = frame[SPLIT].to_numpy()
+    model = fit_model(
+        x[split == "train"], y[split == "train"], x[split == "validation"], y[split == "validation"], config
+    )
+    path = Path(training.uri[7:]).with_suffix(".ubj")
+    model.save_model(path)
+    return str(path)
+
+
+def _model(path: str) -> Any:
+    import xgboost as xgb
+
+    model = xgb.XGBClassifier()
+    model.load_model(path)
+    return model
+
+
+@task(name="evaluate_candidate", cache_policy=NO_CACHE)
+def evaluate_candidate(
+    training: TrainingSet, model_path: str, contract_path: str, tracking_uri: str, gates: Gates
+) -> dict[str, Any]:
+    """Metrics with intervals, cost threshold, calibration, segments, champion comparison, fairness and gates."""
+    contract = contract_at(contract_path)
+    frame, x, y = _load(training, contract_path)
+    test = (frame[SPLIT] == "test").to_numpy()
+    model = _model(model_path)
+    p = model.predict_proba(x[test])[:, 1]
+    yt = y[test]
+    verdicts: dict[str, dict[str, Any]] = {}
+    decidable = test.sum() >= gates.min_test_rows and yt.sum() >= gates.min_test_positives and yt.sum() < len(yt)
+    report: dict[str, Any] = {"test_rows": int(test.sum()), "test_positives": int(yt.sum())}
+    if not decidable:
+        verdicts["quality"] = {
+            "verdict": "blocked",
+            "reason": (
+                f"cannot decide on {int(test.sum())} test rows with {int(yt.sum())} positives "
+                f"(need {gates.min_test_rows} rows and {gates.min_test_positives} positives of each class)"
+            ),
+        }
+        return {"report": report, "verdicts": verdicts, "eligible": False, "threshold": 0.5}
+    headline = ev.metrics(yt, p)
+    decision = ev.cost_threshold(yt, p, contract.decision.cost_false_negative, contract.decision.cost_false_positive)
+    categorical = {
+        c.name: frame.loc[test, c.name].to_numpy(dtype=object)
+        for c in contract.model_inputs
+        if c.categories and len(c.categories) <= 12
+    }
+    report.update(
+        metrics=headline,
+        intervals=ev.bootstrap_intervals(yt, p),
+        decision={"threshold": decision.threshold, "expected_cost": decision.expected_cost, **decision.confusion},
+        calibration=ev.calibration(yt, p),
+        segments=ev.segments(yt, p, categorical, min_rows=gates.min_group_rows),
+        best_iteration=int(model.best_iteration) if hasattr(model, "best_iteration") else None,
+    )
+    floor_ok = headline["roc_auc"] >= gates.min_roc_auc
+    verdicts["quality_floor"] = {
+        "verdict": "pass" if floor_ok else "fail",
+        "reason": f"ROC-AUC {headline['roc_auc']:.4f} vs floor {gates.min_roc_auc}",
+    }
+    limits = FairnessLimits(
+        gates.max_demographic_parity_difference,
+        gates.max_equalized_odds_difference,
+        gates.min_disparate_impact,
+        gates.min_group_rows,
+        gates.max_fairness_worsening,
+    )
+    sensitive = frame.loc[test, [c.name for c in contract.sensitive if c.name in frame]]
+    fairness = assess(contract, sensitive, yt, p, decision.threshold, limits)
+    report["fairness"] = fairness
+    champion_fairness: dict[str, Any] | None = None
+    try:
+        champ = champion_version(tracking_uri, contract.name)
+        if champ is None:
+            verdicts["champion"] = {"verdict": "pass", "reason": "no champion yet: absolute floors only"}
+        else:
+            p_old = champion_scores(tracking_uri, contract.name, champ, x[test])
+            diff = ev.paired_auc_difference(yt, p, p_old)
+            ok = diff["lower"] > -gates.noninferiority_margin
+            report["champion"] = {"version": champ, **diff, "champion_roc_auc": ev.metrics(yt, p_old)["roc_auc"]}
+            verdicts["champion"] = {
+                "verdict": "pass" if ok else "fail",
+                "compared_with": champ,
+                "reason": (
+                    f"AUC difference {diff['difference']:+.4f}, 95% lower bound {diff['lower']:+.4f} vs margin "
+                    f"-{gates.noninferiority_margin}"
+                ),
+            }
+            old_decision = ev.cost_threshold(
+                yt, p_old, contract.decision.cost_false_negative, contract.decision.cost_false_positive
+            )
+            champion_fairness = assess(contract, sensitive, yt, p_old, old_decision.threshold, limits)
+    except ChampionUnavailable as exc:
+        verdicts["champion"] = {"verdict": "blocked", "reason": str(exc)}
+    verdicts["fairness"] = _fairness_verdict(fairness, champion_fairness, gates)
+    eligible = all(v["verdict"] == "pass" for v in verdicts.values())
+    return {"report": report, "verdicts": verdicts, "eligible": eligible, "threshold": decision.threshold}
+
+
+def _fairness_verdict(new: dict[str, Any], old: dict[str, Any] | None, gates: Gates) -> dict[str, Any]:
+    problems = []
+    for attribute, result in new.items():
+        if result.get("verdict") == "fail":
+            problems.append(f"{attribute}: {', '.join(result['failures'])}")
+        if (
+            old
+            and result.get("verdict") in ("pass", "fail")
+            and old.get(attribute, {}).get("verdict") in ("pass", "fail")
+        ):
+            for measure in ("demographic_parity_difference", "equalized_odds_difference"):
+                if result[measure] > old[attribute][measure] + gates.max_fairness_worsening:
+                    problems.append(f"{attribute}: {measure} worse than the champion's")
+    skipped = [a for a, r in new.items() if r.get("verdict") == "skipped"]
+    reason = "; ".join(problems) or "within limits" + (f" (not judged: {', '.join(skipped)})" if skipped else "")
+    return {"verdict": "fail" if problems else "pass", "reason": reason}
+
+
+def code_commit() -> str:
+    try:
+        command = ["git", "rev-parse", "HEAD"]  # read-only, git from PATH
+        out = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=False)  # noqa: S603
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@task(name="register_candidate", cache_policy=NO_CACHE)
+def register_candidate(
+    training: TrainingSet,
+    model_path: str,
+    contract_path: str,
+    tracking_uri: str,
+    evaluation: dict[str, Any],
+    config: TrainingConfig,
+    started_by: str,
+    now: datetime,
+) -> tuple[str, str, str]:
+    """Log and register the model with its evidence record and model card; returns (version, card, evidence)."""
+    contract = contract_at(contract_path)
+    frame, x, _ = _load(training, contract_path)
+    model = _model(model_path)
+    report, verdicts = evaluation["report"], evaluation["verdicts"]
+    evidence = {
+        "dataset": contract.name,
+        "contract_version": contract.version,
+        "contract_fingerprint": contract.fingerprint,
+        "feature_service": training.feature_service,
+        "entity_frame_hash": training.entity_hash,
+        "data_window": [training.window_start.isoformat(), training.window_end.isoformat()],
+        "training_rows": training.rows,
+        "training_positives": training.positives,
+        "code_commit": code_commit(),
+        "started_by": started_by,
+        "trained_at": now.isoformat(),
+        "report": report,
+        "gates": verdicts,
+        "eligible": evaluation["eligible"],
+        "decision_threshold": evaluation["threshold"],
+    }
+    card = model_card(contract.name, evidence)
+    metrics = {f"test_{k}": v for k, v in report.get("metrics", {}).items()}
+    for name, (low, high) in report.get("intervals", {}).items():
+        metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = low, high
+    tags = {f"gate.{k}": v["verdict"] for k, v in verdicts.items()}
+    tags.update(
+        {
+            "eligible": str(evaluation["eligible"]).lower(),
+            "contract_fingerprint": contract.fingerprint,
+            "feature_service": training.feature_service,
+            "started_by": started_by,
+            "decision_threshold": f"{evaluation['threshold']:.6f}",
+        }
+    )
+    params = {
+        **config.__dict__,
+        "features": ",".join(feature_names(contract)),
+        "entity_frame_hash": training.entity_hash,
+    }
+    documents = {"evidence.json": json.dumps(evidence, indent=2, default=str), "model_card.md": card}
+    example = x[(frame[SPLIT] == "train").to_numpy()].head(50)
+    version = log_and_register(
+        tracking_uri, contract.name, model, example, params, metrics, tags, documents, evaluation["eligible"]
+    )
+    return version, card, documents["evidence.json"]
+
+
+def model_card(name: str, evidence: dict[str, Any]) -> str:
+    """Markdown model card from the evidence record."""
+    report = evidence["report"]
+    lines = [
+        f"# Model card: {name}",
+        "",
+        "**Intended use**: estimate the probability that a credit application defaults, to support (not replace) a "
+        "lending decision. Not for use on populations or products outside the contract's data.",
+        "",
+        f"- Contract: {name} v{evidence['contract_version']} (`{evidence['contract_fingerprint']}`), FeatureService "
+        f"`{evidence['feature_service']}`",
+        f"- Data window: {evidence['data_window'][0][:10]} to {evidence['data_window'][1][:10]}, "
+        f"{evidence['training_rows']:,} labelled applications ({evidence['training_positives']:,} defaults)",
+        f"- Code: `{evidence['code_commit'][:12]}`; started by: {evidence['started_by']}",
+        f"- Eligible for promotion: **{evidence['eligible']}**",
+        "",
+        "## Metrics on the out-of-time test window (95% bootstrap intervals)",
+        "",
+        "| metric | value | interval |",
+        "|---|---|---|",
+    ]
+    for metric, value in report.get("metrics", {}).items():
+        low, high = report.get("intervals", {}).get(metric, (float("nan"), float("nan")))
+        lines.append(f"| {metric} | {value:.4f} | {low:.4f} - {high:.4f} |")
+    decision = report.get("decision")
+    if decision:
+        lines += [
+            "",
+            f"Decision threshold {decision['threshold']:.4f} (minimum expected cost: "
+            f"{decision['expected_cost']:.4f} per application); confusion on the test window: "
+            f"TP {decision['tp']}, FP {decision['fp']}, TN {decision['tn']}, FN {decision['fn']}.",
+        ]
+    lines += [
+        "",
+        "## Fairness (approval = score below the threshold)",
+        "",
+        "| attribute | group | rows | approval rate | TPR | FPR | AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for attribute, result in report.get("fairness", {}).items():
+        for group, m in result.get("groups", {}).items():
+            lines.append(
+                f"| {attribute} | {group} | {m['rows']} | {m['approval_rate']:.3f} | {m['tpr']:.3f} | "
+                f"{m['fpr']:.3f} | {m['roc_auc']:.3f} |"
+            )
+        if "disparate_impact" in result:
+            lines.append(
+                f"| {attribute} | DP diff {result['demographic_parity_difference']:.3f}, EO diff "
+                f"{result['equalized_odds_difference']:.3f}, DI {result['disparate_impact']:.3f} | | | | | |"
+            )
+        if result.get("small_groups"):
+            lines.append(f"| {attribute} | small groups, not judged: {result['small_groups']} | | | | | |")
+    lines += ["", "## Gates", ""] + [
+        f"- **{k}**: {v['verdict']} ({v.get('reason', '')})" for k, v in evidence["gates"].items()
+    ]
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "- Trained on matured labels only: the most recent applications are not represented.",
+        "- Sensitive attributes are not model inputs, but correlated inputs can still carry their signal; "
+        "monitor the fairness table over time.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""Training data and model fitting: a point-in-time training set through the FeatureService, time splits, XGBoost.
+
+Only labels that have matured by the cut-off are used: an application enters the training set when its outcome
+was observed before the cut-off and the contract's label delay has passed since it was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from closedloop.contract import ColumnType, Contract
+from tasks.lake import Lake
+
+logger = logging.getLogger(__name__)
+
+EVENT_TIMESTAMP = "event_timestamp"
+SPLIT = "_split"
+
+
+class TrainingDataError(ValueError):
+    """The data cannot support a trustworthy model; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Knobs of one training run (the flow's parameters carry them)."""
+
+    test_share: float = 0.2
+    validation_share: float = 0.15
+    min_rows: int = 500
+    min_positives: int = 30
+    seed: int = 7
+    n_estimators: int = 600
+    max_depth: int = 4
+    learning_rate: float = 0.05
+    early_stopping_rounds: int = 40
+    n_jobs: int = 2
+
+
+def feature_names(contract: Contract) -> list[str]:
+    """The model's inputs, in a fixed order: contract inputs, then history aggregates, then ratios."""
+    return (
+        [c.name for c in contract.model_inputs]
+        + [a.name for a in contract.aggregates]
+        + [r.name for r in contract.ratios]
+    )
+
+
+def entity_frame(lake: Lake, contract: Contract, cutoff: datetime) -> pd.DataFrame:
+    """Scored applications with a matured label: the entity frame for point-in-time retrieval."""
+    spec = contract.tables[contract.prediction]
+    label = contract.label
+    label_spec = contract.tables[label.source]
+    request = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
+    apps = lake.read_offline(contract.prediction)
+    outcomes = lake.read_offline(label.source)
+    if apps.empty:
+        raise TrainingDataError(f"no {contract.prediction} rows in the offline store: ingest data first")
+    if outcomes.empty:
+        raise TrainingDataError(f"no {label.source} rows (labels) in the offline store: ingest outcomes first")
+    keys = [k for k in label_spec.primary_key if k != label_spec.event_time]
+    matured = outcomes[outcomes[label_spec.event_time] <= cutoff][[*keys, label.column]]
+    frame = apps.merge(matured, on=keys, how="inner", validate="one_to_one")
+    frame = frame[frame[spec.event_time] <= cutoff - timedelta(days=label.delay_days)]
+    frame = frame.rename(columns={spec.event_time: EVENT_TIMESTAMP})
+    columns = list(dict.fromkeys([contract.entity.join_key, *keys, EVENT_TIMESTAMP, *request, label.column]))
+    frame = frame[columns].sort_values([EVENT_TIMESTAMP, *keys]).reset_index(drop=True)
+    positives = int((frame[label.column] == label.positive).sum())
+    if len(frame) == 0:
+        raise TrainingDataError(f"no matured labels by {cutoff:%Y-%m-%d} (label delay {label.delay_days} days)")
+    if positives == 0 or positives == len(frame):
+        raise TrainingDataError(
+            f"the label has a single class in the {len(frame)} matured rows ({positives} positives): nothing to learn"
+        )
+    return frame
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """Lineage: a hash of the entity frame's content (row order included)."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def typed_features(frame: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """Model matrix: numeric columns as float, categories with the contract's fixed category set."""
+    out = {}
+    aggregates = {a.name for a in contract.aggregates} | {r.name for r in contract.ratios}
+    for name in feature_names(contract):
+        if name in aggregates:
+            values = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+            out[name] = values.replace([np.inf, -np.inf], np.nan)
+            continue
+        col = contract.column(name)
+        if col.type is ColumnType.CATEGORY:
+            out[name] = pd.Categorical(frame[name], categories=col.categories)
+        elif col.type is ColumnType.BOOL:
+            out[name] = frame[name].astype("float64")
+        else:
+            out[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64").replace([np.inf, -np.inf], np.nan)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def assign_splits(frame: pd.DataFrame, contract: Contract, config: TrainingConfig) -> pd.Series:
+    """Split rows into train / validation / test, by time (the test window is the latest) unless unordered."""
+    n = len(frame)
+    n_test = max(round(n * config.test_share), 1)
+    n_val = max(round(n * config.validation_share), 1)
+    if contract.time_ordered:
+        order = np.argsort(frame[EVENT_TIMESTAMP].to_numpy(), kind="stable")
+    else:
+        order = np.random.default_rng(config.seed).permutation(n)
+    labels = np.empty(n, dtype=object)
+    labels[order[: n - n_test - n_val]] = "train"
+    labels[order[n - n_test - n_val : n - n_test]] = "validation"
+    labels[order[n - n_test :]] = "test"
+    return pd.Series(labels, index=frame.index, name=SPLIT)
+
+
+def fit_model(
+    x_train: pd.DataFrame, y_train: np.ndarray, x_val: pd.DataFrame, y_val: np.ndarray, config: TrainingConfig
+) -> Any:
+    """XGBoost (hist) with early stopping on the validation split."""
+    import xgboost as xgb
+
+    model = xgb.XGBClassifier(
+        n_estimators=config.n_estimators,
+        max_depth=config.max_depth,
+        learning_rate=config.learning_rate,
+        tree_method="hist",
+        enable_categorical=True,
+        early_stopping_rounds=config.early_stopping_rounds,
+        eval_metric="auc",
+        n_jobs=config.n_jobs,
+        random_state=config.seed,
+    )
+    model.fit(x_train, y_train, eval_set=[(x_val, y_val)], verbose=False)
+    logger.info("fitted %d trees (best iteration %d)", model.n_estimators, model.best_iteration)
+    return model
