@@ -410,7 +410,7 @@ def demo(
     customers: Annotated[int, typer.Option(min=1000, help="synthetic customers for the year of data")] = 20_000,
     keep_running: Annotated[bool, typer.Option(help="leave the servers running afterwards")] = True,
 ) -> None:
-    """Bring the stack up, seed both landing zones, and ingest them through the served ingest deployment."""
+    """Bring the stack up, seed both landing zones, then ingest and train on both through the served deployments."""
     from closedloop import stack, storage
 
     settings = _settings()
@@ -436,14 +436,20 @@ def demo(
         taiwan_landing = settings.landing_uri("taiwan_credit_default")
         if not storage.list_objects(taiwan_landing):
             typer.echo(f"Taiwan data: {write_taiwan(taiwan_landing, endpoint_url=settings.s3_endpoint_url)}")
+        stages = [("ingest", "ingest_validate/ingest-validate"), ("training", "train_evaluate/train-evaluate")]
         for contract in (settings.contract, PROJECT_ROOT / "datasets" / "taiwan_credit_default" / "contract.yaml"):
-            run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns the FlowRun
-                "ingest_validate/ingest-validate", parameters={"params": {"contract": str(contract)}}, timeout=1800
-            )
-            state = run.state.name if run.state else "unknown"
-            typer.echo(f"ingest of {contract.parent.name}: {state} ({settings.prefect_ui_url}/runs/flow-run/{run.id})")
-            if not run.state or not run.state.is_completed():
-                _fail(f"the ingest of {contract.parent.name} did not complete: see {settings.logs_dir / 'flows.log'}")
+            for stage, deployment in stages:
+                run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns the FlowRun
+                    deployment, parameters={"params": {"contract": str(contract)}}, timeout=1800
+                )
+                state = run.state.name if run.state else "unknown"
+                typer.echo(
+                    f"{stage} of {contract.parent.name}: {state} ({settings.prefect_ui_url}/runs/flow-run/{run.id})"
+                )
+                if not run.state or not run.state.is_completed():
+                    _fail(
+                        f"the {stage} of {contract.parent.name} did not complete: see {settings.logs_dir / 'flows.log'}"
+                    )
     except _known_errors() as exc:
         _fail(str(exc))
     finally:
