@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from closedloop.contract import load_contract
+from tasks.lake import Lake
+from tasks.training import EVENT_TIMESTAMP, TrainingConfig, TrainingDataError, assign_splits, entity_frame
+
+REPO = Path(__file__).resolve().parents[2]
+CONTRACT = load_contract(REPO / "datasets/credit_synthetic/contract.yaml")
+TAIWAN = load_contract(REPO / "datasets/taiwan_credit_default/contract.yaml")
+NOW = datetime(2025, 12, 31, tzinfo=UTC)
+
+
+def _lake(tmp_path: Path, labels: list[int], applied: list[str], observed: list[str]) -> Lake:
+    lake = Lake.of(tmp_path.as_uri(), CONTRACT.name)
+    n = len(labels)
+    apps = pd.DataFrame(
+        {
+            "customer_id": range(1, n + 1),
+            "application_id": range(11, 11 + n),
+            "applied_at": pd.to_datetime(applied, utc=True),
+            "loan_amount": 1000.0,
+            "loan_term_months": 12,
+            "loan_purpose": "car",
+            "channel": "online",
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "customer_id": apps["customer_id"],
+            "application_id": apps["application_id"],
+            "observed_at": pd.to_datetime(observed, utc=True),
+            "defaulted": labels,
+        }
+    )
+    lake.write_offline("applications", apps, "applied_at", "b1", NOW)
+    lake.write_offline("outcomes", outcomes, "observed_at", "b1", NOW)
+    return lake
+
+
+def test_only_matured_labels_enter_the_entity_frame(tmp_path: Path) -> None:
+    lake = _lake(
+        tmp_path,
+        [0, 1, 1, 0],
+        ["2025-01-10", "2025-02-10", "2025-11-20", "2025-03-01"],
+        ["2025-04-15", "2025-05-20", "2025-12-30", "2026-02-01"],
+    )
+    frame = entity_frame(lake, CONTRACT, NOW)
+    # the third is too recent (delay 90 days), the fourth is observed after the cut-off
+    assert frame["application_id"].tolist() == [11, 12]
+    assert list(frame.columns[:3]) == ["customer_id", "application_id", EVENT_TIMESTAMP]
+    assert "defaulted" in frame and "loan_amount" in frame
+
+
+def test_a_single_class_label_is_refused(tmp_path: Path) -> None:
+    lake = _lake(tmp_path, [0, 0], ["2025-01-10", "2025-02-10"], ["2025-04-15", "2025-05-20"])
+    with pytest.raises(TrainingDataError, match="the label has a single class in the 2 matured rows"):
+        entity_frame(lake, CONTRACT, NOW)
+
+
+def test_missing_labels_are_refused(tmp_path: Path) -> None:
+    lake = Lake.of(tmp_path.as_uri(), CONTRACT.name)
+    with pytest.raises(TrainingDataError, match="no applications rows in the offline store"):
+        entity_frame(lake, CONTRACT, NOW)
+
+
+def test_time_ordered_splits_test_on_the_latest_rows() -> None:
+    frame = pd.DataFrame({EVENT_TIMESTAMP: pd.date_range("2025-01-01", periods=100, freq="D", tz="UTC")[::-1]})
+    split = assign_splits(frame, CONTRACT, TrainingConfig(test_share=0.2, validation_share=0.1))
+    assert split.value_counts().to_dict() == {"train": 70, "test": 20, "validation": 10}
+    assert frame[EVENT_TIMESTAMP][split == "test"].min() > frame[EVENT_TIMESTAMP][split == "validation"].max()
+    assert frame[EVENT_TIMESTAMP][split == "validation"].min() > frame[EVENT_TIMESTAMP][split == "train"].max()
+
+
+def test_unordered_data_gets_a_seeded_random_split() -> None:
+    frame = pd.DataFrame({EVENT_TIMESTAMP: pd.Timestamp("2005-10-01", tz="UTC")}, index=range(100))
+    first = assign_splits(frame, TAIWAN, TrainingConfig(seed=1))
+    assert first.equals(assign_splits(frame, TAIWAN, TrainingConfig(seed=1)))
+    assert not first.equals(assign_splits(frame, TAIWAN, TrainingConfig(seed=2)))
