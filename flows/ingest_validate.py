@@ -13,6 +13,7 @@ from closedloop.settings import Settings, load_settings
 from tasks.ingest import (
     BatchOutcome,
     contract_at,
+    earliest_new_events,
     find_batches,
     ingest_batch,
     materialize_features,
@@ -63,13 +64,7 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
         refs = find_batches(params.sources, lake.landing, contract, settings.s3_endpoint_url)
         logger.info("%d batch file(s) found for %s", len(refs), contract.name)
         outcomes = [ingest_batch(ref, contract_path, lake, now) for ref in refs]
-    since: dict[str, datetime] = {}
-    for o in outcomes:
-        if o.first_event is not None and o.table is not None:
-            since[o.table] = min(since.get(o.table, o.first_event), o.first_event)
-            for table in (f"{o.table}_history",):
-                if contract.aggregates_of(o.table):
-                    since[table] = min(since.get(table, o.first_event), o.first_event)
+    since = earliest_new_events(outcomes, contract)
     views = materialize_features(settings, contract_path, since, now) if params.materialize and since else []
     result = IngestResult(
         dataset=contract.name,

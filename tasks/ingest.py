@@ -25,7 +25,7 @@ from feature_repo.definitions import build_repo, history_table
 from feature_repo.store import open_store
 from feature_repo.transforms import compute_aggregates
 from tasks.batches import BatchRef, UnusableBatch, batch_id, identify, read_frame
-from tasks.lake import Lake
+from tasks.lake import Lake, parquet_bytes
 from tasks.validation import Validation, validate
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def replay_quarantined(quarantined_id: str, contract_path: str, lake: Lake, now:
             outcome = _finish(lake, outcome, data, name, pd.DataFrame(), None, contract, now)
     else:
         frame = lake.read_rejected(quarantined_id).drop(columns=["_source_row", "_reasons"])
-        data = lake_bytes(frame)
+        data = parquet_bytes(frame)
     if outcome is None:
         result = validate(frame, contract, table, now)
         outcome = _store(lake, contract, record["uri"], name, table, rid, data, result, now, replay_of=quarantined_id)
@@ -250,12 +250,16 @@ def replay_quarantined(quarantined_id: str, contract_path: str, lake: Lake, now:
     return outcome
 
 
-def lake_bytes(frame: pd.DataFrame) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
+def earliest_new_events(outcomes: list[BatchOutcome], contract: Contract) -> dict[str, datetime]:
+    """Per offline table that received rows (history tables included), its earliest new event time."""
+    since: dict[str, datetime] = {}
+    for outcome in outcomes:
+        if outcome.first_event is None or outcome.table is None:
+            continue
+        tables = [outcome.table] + ([history_table(outcome.table)] if contract.aggregates_of(outcome.table) else [])
+        for table in tables:
+            since[table] = min(since.get(table, outcome.first_event), outcome.first_event)
+    return since
 
 
 @task(name="materialize_features", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

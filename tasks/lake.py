@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -87,7 +87,7 @@ class Lake:
         written = []
         for day, part in frame.groupby(days, sort=True):
             uri = storage.join(self.offline(table), f"event_date={day}", f"{batch_id}.parquet")
-            written.append(storage.write_bytes(uri, _parquet(part.reset_index(drop=True)), self.endpoint_url))
+            written.append(storage.write_bytes(uri, parquet_bytes(part.reset_index(drop=True)), self.endpoint_url))
         return written
 
     def read_offline(self, table: str, columns: list[str] | None = None, filters: Any = None) -> pd.DataFrame:
@@ -117,7 +117,7 @@ class Lake:
         storage.write_bytes(self.quarantine(batch_id, f"original.{suffix}"), original, self.endpoint_url)
         if not rejected.empty:
             storage.write_bytes(
-                self.quarantine(batch_id, "rejected.parquet"), _parquet(_textual(rejected)), self.endpoint_url
+                self.quarantine(batch_id, "rejected.parquet"), parquet_bytes(_textual(rejected)), self.endpoint_url
             )
         if validation is not None:
             storage.write_bytes(
@@ -151,7 +151,7 @@ class Lake:
         return pq.read_table(io.BytesIO(data)).to_pandas()
 
 
-def _parquet(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
     return buffer.getvalue()
@@ -164,7 +164,3 @@ def _textual(frame: pd.DataFrame) -> pd.DataFrame:
         if out[column].dtype == object:
             out[column] = out[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     return out
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
