@@ -82,3 +82,23 @@ def test_unordered_data_gets_a_seeded_random_split() -> None:
     first = assign_splits(frame, TAIWAN, TrainingConfig(seed=1))
     assert first.equals(assign_splits(frame, TAIWAN, TrainingConfig(seed=1)))
     assert not first.equals(assign_splits(frame, TAIWAN, TrainingConfig(seed=2)))
+
+
+def test_infinite_values_become_missing_and_unknown_categories_are_not_invented() -> None:
+    from tasks.training import feature_names, typed_features
+
+    row = {name: 1.0 for name in feature_names(CONTRACT)}
+    row.update(
+        education="university",
+        region="mars",
+        home_ownership="own",
+        loan_purpose="car",
+        channel=None,
+        income=float("inf"),
+        debt_to_income=float("-inf"),
+    )
+    frame = typed_features(pd.DataFrame([row]), CONTRACT)
+    assert pd.isna(frame.loc[0, "income"]) and pd.isna(frame.loc[0, "debt_to_income"])
+    assert pd.isna(frame.loc[0, "region"])  # not one of the contract's categories
+    assert list(frame["education"].cat.categories) == CONTRACT.column("education").categories
+    assert list(frame.columns) == feature_names(CONTRACT)
