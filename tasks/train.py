@@ -19,7 +19,8 @@ from closedloop.settings import PROJECT_ROOT, Settings
 from feature_repo.definitions import model_service_name, sensitive_refs
 from feature_repo.store import open_store
 from tasks import evaluation as ev
-from tasks.fairness import FairnessLimits, assess
+from tasks import explain
+from tasks.fairness import FairnessLimits, assess, groups_of
 from tasks.ingest import contract_at
 from tasks.lake import Lake
 from tasks.registry import ChampionUnavailable, champion_scores, champion_version, log_and_register
@@ -192,6 +193,19 @@ def evaluate_candidate(
         segments=ev.segments(yt, p, categorical, min_rows=gates.min_group_rows),
         best_iteration=int(model.best_iteration) if hasattr(model, "best_iteration") else None,
     )
+    contribs = explain.contributions(model, x[test])
+    names = list(x.columns)
+    report["explanations"] = {
+        "global": explain.global_importance(contribs, names),
+        "by_group": {
+            c.name: explain.importance_by_group(
+                contribs, names, groups_of(frame.loc[test, c.name], c), min_rows=gates.min_group_rows
+            )
+            for c in contract.sensitive
+            if c.name in frame
+        },
+        "example_reasons": explain.top_reasons(contribs[int(np.argmax(p))], names),
+    }
     floor_ok = headline["roc_auc"] >= gates.min_roc_auc
     verdicts["quality_floor"] = {
         "verdict": "pass" if floor_ok else "fail",
@@ -375,6 +389,10 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
             )
         if result.get("small_groups"):
             lines.append(f"| {attribute} | small groups, not judged: {result['small_groups']} | | | | | |")
+    importance = report.get("explanations", {}).get("global", {})
+    if importance:
+        lines += ["", "## What drives the score (mean |SHAP|, log-odds)", "", "| feature | importance |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in list(importance.items())[:10]]
     lines += ["", "## Gates", ""] + [
         f"- **{k}**: {v['verdict']} ({v.get('reason', '')})" for k, v in evidence["gates"].items()
     ]

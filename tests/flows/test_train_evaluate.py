@@ -65,6 +65,10 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     assert evidence["started_by"] == "event:evt-123"
     assert set(evidence["report"]["fairness"]) == {"age", "sex", "marital_status"}
     assert evidence["feature_service"] == "credit_synthetic_model_v1"
+    explanations = evidence["report"]["explanations"]
+    assert explanations["global"] and max(explanations["global"].values()) > 0
+    assert set(explanations["by_group"]["sex"]) == {"female", "male"}
+    assert explanations["example_reasons"] and all(r["contribution"] > 0 for r in explanations["example_reasons"])
     # the most recent applications are never trained on: their labels have not matured
     assert evidence["data_window"][1] < "2025-12-01"
     assert _event_arrives(prefect_server, result.event_id, result.version)
