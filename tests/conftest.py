@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from closedloop.settings import TELEMETRY_OFF, Settings, load_settings
@@ -81,3 +83,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         yield server.mlflow_port
     finally:
         stack.down(server)
+
+
+def prefect_api(method: str, url: str, **kwargs: object) -> httpx.Response:
+    """A raw call to the Prefect REST API, retried like Prefect's own client on 503 (its SQLite database was busy)."""
+    for attempt in range(20):
+        response = httpx.request(method, url, timeout=30, **kwargs)  # type: ignore[arg-type]
+        if response.status_code != 503:
+            return response.raise_for_status()
+        time.sleep(0.25 * (attempt + 1))
+    return response.raise_for_status()

@@ -7,8 +7,8 @@ import socket
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
+from conftest import prefect_api
 
 from closedloop import stack
 from closedloop.settings import Settings, load_settings
@@ -59,13 +59,9 @@ def test_up_is_idempotent_down_leaves_nothing_and_state_survives(running: Settin
 
     # put state in both servers: a Prefect flow run and variable, an MLflow run and registered model
     api = settings.prefect_api_url
-    flow_id = httpx.post(f"{api}/flows/", json={"name": "survives-restart"}).raise_for_status().json()["id"]
-    run_id = (
-        httpx.post(f"{api}/flow_runs/", json={"flow_id": flow_id, "name": "before-restart"})
-        .raise_for_status()
-        .json()["id"]
-    )
-    httpx.post(f"{api}/variables/", json={"name": "drift_threshold", "value": 0.25}).raise_for_status()
+    flow_id = prefect_api("POST", f"{api}/flows/", json={"name": "survives-restart"}).json()["id"]
+    run_id = prefect_api("POST", f"{api}/flow_runs/", json={"flow_id": flow_id, "name": "before-restart"}).json()["id"]
+    prefect_api("POST", f"{api}/variables/", json={"name": "drift_threshold", "value": 0.25})
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
@@ -82,8 +78,8 @@ def test_up_is_idempotent_down_leaves_nothing_and_state_survives(running: Settin
 
     restarted = {s.name: s.pid for s in stack.up(settings)}
     assert set(restarted.values()).isdisjoint(first.values())
-    assert httpx.get(f"{api}/flow_runs/{run_id}").raise_for_status().json()["name"] == "before-restart"
-    assert httpx.get(f"{api}/variables/name/drift_threshold").raise_for_status().json()["value"] == 0.25
+    assert prefect_api("GET", f"{api}/flow_runs/{run_id}").json()["name"] == "before-restart"
+    assert prefect_api("GET", f"{api}/variables/name/drift_threshold").json()["value"] == 0.25
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     assert client.get_run(mlflow_run).data.metrics["auc"] == 0.81
     assert client.get_registered_model("credit-risk-restart").name == "credit-risk-restart"

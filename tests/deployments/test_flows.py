@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
+from conftest import prefect_api
 
 from closedloop import stack
 from closedloop.settings import Settings
@@ -29,12 +29,12 @@ def test_ingest_runs_from_the_ui(served: Settings) -> None:
     lake = Lake.of(served.lake_uri, "credit_synthetic")
     write_synthetic(SyntheticConfig(customers=1_000, months=5), lake.landing)
     api = served.prefect_api_url
-    deployment = httpx.get(f"{api}/deployments/name/ingest_validate/ingest-validate").raise_for_status().json()
+    deployment = prefect_api("GET", f"{api}/deployments/name/ingest_validate/ingest-validate").json()
     assert set(deployment["parameter_openapi_schema"]["properties"]) == {"params"}  # the UI's run form
-    run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}).raise_for_status().json()
+    run = prefect_api("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={}).json()
     state: dict[str, str] = {}
     for _ in range(240):
-        state = httpx.get(f"{api}/flow_runs/{run['id']}").json()["state"]
+        state = prefect_api("GET", f"{api}/flow_runs/{run['id']}").json()["state"]
         if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             break
         time.sleep(0.5)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
+from conftest import prefect_api
 
 from closedloop import storage
 from closedloop.contract import load_contract
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 def _events(api: str, name: str) -> list[dict[str, object]]:
     body = {"filter": {"event": {"name": [name]}, "occurred": {"since": "2020-01-01T00:00:00Z"}}, "limit": 50}
-    return list(httpx.post(f"{api}/events/filter", json=body).raise_for_status().json()["events"])
+    return list(prefect_api("POST", f"{api}/events/filter", json=body).json()["events"])
 
 
 def test_a_year_of_synthetic_data_with_a_mixed_batch(prefect_server: str, settings: Settings) -> None:
@@ -83,10 +84,15 @@ def test_a_year_of_synthetic_data_with_a_mixed_batch(prefect_server: str, settin
     assert {b.status for b in again.batches} == {"duplicate"} and again.rows_in == 0
 
     # the run told the world: an event with the counts, and a markdown artifact
-    events = [e for e in _events(prefect_server, INGESTED_EVENT) if e["id"] == result.event_id]
+    events: list[dict[str, object]] = []
+    for _ in range(40):  # events reach the server through a background worker
+        events = [e for e in _events(prefect_server, INGESTED_EVENT) if e["id"] == result.event_id]
+        if events:
+            break
+        time.sleep(0.5)
     assert events and events[0]["payload"]["rows_quarantined"] == 2  # type: ignore[index]
-    artifacts = httpx.post(
-        f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["ingest-credit-synthetic"]}}}
+    artifacts = prefect_api(
+        "POST", f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["ingest-credit-synthetic"]}}}
     ).json()
     assert any("2 quarantined" in a["data"] for a in artifacts)
 

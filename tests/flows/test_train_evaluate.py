@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import httpx
 import pytest
+from conftest import prefect_api
 
 from closedloop.settings import PROJECT_ROOT, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
@@ -80,7 +80,7 @@ def _event_arrives(api: str, event_id: str | None, version: str) -> bool:
 
     body = {"filter": {"event": {"name": [TRAINED_EVENT]}, "occurred": {"since": "2020-01-01T00:00:00Z"}}}
     for _ in range(40):
-        events = httpx.post(f"{api}/events/filter", json=body).json()["events"]
+        events = prefect_api("POST", f"{api}/events/filter", json=body).json()["events"]
         if any(e["id"] == event_id and e["payload"]["version"] == version for e in events):
             return True
         time.sleep(0.5)
