@@ -96,6 +96,9 @@ class Column(_Strict):
         default=None, description="for a numeric sensitive attribute: band edges for fairness groups"
     )
     drift: Drift = Drift()
+    risk_direction: Literal["increasing", "decreasing"] | None = Field(
+        default=None, description="known direction of risk: enforced in training, checked by behavioural tests"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Column:
@@ -115,6 +118,8 @@ class Column(_Strict):
                 raise ValueError("'bands' apply only to numeric sensitive columns")
             if len(self.bands) < 2 or sorted(self.bands) != self.bands or len(set(self.bands)) != len(self.bands):
                 raise ValueError("'bands' must be at least two strictly increasing edges")
+        if self.risk_direction and self.type not in (ColumnType.INT, ColumnType.FLOAT):
+            raise ValueError("'risk_direction' applies only to numeric columns")
         if self.model_input and self.exclude:
             raise ValueError("a column cannot be both excluded and a model input")
         return self

@@ -20,6 +20,7 @@ from feature_repo.definitions import model_service_name, sensitive_refs
 from feature_repo.store import open_store
 from tasks import evaluation as ev
 from tasks import explain
+from tasks.behaviour import run_all as run_behaviour
 from tasks.fairness import FairnessLimits, assess, groups_of
 from tasks.ingest import contract_at
 from tasks.lake import Lake
@@ -33,6 +34,7 @@ from tasks.training import (
     feature_names,
     fit_model,
     frame_hash,
+    monotone_constraints,
     typed_features,
 )
 
@@ -139,8 +141,14 @@ def train_model(training: TrainingSet, contract_path: str, config: TrainingConfi
     """Fit XGBoost on the train split with early stopping on the validation split; returns the model file."""
     frame, x, y = _load(training, contract_path)
     split = frame[SPLIT].to_numpy()
+    constraints = monotone_constraints(contract_at(contract_path))
     model = fit_model(
-        x[split == "train"], y[split == "train"], x[split == "validation"], y[split == "validation"], config
+        x[split == "train"],
+        y[split == "train"],
+        x[split == "validation"],
+        y[split == "validation"],
+        config,
+        constraints,
     )
     path = Path(training.uri[7:]).with_suffix(".ubj")
     model.save_model(path)
@@ -205,6 +213,13 @@ def evaluate_candidate(
             if c.name in frame
         },
         "example_reasons": explain.top_reasons(contribs[int(np.argmax(p))], names),
+    }
+    probes = x[test].head(200)
+    behaviour = run_behaviour(lambda frame: model.predict_proba(frame)[:, 1], probes, contract)
+    report["behaviour"] = behaviour
+    verdicts["behaviour"] = {
+        "verdict": behaviour["verdict"],
+        "reason": "; ".join(behaviour["failures"]) or "directional, invariance, minimum functionality",
     }
     floor_ok = headline["roc_auc"] >= gates.min_roc_auc
     verdicts["quality_floor"] = {

@@ -123,13 +123,24 @@ def assign_splits(frame: pd.DataFrame, contract: Contract, config: TrainingConfi
     return pd.Series(labels, index=frame.index, name=SPLIT)
 
 
+def monotone_constraints(contract: Contract) -> dict[str, int]:
+    """The contract's known risk directions as XGBoost monotone constraints (+1 increasing, -1 decreasing)."""
+    return {c.name: 1 if c.risk_direction == "increasing" else -1 for c in contract.model_inputs if c.risk_direction}
+
+
 def fit_model(
-    x_train: pd.DataFrame, y_train: np.ndarray, x_val: pd.DataFrame, y_val: np.ndarray, config: TrainingConfig
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_val: pd.DataFrame,
+    y_val: np.ndarray,
+    config: TrainingConfig,
+    constraints: dict[str, int] | None = None,
 ) -> Any:
-    """XGBoost (hist) with early stopping on the validation split."""
+    """XGBoost (hist) with early stopping on the validation split and the contract's monotone constraints."""
     import xgboost as xgb
 
     model = xgb.XGBClassifier(
+        monotone_constraints=constraints or None,
         n_estimators=config.n_estimators,
         max_depth=config.max_depth,
         learning_rate=config.learning_rate,

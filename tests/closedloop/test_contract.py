@@ -112,3 +112,8 @@ def test_missing_file_and_wrong_shape(tmp_path: Path) -> None:
     listed.write_text("- a\n- b\n")
     with pytest.raises(ContractError, match="a contract is a mapping of fields, got list"):
         load_contract(listed)
+
+
+def test_risk_direction_only_for_numbers(doc: dict[str, Any]) -> None:
+    with pytest.raises(ContractError, match=r"columns\[4\] \(region\): 'risk_direction' applies only to numeric"):
+        parse_contract(_break(doc, "region", risk_direction="increasing"))

@@ -57,6 +57,7 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     c = client(configured)
     version = c.get_model_version("credit_synthetic", result.version)
     assert version.tags["gate.quality_floor"] == "pass"
+    assert version.tags["gate.behaviour"] == "pass"  # monotone constraints from the contract hold
     assert version.tags["eligible"] == str(result.eligible).lower()
     aliases = c.get_registered_model("credit_synthetic").aliases
     assert (aliases.get(CHALLENGER) == result.version) == result.eligible
