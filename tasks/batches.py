@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from closedloop import storage
 from closedloop.contract import Contract
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -56,11 +55,6 @@ def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
         )
     suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return BatchRef(uri=uri, table=table, file_format=FORMATS.get(suffix))
-
-
-def discover(landing_uri: str, contract: Contract, endpoint_url: str | None = None) -> list[BatchRef]:
-    """Every file below the landing root, oldest name first."""
-    return [identify(uri, landing_uri, contract) for uri in storage.list_objects(landing_uri, endpoint_url)]
 
 
 def read_frame(data: bytes, ref: BatchRef) -> pd.DataFrame:

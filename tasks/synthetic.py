@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from prefect import task
 
 from closedloop import storage
 
@@ -397,9 +396,3 @@ def _describe(config: SyntheticConfig) -> dict[str, object]:
     out["drift_start"] = str(config.drift_month)
     out["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return out
-
-
-@task(name="write_synthetic_batches", retries=0)
-def write_synthetic_batches(config: SyntheticConfig, landing_uri: str) -> SyntheticSummary:
-    """Prefect task around :func:`write_synthetic` for flows that seed a landing zone."""
-    return write_synthetic(config, landing_uri)

@@ -6,14 +6,14 @@ feature retrieval runs on real data; see ``datasets/taiwan_credit_default/CITATI
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
 
 from closedloop import storage
+from tasks.lake import parquet_bytes
+from tasks.synthetic import EVENT_TIME
 
 logger = logging.getLogger(__name__)
 
@@ -118,25 +118,10 @@ def write_taiwan(landing_uri: str, raw_csv: Path = RAW_CSV, endpoint_url: str | 
     """Publish the reshaped tables as dated parquet batches; returns rows per table."""
     tables = reshape_taiwan(pd.read_csv(raw_csv))
     rows: dict[str, int] = {}
-    event_time = {
-        "profiles": "profile_at",
-        "credit_history": "snapshot_at",
-        "applications": "applied_at",
-        "outcomes": "observed_at",
-    }
     for name, frame in tables.items():
-        for day, part in frame.groupby(frame[event_time[name]].dt.strftime("%Y-%m-%d"), sort=True):
-            buffer = io.BytesIO()
-            part.to_parquet(buffer, index=False)
-            storage.write_bytes(
-                storage.join(landing_uri, name, f"{name}-{day}.parquet"), buffer.getvalue(), endpoint_url
-            )
+        for day, part in frame.groupby(frame[EVENT_TIME[name]].dt.strftime("%Y-%m-%d"), sort=True):
+            uri = storage.join(landing_uri, name, f"{name}-{day}.parquet")
+            storage.write_bytes(uri, parquet_bytes(part.reset_index(drop=True)), endpoint_url)
         rows[name] = len(frame)
     logger.info("wrote the Taiwan data set (%s) to %s", rows, landing_uri)
     return rows
-
-
-@task(name="write_taiwan_batches")
-def write_taiwan_batches(landing_uri: str) -> dict[str, int]:
-    """Prefect task around :func:`write_taiwan`."""
-    return write_taiwan(landing_uri)

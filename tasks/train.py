@@ -29,6 +29,7 @@ from tasks.training import (
     EVENT_TIMESTAMP,
     SPLIT,
     TrainingConfig,
+    TrainingDataError,
     assign_splits,
     entity_frame,
     feature_names,
@@ -79,7 +80,7 @@ def build_training_set(settings: Settings, contract_path: str, cutoff: datetime,
     try:
         frame = store.get_historical_features(entity_df=entities, features=store.get_feature_service(service)).to_df()
     except Exception as exc:  # a feature the service names but the store lacks, an unapplied repo, ...
-        raise ev_error(f"cannot build the training set through FeatureService {service!r}: {exc}") from exc
+        raise TrainingDataError(f"cannot build the training set through FeatureService {service!r}: {exc}") from exc
     refs = sensitive_refs(contract)
     if refs:
         keys = [*_row_keys(contract), EVENT_TIMESTAMP]
@@ -87,15 +88,15 @@ def build_training_set(settings: Settings, contract_path: str, cutoff: datetime,
         frame = frame.merge(sensitive, on=keys, how="left", validate="one_to_one")
     missing = [f for f in feature_names(contract) if f not in frame]
     if missing:
-        raise ev_error(f"the feature store returned no column(s) {missing} for FeatureService {service!r}")
+        raise TrainingDataError(f"the feature store returned no column(s) {missing} for FeatureService {service!r}")
     frame = frame.sort_values([EVENT_TIMESTAMP, *_row_keys(contract)]).reset_index(drop=True)
     if len(frame) < config.min_rows:
-        raise ev_error(
+        raise TrainingDataError(
             f"only {len(frame)} matured labelled rows by {cutoff:%Y-%m-%d}; at least {config.min_rows} needed"
         )
     positives = int((frame[contract.label.column] == contract.label.positive).sum())
     if positives < config.min_positives:
-        raise ev_error(
+        raise TrainingDataError(
             f"only {positives} positive labels among {len(frame)} rows; at least {config.min_positives} needed"
         )
     frame[SPLIT] = assign_splits(frame, contract, config)
@@ -120,12 +121,6 @@ def _row_keys(contract: Any) -> list[str]:
     """The entity key and the prediction table's own key: one row per decision."""
     spec = contract.tables[contract.prediction]
     return list(dict.fromkeys([contract.entity.join_key, *[k for k in spec.primary_key if k != spec.event_time]]))
-
-
-def ev_error(message: str) -> ValueError:
-    from tasks.training import TrainingDataError
-
-    return TrainingDataError(message)
 
 
 def _load(training: TrainingSet, contract_path: str) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
