@@ -22,6 +22,7 @@ from closedloop import storage
 from closedloop.contract import Contract, load_contract
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
+from feature_repo.online_write import materialize_view
 from feature_repo.store import open_store
 from feature_repo.transforms import compute_aggregates
 from tasks.batches import BatchRef, UnusableBatch, batch_id, identify, read_frame
@@ -289,7 +290,7 @@ def materialize_features(
         if start is None:
             continue
         window_start = max(start, now - view.ttl) if view.ttl else start
-        store.materialize(start_date=window_start - timedelta(seconds=1), end_date=now, feature_views=[view.name])
+        materialize_view(store, view.name, window_start - timedelta(seconds=1), now)
         done.append(view.name)
     return done
 

@@ -99,7 +99,7 @@ class SyntheticConfig:
     @property
     def first_month(self) -> np.datetime64:
         if self.start is None:  # the most recent full months, so that the data is fresh for serving
-            return np.datetime64(datetime.now(UTC).strftime("%Y-%m"), "M") - self.months
+            return np.datetime64(datetime.now(UTC).strftime("%Y-%m"), "M") - np.timedelta64(self.months, "M")
         return np.datetime64(self.start, "M")
 
     @property

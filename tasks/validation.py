@@ -204,7 +204,10 @@ def coerce(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[pd.Data
                 out[col.name] = raw
             else:
                 out[col.name] = raw.where(raw.isna(), raw.astype(str)).astype(object)
-    typed = pd.DataFrame({name: out[name] for name in contract.required_columns(table)}, index=frame.index)
+    # side by side without consolidating into 2-D blocks: a copy of every column that nothing here needs
+    names = contract.required_columns(table)
+    typed = pd.concat([out[name].rename(name) for name in names], axis=1, copy=False)
+    typed.index = frame.index
     return typed, failures
 
 
@@ -224,7 +227,6 @@ def _timestamps(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> 
 
 def run_suite(typed: pd.DataFrame, suite: Any) -> dict[str, Any]:
     """Run the suite with GX on a pandas batch; the result as GX's JSON document."""
-    gx = _gx()
     with _GX_LOCK:
         ctx = _context()
         try:
