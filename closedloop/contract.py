@@ -95,6 +95,11 @@ class Column(_Strict):
     bands: list[float] | None = Field(
         default=None, description="for a numeric sensitive attribute: band edges for fairness groups"
     )
+    group_thresholds: bool = Field(
+        default=False,
+        description="a sensitive attribute whose groups may get their own decision thresholds (Fairlearn's "
+        "ThresholdOptimizer) when the fairness gate fails; the attribute is then needed at scoring time",
+    )
     drift: Drift = Drift()
     risk_direction: Literal["increasing", "decreasing"] | None = Field(
         default=None, description="known direction of risk: enforced in training, checked by behavioural tests"
@@ -113,6 +118,8 @@ class Column(_Strict):
             raise ValueError(f"'categories' only applies to category columns, not {self.type.value}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"'min' ({self.min}) is greater than 'max' ({self.max})")
+        if self.group_thresholds and not self.sensitive:
+            raise ValueError("'group_thresholds' applies only to a sensitive column")
         if self.bands is not None:
             if not self.sensitive or self.type not in (ColumnType.INT, ColumnType.FLOAT):
                 raise ValueError("'bands' apply only to numeric sensitive columns")

@@ -62,20 +62,32 @@ class Decision:
     confusion: dict[str, int] = field(default_factory=dict)
 
 
+def decision_at(y: np.ndarray, p: np.ndarray, threshold: float, cost_fn: float, cost_fp: float) -> Decision:
+    """Confusion and expected cost per application when refusing at ``p >= threshold``."""
+    refuse = p >= threshold
+    fn = int(np.sum(~refuse & (y == 1)))
+    fp = int(np.sum(refuse & (y == 0)))
+    tp, tn = int(np.sum(refuse & (y == 1))), int(np.sum(~refuse & (y == 0)))
+    cost = float((cost_fn * fn + cost_fp * fp) / len(y))
+    return Decision(float(threshold), cost, {"tp": tp, "fp": fp, "tn": tn, "fn": fn})
+
+
+def cost_curve(y: np.ndarray, p: np.ndarray, cost_fn: float, cost_fp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Expected cost per application at each candidate threshold (score quantiles, plus refuse-all/none)."""
+    thresholds = np.unique(np.concatenate([[0.0, 1.0 + 1e-9], np.quantile(p, np.linspace(0, 1, 201))]))
+    order = np.argsort(p)
+    ps, ys = p[order], y[order]
+    below = np.searchsorted(ps, thresholds, side="left")  # rows approved at each threshold
+    positives_below = np.concatenate([[0], np.cumsum(ys)])[below]
+    negatives_above = (len(ys) - ys.sum()) - (below - positives_below)
+    costs = (cost_fn * positives_below + cost_fp * negatives_above) / len(y)
+    return thresholds, costs
+
+
 def cost_threshold(y: np.ndarray, p: np.ndarray, cost_fn: float, cost_fp: float) -> Decision:
     """Refuse when p >= threshold; the threshold minimising the expected cost per application on these rows."""
-    candidates = np.unique(np.concatenate([[0.0, 1.0 + 1e-9], np.quantile(p, np.linspace(0, 1, 201))]))
-    best: Decision | None = None
-    for t in candidates:
-        refuse = p >= t
-        fn = int(np.sum(~refuse & (y == 1)))
-        fp = int(np.sum(refuse & (y == 0)))
-        cost = (cost_fn * fn + cost_fp * fp) / len(y)
-        if best is None or cost < best.expected_cost:
-            tp, tn = int(np.sum(refuse & (y == 1))), int(np.sum(~refuse & (y == 0)))
-            best = Decision(float(t), float(cost), {"tp": tp, "fp": fp, "tn": tn, "fn": fn})
-    assert best is not None  # noqa: S101 - candidates is never empty
-    return best
+    thresholds, costs = cost_curve(y, p, cost_fn, cost_fp)
+    return decision_at(y, p, float(thresholds[int(np.argmin(costs))]), cost_fn, cost_fp)
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:

@@ -33,6 +33,7 @@ class FairnessLimits:
     min_disparate_impact: float = 0.8
     min_group_rows: int = 50
     max_worsening_vs_champion: float = 0.02
+    min_group_outcomes: int = 30  # defaults and repayments a group needs for its TPR/FPR to be judged
 
 
 def groups_of(values: pd.Series, column: Column) -> pd.Series:
@@ -49,10 +50,20 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def assess(
-    contract: Contract, sensitive: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, limits: FairnessLimits
+    contract: Contract,
+    sensitive: pd.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    limits: FairnessLimits,
+    decisions: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Per sensitive attribute: metrics by group, the three disparity measures, and whether they pass the limits."""
-    refuse = (p >= threshold).astype(int)
+    """Per sensitive attribute: metrics by group, the three disparity measures, and whether they pass the limits.
+
+    ``decisions`` (1 = refuse) replaces ``p >= threshold`` for a candidate whose decisions are not one threshold
+    on the score (group thresholds); AUC by group is still that of the scores ``p``.
+    """
+    refuse = (p >= threshold).astype(int) if decisions is None else np.asarray(decisions, dtype=int)
     approve = 1 - refuse
     out: dict[str, Any] = {}
     for column in contract.sensitive:
@@ -86,7 +97,21 @@ def assess(
             by_group[g]["rows"] = int(sel.sum())
         rates = [v["approval_rate"] for v in by_group.values()]
         dp = float(demographic_parity_difference(y[mask], refuse[mask], sensitive_features=groups[mask].to_numpy()))
-        eo = float(equalized_odds_difference(y[mask], refuse[mask], sensitive_features=groups[mask].to_numpy()))
+        # a TPR over a dozen defaults moves by 0.1 with one applicant: equalized odds is judged only between
+        # groups with enough defaults and repayments, the others are reported and flagged
+        labels = groups[mask].to_numpy()
+        counted = [
+            g
+            for g in judged
+            if min(int((y[mask][labels == g] == 1).sum()), int((y[mask][labels == g] == 0).sum()))
+            >= limits.min_group_outcomes
+        ]
+        eo_mask = known & groups.isin(counted).to_numpy()
+        eo = (
+            float(equalized_odds_difference(y[eo_mask], refuse[eo_mask], sensitive_features=groups[eo_mask].to_numpy()))
+            if len(counted) >= 2
+            else float("nan")
+        )
         di = float(min(rates) / max(rates)) if max(rates) > 0 else float("nan")
         result: dict[str, Any] = {
             "groups": {str(k): v for k, v in by_group.items()},
@@ -94,11 +119,12 @@ def assess(
             "demographic_parity_difference": dp,
             "equalized_odds_difference": eo,
             "disparate_impact": di,
+            "equalized_odds_groups": [str(g) for g in counted],
         }
         failures = []
         if dp > limits.max_demographic_parity_difference:
             failures.append("demographic parity difference")
-        if eo > limits.max_equalized_odds_difference:
+        if eo == eo and eo > limits.max_equalized_odds_difference:  # NaN: fewer than two groups could be judged
             failures.append("equalized odds difference")
         if not di >= limits.min_disparate_impact:
             failures.append("disparate impact (four-fifths rule)")

@@ -65,8 +65,9 @@ def log_and_register(
     tags: dict[str, str],
     documents: dict[str, str],
     eligible: bool,
+    plots: dict[str, bytes] | None = None,
 ) -> str:
-    """One MLflow run: params, metrics, model (signature + example), documents; returns the registered version."""
+    """One MLflow run: params, metrics, model (signature + example), documents, plots; returns the version."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -89,6 +90,9 @@ def log_and_register(
             for filename, text in documents.items():
                 (Path(tmp) / filename).write_text(text)
                 mlflow.log_artifact(str(Path(tmp) / filename), artifact_path="evidence")
+            for filename, png in (plots or {}).items():
+                (Path(tmp) / filename).write_bytes(png)
+                mlflow.log_artifact(str(Path(tmp) / filename), artifact_path="plots")
         version = str(info.registered_model_version)
         logger.info("registered %s v%s (run %s)", name, version, run.info.run_id)
     c = client(tracking_uri)

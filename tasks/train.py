@@ -7,7 +7,7 @@ import logging
 import subprocess
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,8 @@ from feature_repo.definitions import model_service_name, sensitive_refs
 from feature_repo.store import open_store
 from tasks import evaluation as ev
 from tasks import explain
+from tasks import mitigation as mit
+from tasks import plots as plots_
 from tasks.behaviour import run_all as run_behaviour
 from tasks.fairness import FairnessLimits, assess, groups_of
 from tasks.ingest import contract_at
@@ -55,7 +57,13 @@ class Gates(BaseModel):
     max_equalized_odds_difference: float = 0.15
     min_disparate_impact: float = 0.8
     min_group_rows: int = 50
+    min_group_outcomes: int = Field(default=30, description="defaults and repayments for a group's TPR/FPR to count")
     max_fairness_worsening: float = Field(default=0.02, description="vs the champion, per disparity measure")
+    mitigation: Literal["threshold_optimizer", "none"] = Field(
+        default="threshold_optimizer",
+        description="when the fairness gate fails: try group thresholds on an attribute the contract allows",
+    )
+    decision_seed: int = Field(default=7, description="seed of the group-threshold candidate's randomised mix")
 
 
 class TrainingSet(BaseModel):
@@ -182,7 +190,18 @@ def evaluate_candidate(
         }
         return {"report": report, "verdicts": verdicts, "eligible": False, "threshold": 0.5}
     headline = ev.metrics(yt, p)
-    decision = ev.cost_threshold(yt, p, contract.decision.cost_false_negative, contract.decision.cost_false_positive)
+    cost_fn, cost_fp = contract.decision.cost_false_negative, contract.decision.cost_false_positive
+    # the threshold is chosen on the validation split and judged on the test window, like everything else
+    validation = (frame[SPLIT] == "validation").to_numpy()
+    p_validation = model.predict_proba(x[validation])[:, 1]
+    tuned_on = y[validation] if 0 < y[validation].sum() < validation.sum() else None
+    chosen = ev.cost_threshold(tuned_on, p_validation, cost_fn, cost_fp) if tuned_on is not None else None
+    decision = (
+        ev.decision_at(yt, p, chosen.threshold, cost_fn, cost_fp)
+        if chosen is not None
+        else ev.cost_threshold(yt, p, cost_fn, cost_fp)
+    )
+    thresholds, costs = ev.cost_curve(yt, p, cost_fn, cost_fp)
     categorical = {
         c.name: frame.loc[test, c.name].to_numpy(dtype=object)
         for c in contract.model_inputs
@@ -191,7 +210,13 @@ def evaluate_candidate(
     report.update(
         metrics=headline,
         intervals=ev.bootstrap_intervals(yt, p),
-        decision={"threshold": decision.threshold, "expected_cost": decision.expected_cost, **decision.confusion},
+        decision={
+            "threshold": decision.threshold,
+            "chosen_on": "validation" if chosen is not None else "test (the validation split holds one class)",
+            "expected_cost": decision.expected_cost,
+            "lowest_expected_cost_on_test": float(costs.min()),
+            **decision.confusion,
+        },
         calibration=ev.calibration(yt, p),
         segments=ev.segments(yt, p, categorical, min_rows=gates.min_group_rows),
         best_iteration=int(model.best_iteration) if hasattr(model, "best_iteration") else None,
@@ -227,17 +252,21 @@ def evaluate_candidate(
         gates.min_disparate_impact,
         gates.min_group_rows,
         gates.max_fairness_worsening,
+        gates.min_group_outcomes,
     )
     sensitive = frame.loc[test, [c.name for c in contract.sensitive if c.name in frame]]
     fairness = assess(contract, sensitive, yt, p, decision.threshold, limits)
     report["fairness"] = fairness
     champion_fairness: dict[str, Any] | None = None
+    champion_test_scores: np.ndarray | None = None
     try:
         champ = champion_version(tracking_uri, contract.name)
         if champ is None:
             verdicts["champion"] = {"verdict": "pass", "reason": "no champion yet: absolute floors only"}
         else:
-            p_old = champion_scores(tracking_uri, contract.name, champ, x[test])
+            scored = validation | test
+            both = champion_scores(tracking_uri, contract.name, champ, x[scored])
+            p_old, p_old_validation = both[test[scored]], both[validation[scored]]
             diff = ev.paired_auc_difference(yt, p, p_old)
             ok = diff["lower"] > -gates.noninferiority_margin
             report["champion"] = {"version": champ, **diff, "champion_roc_auc": ev.metrics(yt, p_old)["roc_auc"]}
@@ -249,15 +278,113 @@ def evaluate_candidate(
                     f"-{gates.noninferiority_margin}"
                 ),
             }
-            old_decision = ev.cost_threshold(
-                yt, p_old, contract.decision.cost_false_negative, contract.decision.cost_false_positive
+            old_threshold = (
+                ev.cost_threshold(tuned_on, p_old_validation, cost_fn, cost_fp).threshold
+                if tuned_on is not None
+                else ev.cost_threshold(yt, p_old, cost_fn, cost_fp).threshold
             )
+            old_decision = ev.decision_at(yt, p_old, old_threshold, cost_fn, cost_fp)
+            champion_test_scores = p_old
             champion_fairness = assess(contract, sensitive, yt, p_old, old_decision.threshold, limits)
     except ChampionUnavailable as exc:
         verdicts["champion"] = {"verdict": "blocked", "reason": str(exc)}
     verdicts["fairness"] = _fairness_verdict(fairness, champion_fairness, gates)
+    if verdicts["fairness"]["verdict"] == "fail" and gates.mitigation == "threshold_optimizer":
+        mitigated = _mitigate(contract, frame, x, y, model, p, fairness, champion_fairness, gates, limits, decision)
+        report["mitigation"] = mitigated
+        if "verdict" in mitigated:
+            before = verdicts["fairness"]["reason"]
+            verdicts["fairness"] = {
+                "verdict": mitigated["verdict"]["verdict"],
+                "reason": f"with group thresholds on {mitigated['attribute']}: {mitigated['verdict']['reason']} "
+                f"(single threshold: {before})",
+                "mitigation": f"threshold_optimizer:{mitigated['attribute']}",
+            }
     eligible = all(v["verdict"] == "pass" for v in verdicts.values())
-    return {"report": report, "verdicts": verdicts, "eligible": eligible, "threshold": decision.threshold}
+    plots = {
+        "roc.png": plots_.roc_curve_png(yt, p, label="candidate", champion_scores=champion_test_scores),
+        "precision_recall.png": plots_.pr_curve_png(yt, p, champion_scores=champion_test_scores, label="candidate"),
+        "calibration.png": plots_.calibration_png(yt, p),
+        "expected_cost.png": plots_.threshold_cost_png(thresholds, costs, decision.threshold),
+        "shap_importance.png": plots_.shap_importance_png(report["explanations"]["global"]),
+    }
+    by_group = {
+        attribute: {
+            group: {
+                "selection_rate": 1 - m["approval_rate"],
+                "tpr": m["tpr"],
+                "fpr": m["fpr"],
+                "auc": m["roc_auc"],
+                "count": m["rows"],
+            }
+            for group, m in result["groups"].items()
+        }
+        for attribute, result in fairness.items()
+        if "disparate_impact" in result
+    }
+    if by_group:  # refusal rate, TPR and FPR of the refusal decision, by group
+        plots["fairness_by_group.png"] = plots_.fairness_png(by_group, min_group_rows=gates.min_group_rows)
+    return {
+        "report": report,
+        "verdicts": verdicts,
+        "eligible": eligible,
+        "threshold": decision.threshold,
+        "plots": plots,
+    }
+
+
+def _mitigate(
+    contract: Any,
+    frame: pd.DataFrame,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    model: Any,
+    p: np.ndarray,
+    fairness: dict[str, Any],
+    champion_fairness: dict[str, Any] | None,
+    gates: Gates,
+    limits: FairnessLimits,
+    decision: Any,
+) -> dict[str, Any]:
+    """The group-threshold candidate, judged on the same test window; ``verdict`` only when it could be judged."""
+    allowed = [
+        c for c in contract.sensitive if c.group_thresholds and fairness.get(c.name, {}).get("verdict") == "fail"
+    ]
+    if not allowed:
+        failing = sorted(a for a, r in fairness.items() if r.get("verdict") == "fail")
+        return {"skipped": f"no failing attribute ({', '.join(failing)}) allows group thresholds in the contract"}
+    column = min(allowed, key=lambda c: fairness[c.name]["disparate_impact"])
+    split = frame[SPLIT].to_numpy()
+    validation, test = split == "validation", split == "test"
+    try:
+        optimizer = mit.fit(
+            model, x[validation], y[validation], mit.group_labels(frame.loc[validation, column.name], column)
+        )
+        groups = mit.group_labels(frame.loc[test, column.name], column)
+        refuse = mit.decide(optimizer, x[test], groups, gates.decision_seed)
+    except mit.MitigationError as exc:
+        return {"attribute": column.name, "skipped": str(exc)}
+    yt = y[test]
+    sensitive = frame.loc[test, [c.name for c in contract.sensitive if c.name in frame]]
+    judged = assess(contract, sensitive, yt, p, decision.threshold, limits, decisions=refuse)
+    fn = int(((refuse == 0) & (yt == 1)).sum())
+    fp = int(((refuse == 1) & (yt == 0)).sum())
+    cost = (fn * contract.decision.cost_false_negative + fp * contract.decision.cost_false_positive) / len(yt)
+    return {
+        "attribute": column.name,
+        "method": f"fairlearn ThresholdOptimizer ({mit.CONSTRAINT}, {mit.OBJECTIVE}), fitted on the validation split",
+        "policy": mit.policy(optimizer),
+        "fairness": judged,
+        "confusion": {
+            "tp": int(((refuse == 1) & (yt == 1)).sum()),
+            "fp": fp,
+            "tn": int(((refuse == 0) & (yt == 0)).sum()),
+            "fn": fn,
+        },
+        "expected_cost": cost,
+        "expected_cost_single_threshold": decision.expected_cost,
+        "verdict": _fairness_verdict(judged, champion_fairness, gates),
+    }
 
 
 def _fairness_verdict(new: dict[str, Any], old: dict[str, Any] | None, gates: Gates) -> dict[str, Any]:
@@ -332,6 +459,7 @@ def register_candidate(
             "feature_service": training.feature_service,
             "started_by": started_by,
             "decision_threshold": f"{evaluation['threshold']:.6f}",
+            "decision_policy": verdicts.get("fairness", {}).get("mitigation", "single_threshold"),
         }
     )
     params = {
@@ -342,7 +470,16 @@ def register_candidate(
     documents = {"evidence.json": json.dumps(evidence, indent=2, default=str), "model_card.md": card}
     example = x[(frame[SPLIT] == "train").to_numpy()].head(50)
     version = log_and_register(
-        tracking_uri, contract.name, model, example, params, metrics, tags, documents, evaluation["eligible"]
+        tracking_uri,
+        contract.name,
+        model,
+        example,
+        params,
+        metrics,
+        tags,
+        documents,
+        evaluation["eligible"],
+        plots=evaluation.get("plots", {}),
     )
     return version, card, documents["evidence.json"]
 
@@ -399,6 +536,27 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
             )
         if result.get("small_groups"):
             lines.append(f"| {attribute} | small groups, not judged: {result['small_groups']} | | | | | |")
+    mitigation = report.get("mitigation")
+    if mitigation:
+        lines += ["", "## Fairness mitigation", ""]
+        if "policy" in mitigation:
+            lines += [
+                "The single threshold failed the fairness gate; a candidate with a threshold per "
+                f"{mitigation['attribute']} group was tried: {mitigation['method']}. Expected cost per application "
+                f"{mitigation['expected_cost']:.4f} "
+                f"(single threshold: {mitigation['expected_cost_single_threshold']:.4f}); "
+                f"verdict: **{mitigation['verdict']['verdict']}** ({mitigation['verdict']['reason']}).",
+                "",
+                "| group | refuse if score | with probability | else if score | with probability |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {g} | {r['operator0']} {r['threshold0']:.4f} | {r['p0']:.3f} | {r['operator1']} "
+                f"{r['threshold1']:.4f} | {r['p1']:.3f} |"
+                for g, r in mitigation["policy"].items()
+            ]
+        else:
+            lines.append(f"Not tried: {mitigation.get('skipped')}")
     importance = report.get("explanations", {}).get("global", {})
     if importance:
         lines += ["", "## What drives the score (mean |SHAP|, log-odds)", "", "| feature | importance |", "|---|---|"]
@@ -414,4 +572,9 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
         "- Sensitive attributes are not model inputs, but correlated inputs can still carry their signal; "
         "monitor the fairness table over time.",
     ]
+    if evidence["gates"].get("fairness", {}).get("mitigation"):
+        lines.append(
+            f"- Decisions use group thresholds ({evidence['gates']['fairness']['mitigation']}): the attribute must be "
+            "supplied when scoring, and the decision mixes two thresholds per group at random in fixed proportions."
+        )
     return "\n".join(lines) + "\n"

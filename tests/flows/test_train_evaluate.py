@@ -70,6 +70,23 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     assert explanations["global"] and max(explanations["global"].values()) > 0
     assert set(explanations["by_group"]["sex"]) == {"female", "male"}
     assert explanations["example_reasons"] and all(r["contribution"] > 0 for r in explanations["example_reasons"])
+    logged = {a.path for a in c.list_artifacts(version.run_id, "plots")}
+    expected_plots = {"roc", "precision_recall", "calibration", "expected_cost", "shap_importance", "fairness_by_group"}
+    assert {f"plots/{name}.png" for name in expected_plots} <= logged
+    assert evidence["report"]["decision"]["chosen_on"] == "validation"
+    # a failed single threshold is followed by a group-threshold candidate, on an attribute the contract allows
+    fairness = evidence["report"]["fairness"]
+    failed = {a for a, r in fairness.items() if r["verdict"] == "fail"}
+    mitigation = evidence["report"].get("mitigation")
+    assert (mitigation is not None) == bool(failed)
+    if mitigation and "age" not in failed:
+        assert mitigation["skipped"].startswith("no failing attribute")  # sex, marital status: never
+        assert result.gates["fairness"]["verdict"] == "fail" and not result.eligible
+    elif mitigation:
+        assert mitigation["attribute"] == "age"
+        assert set(mitigation["policy"]) >= {"25-35", "35-50"}
+        assert result.gates["fairness"]["mitigation"] == "threshold_optimizer:age"
+        assert version.tags["decision_policy"] == "threshold_optimizer:age"
     # the most recent applications are never trained on: their labels have not matured
     assert evidence["data_window"][1] < "2025-12-01"
     assert _event_arrives(prefect_server, result.event_id, result.version)

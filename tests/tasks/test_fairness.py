@@ -55,3 +55,23 @@ def test_an_attribute_with_one_group_is_skipped_with_a_reason() -> None:
     result = assess(CONTRACT, sensitive, y, p, threshold=0.35, limits=FairnessLimits())
     assert result["sex"]["verdict"] == "skipped"
     assert "fewer than two groups" in result["sex"]["reason"]
+
+
+def test_equalized_odds_is_judged_only_between_groups_with_enough_outcomes() -> None:
+    rng = np.random.default_rng(9)
+    n = 2000
+    status = np.where(np.arange(n) < 100, "other", np.where(np.arange(n) % 2, "married", "single"))
+    y = np.where(status == "other", (np.arange(n) % 10 == 0).astype(int), (rng.random(n) < 0.2).astype(int))
+    p = np.clip(0.2 + 0.3 * (y - 0.2) + rng.normal(0, 0.1, n), 0, 1)
+    p[(status == "other") & (y == 1)] = 0.0  # every one of the 10 defaulters of the small group is approved
+    sensitive = pd.DataFrame({"marital_status": status, "sex": "female", "age": 40})
+    result = assess(CONTRACT, sensitive, y, p, threshold=0.35, limits=FairnessLimits(min_group_outcomes=30))
+    judged = result["marital_status"]
+    assert judged["groups"]["other"]["tpr"] == 0.0  # reported ...
+    assert set(judged["equalized_odds_groups"]) == {
+        "married",
+        "single",
+    }
+    assert "equalized odds difference" not in judged["failures"]  # ... but 10 defaults decide nothing
+    strict = assess(CONTRACT, sensitive, y, p, threshold=0.35, limits=FairnessLimits(min_group_outcomes=5))
+    assert "equalized odds difference" in strict["marital_status"]["failures"]
