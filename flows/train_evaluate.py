@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, runtime
+from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop.settings import load_settings
 from tasks.ingest import contract_at, utc_now
-from tasks.train import Gates, build_training_set, evaluate_candidate, register_candidate, train_model
-from tasks.training import TrainingConfig
+from tasks.train import Gates, build_training_set, evaluate_candidate, register_candidate, train_model, tuning_trial
+from tasks.training import TUNED, TrainingConfig, search_space
 
 TRAINED_EVENT = "closedloop.model.trained"
 
@@ -29,6 +30,9 @@ class TrainParams(BaseModel):
     max_depth: int = Field(default=4, ge=1, le=12)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
     seed: int = 7
+    tuning_trials: int = Field(
+        default=0, ge=0, le=64, description="random-search trials (mapped tasks) before the final fit; 0: none"
+    )
 
 
 class TrainResult(BaseModel):
@@ -75,8 +79,22 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         training.window_start,
         training.window_end,
     )
+    tuning: list[dict[str, Any]] = []
+    if params.tuning_trials > 1:
+        configs = search_space(config, params.tuning_trials, params.seed)
+        tuning = [f.result() for f in tuning_trial.map(unmapped(training), unmapped(contract_path), configs)]
+        best = max(range(len(tuning)), key=lambda i: tuning[i]["validation_auc"])
+        config = replace(config, **tuning[best]["params"])
+        logger.info(
+            "tuning: %d trials, best validation AUC %.4f with %s",
+            len(tuning),
+            tuning[best]["validation_auc"],
+            tuning[best]["params"],
+        )
     model_path = train_model(training, contract_path, config)
     evaluation = evaluate_candidate(training, model_path, contract_path, settings.mlflow_tracking_uri, params.gates)
+    if tuning:
+        evaluation["report"]["tuning"] = {"trials": tuning, "chosen": {k: getattr(config, k) for k in TUNED}}
     started_by = _started_by(params)
     version, card, _ = register_candidate(
         training, model_path, contract_path, settings.mlflow_tracking_uri, evaluation, config, started_by, now

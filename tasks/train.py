@@ -30,6 +30,7 @@ from tasks.registry import ChampionUnavailable, champion_scores, champion_versio
 from tasks.training import (
     EVENT_TIMESTAMP,
     SPLIT,
+    TUNED,
     TrainingConfig,
     TrainingDataError,
     assign_splits,
@@ -156,6 +157,26 @@ def train_model(training: TrainingSet, contract_path: str, config: TrainingConfi
     path = Path(training.uri[7:]).with_suffix(".ubj")
     model.save_model(path)
     return str(path)
+
+
+@task(name="tuning_trial", cache_policy=NO_CACHE)
+def tuning_trial(training: TrainingSet, contract_path: str, config: TrainingConfig) -> dict[str, Any]:
+    """One configuration of the search, judged by AUC on the validation split (never on the test window)."""
+    frame, x, y = _load(training, contract_path)
+    split = frame[SPLIT].to_numpy()
+    model = fit_model(
+        x[split == "train"],
+        y[split == "train"],
+        x[split == "validation"],
+        y[split == "validation"],
+        config,
+        monotone_constraints(contract_at(contract_path)),
+    )
+    return {
+        "params": {name: getattr(config, name) for name in TUNED},
+        "validation_auc": float(model.best_score),
+        "best_iteration": int(model.best_iteration),
+    }
 
 
 def _model(path: str) -> Any:
@@ -557,6 +578,13 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
             ]
         else:
             lines.append(f"Not tried: {mitigation.get('skipped')}")
+    tuning = report.get("tuning")
+    if tuning:
+        lines += [
+            "",
+            f"Hyper-parameters from a random search of {len(tuning['trials'])} trials judged on the validation "
+            f"split: {', '.join(f'{k}={v:.4g}' for k, v in tuning['chosen'].items())}.",
+        ]
     importance = report.get("explanations", {}).get("global", {})
     if importance:
         lines += ["", "## What drives the score (mean |SHAP|, log-odds)", "", "| feature | importance |", "|---|---|"]

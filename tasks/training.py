@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,31 @@ class TrainingConfig:
     learning_rate: float = 0.05
     early_stopping_rounds: int = 40
     n_jobs: int = 2
+    min_child_weight: float = 1.0
+    subsample: float = 1.0
+    colsample_bytree: float = 1.0
+
+
+TUNED = ("max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree")
+
+
+def search_space(base: TrainingConfig, trials: int, seed: int) -> list[TrainingConfig]:
+    """``trials`` configurations for a small random search; the first is ``base`` itself, so tuning never loses it."""
+    rng = np.random.default_rng(seed)
+    configs = [replace(base, n_jobs=1)]
+    for _ in range(trials - 1):
+        configs.append(
+            replace(
+                base,
+                max_depth=int(rng.integers(3, 8)),
+                learning_rate=float(10 ** rng.uniform(-1.7, -0.8)),
+                min_child_weight=float(10 ** rng.uniform(0, 1.3)),
+                subsample=float(rng.uniform(0.6, 1.0)),
+                colsample_bytree=float(rng.uniform(0.5, 1.0)),
+                n_jobs=1,  # trials run side by side
+            )
+        )
+    return configs
 
 
 def feature_names(contract: Contract) -> list[str]:
@@ -144,6 +169,9 @@ def fit_model(
         n_estimators=config.n_estimators,
         max_depth=config.max_depth,
         learning_rate=config.learning_rate,
+        min_child_weight=config.min_child_weight,
+        subsample=config.subsample,
+        colsample_bytree=config.colsample_bytree,
         tree_method="hist",
         enable_categorical=True,
         early_stopping_rounds=config.early_stopping_rounds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from conftest import prefect_api
@@ -108,10 +109,17 @@ def _event_arrives(api: str, event_id: str | None, version: str) -> bool:
 def test_a_challenger_is_compared_with_the_champion_on_the_same_rows(configured: str) -> None:
     first = train_evaluate(TrainParams(contract=SYNTHETIC))
     client(configured).set_registered_model_alias("credit_synthetic", CHAMPION, first.version)
-    second = train_evaluate(TrainParams(contract=SYNTHETIC, seed=8))
+    second = train_evaluate(TrainParams(contract=SYNTHETIC, seed=8, tuning_trials=3))
     gate = second.gates["champion"]
     assert gate["compared_with"] == first.version and gate["verdict"] in ("pass", "fail")
     evidence = read_evidence(configured, "credit_synthetic", second.version)
+    # the search ran as three mapped tasks, judged on validation; the final fit used the winner's parameters
+    trials = evidence["report"]["tuning"]["trials"]
+    assert len(trials) == 3 and len({str(t["params"]) for t in trials}) == 3
+    best = max(trials, key=lambda t: t["validation_auc"])
+    assert evidence["report"]["tuning"]["chosen"] == best["params"]
+    logged = client(configured).get_run(client(configured).get_model_version("credit_synthetic", second.version).run_id)
+    assert logged.data.params["max_depth"] == str(best["params"]["max_depth"])
     assert evidence["report"]["champion"]["version"] == first.version
     assert evidence["report"]["champion"]["lower"] <= evidence["report"]["champion"]["difference"]
 
@@ -133,3 +141,17 @@ def test_a_champion_that_cannot_be_loaded_blocks(configured: str) -> None:
 def test_too_few_matured_labels_fail_clearly(configured: str) -> None:
     with pytest.raises(TrainingDataError, match="no matured labels by 2025-02-01|matured labelled rows by 2025-04"):
         train_evaluate(TrainParams(contract=SYNTHETIC, cutoff=datetime(2025, 2, 1, tzinfo=UTC)))
+
+
+def test_a_contract_feature_missing_from_the_store_fails_clearly(configured: str, tmp_path: Path) -> None:
+    """The contract gained a feature the store was never given: no model, a message naming the feature."""
+    text = Path(SYNTHETIC).read_text()
+    marker = "  - {name: sex, type: category"
+    assert marker in text
+    changed = text.replace(
+        marker, "  - {name: bureau_score, type: float, source: profiles, min: 0, max: 1000, nullable: true}\n" + marker
+    )
+    contract = tmp_path / "contract.yaml"
+    contract.write_text(changed)
+    with pytest.raises(TrainingDataError, match="bureau_score"):
+        train_evaluate(TrainParams(contract=str(contract)))
