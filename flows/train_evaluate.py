@@ -30,6 +30,9 @@ class TrainParams(BaseModel):
     max_depth: int = Field(default=4, ge=1, le=12)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
     seed: int = 7
+    window_days: int | None = Field(
+        default=None, ge=30, description="train on applications of the last N days with matured labels; empty: all"
+    )
     tuning_trials: int = Field(
         default=0, ge=0, le=64, description="random-search trials (mapped tasks) before the final fit; 0: none"
     )
@@ -70,6 +73,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         max_depth=params.max_depth,
         learning_rate=params.learning_rate,
         seed=params.seed,
+        window_days=params.window_days,
     )
     training = build_training_set(settings, contract_path, params.cutoff or now, config)
     logger.info(

@@ -111,7 +111,7 @@ class SyntheticConfig:
     @property
     def end(self) -> np.datetime64:
         """The generator's "now": nothing later than this has been observed yet."""
-        return np.datetime64(self.first_month + self.months, "us")
+        return np.datetime64(self.first_month + np.timedelta64(self.months, "M"), "us")
 
 
 @dataclass

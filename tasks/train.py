@@ -83,7 +83,7 @@ def build_training_set(settings: Settings, contract_path: str, cutoff: datetime,
     """Point-in-time features for every matured application, through the model's FeatureService."""
     contract = contract_at(contract_path)
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    entities = entity_frame(lake, contract, cutoff)
+    entities = entity_frame(lake, contract, cutoff, config.window_days)
     store = open_store(settings, contract)
     service = model_service_name(contract)
     try:

@@ -45,6 +45,7 @@ class TrainingConfig:
     min_child_weight: float = 1.0
     subsample: float = 1.0
     colsample_bytree: float = 1.0
+    window_days: int | None = None  # train on the most recent matured applications only
 
 
 TUNED = ("max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree")
@@ -78,8 +79,12 @@ def feature_names(contract: Contract) -> list[str]:
     )
 
 
-def entity_frame(lake: Lake, contract: Contract, cutoff: datetime) -> pd.DataFrame:
-    """Scored applications with a matured label: the entity frame for point-in-time retrieval."""
+def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: int | None = None) -> pd.DataFrame:
+    """Scored applications with a matured label: the entity frame for point-in-time retrieval.
+
+    ``window_days`` keeps only applications made in that many days before the last matured one (fresh data
+    after a change in the world); None keeps the whole history.
+    """
     spec = contract.tables[contract.prediction]
     label = contract.label
     label_spec = contract.tables[label.source]
@@ -93,13 +98,17 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime) -> pd.DataFra
     keys = [k for k in label_spec.primary_key if k != label_spec.event_time]
     matured = outcomes[outcomes[label_spec.event_time] <= cutoff][[*keys, label.column]]
     frame = apps.merge(matured, on=keys, how="inner", validate="one_to_one")
-    frame = frame[frame[spec.event_time] <= cutoff - timedelta(days=label.delay_days)]
+    latest = cutoff - timedelta(days=label.delay_days)
+    frame = frame[frame[spec.event_time] <= latest]
+    if window_days is not None:
+        frame = frame[frame[spec.event_time] > latest - timedelta(days=window_days)]
     frame = frame.rename(columns={spec.event_time: EVENT_TIMESTAMP})
     columns = list(dict.fromkeys([contract.entity.join_key, *keys, EVENT_TIMESTAMP, *request, label.column]))
     frame = frame[columns].sort_values([EVENT_TIMESTAMP, *keys]).reset_index(drop=True)
     positives = int((frame[label.column] == label.positive).sum())
     if len(frame) == 0:
-        raise TrainingDataError(f"no matured labels by {cutoff:%Y-%m-%d} (label delay {label.delay_days} days)")
+        window = f", window {window_days} days" if window_days is not None else ""
+        raise TrainingDataError(f"no matured labels by {cutoff:%Y-%m-%d} (label delay {label.delay_days} days{window})")
     if positives == 0 or positives == len(frame):
         raise TrainingDataError(
             f"the label has a single class in the {len(frame)} matured rows ({positives} positives): nothing to learn"

@@ -283,7 +283,7 @@ def unexpected_masks(typed: pd.DataFrame, suite: Any) -> dict[str, np.ndarray] |
 def _between(values: pd.Series, present: np.ndarray, kwargs: dict[str, Any]) -> np.ndarray:
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        data = values.to_numpy(dtype="datetime64[us]", na_value=np.datetime64("NaT"))
+        data = values.to_numpy(dtype="datetime64[us]", na_value=np.datetime64("NaT", "us"))
         low, high = (
             np.datetime64(pd.Timestamp(v).tz_convert("UTC").tz_localize(None), "us") if v is not None else None
             for v in (low, high)
