@@ -55,6 +55,20 @@ def champion_scores(tracking_uri: str, name: str, version: str, features: pd.Dat
         raise ChampionUnavailable(f"champion {name} v{version} cannot be loaded or scored: {exc}") from exc
 
 
+SERVING_PACKAGES = ("mlflow", "xgboost", "scikit-learn", "pandas", "numpy", "scipy", "pyarrow")
+
+
+def model_requirements() -> list[str]:
+    """Exact pins of what loading and scoring the model needs, as installed from the lock file.
+
+    Given to MLflow explicitly: its own inference imports the model in a subprocess (about 15 s per version here)
+    and can only guess from what that subprocess happened to import.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
+
+
 def log_and_register(
     tracking_uri: str,
     name: str,
@@ -85,6 +99,7 @@ def log_and_register(
             input_example=example.head(3),
             registered_model_name=name,
             model_format="ubj",
+            pip_requirements=model_requirements(),
         )
         with tempfile.TemporaryDirectory() as tmp:
             for filename, text in documents.items():
