@@ -375,6 +375,42 @@ def train(contract: ContractOption = None, as_json: JsonFlag = False) -> None:
     _emit(result.model_dump(mode="json"), as_json, "\n".join(lines))
 
 
+@app.command()
+def serve(
+    contract: ContractOption = None,
+    port: Annotated[int | None, typer.Option(help="port (default: CLOSEDLOOP_SERVING_PORT)")] = None,
+    log_inferences: Annotated[bool, typer.Option(help="record every scored request in the lake")] = True,
+) -> None:
+    """Run the online scoring service in the foreground (FastAPI + uvicorn) against the running stack."""
+    settings = _settings()
+    _connect(settings)
+    if settings.serving_token is None:
+        _fail("set CLOSEDLOOP_SERVING_TOKEN: the scoring service never runs without a bearer token")
+    import uvicorn
+
+    from closedloop.contract import ContractError, load_contract
+    from serving.app import create_app
+
+    try:
+        loaded = load_contract(_contract_option(contract, settings))
+    except ContractError as exc:
+        _fail(str(exc))
+    log = None
+    if log_inferences:
+        from serving.inference_log import InferenceLog
+
+        from tasks.lake import Lake
+
+        log = InferenceLog(Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url))
+        log.start()
+    application = create_app(settings, loaded, settings.serving_token.get_secret_value(), inference_log=log)
+    try:
+        uvicorn.run(application, host=settings.host, port=port or settings.serving_port, log_level="info")
+    finally:
+        if log is not None:
+            log.close()
+
+
 @app.command("serve-flows")
 def serve_flows() -> None:
     """Serve every flow as a deployment (schedules, runs from the UI); `up --flows` runs this in the background."""

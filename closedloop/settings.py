@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLOSEDLOOP_"
@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     s3_port: int = Field(default=5555, ge=1, le=65535, description="port of the local in-memory S3 endpoint")
+    serving_port: int = Field(default=8000, ge=1, le=65535, description="port of the online scoring service")
+    serving_token: SecretStr | None = Field(
+        default=None, description="bearer token the scoring service requires; unset: it refuses to start"
+    )
     startup_timeout_s: float = Field(default=120.0, gt=0)
 
     # production services
@@ -87,6 +91,10 @@ class Settings(BaseSettings):
     @property
     def mlflow_tracking_uri(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.host}:{self.serving_port}"
 
     @property
     def s3_local_endpoint(self) -> str:
@@ -170,6 +178,8 @@ class Settings(BaseSettings):
         env = dict(TELEMETRY_OFF)
         # the same settings, with paths already absolute, for processes started elsewhere (flow runs, servers)
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 env[ENV_PREFIX + name.upper()] = str(value.value if isinstance(value, Profile) else value)
         env["PREFECT_HOME"] = str(self.prefect_home)

@@ -1,0 +1,394 @@
+"""The online scoring service: one application in, probability, decision, reasons and model version out.
+
+Features come from the Feast online store through the model's FeatureService (the code path training used:
+stored views plus the on-demand ratios computed from the request's own fields); the model is the registry's
+``champion``, reloaded when the alias moves without failing requests in flight (a request keeps the model it
+started with). Every answer is authenticated with a bearer token (constant-time comparison), counted in
+``/metrics`` and, when an inference log is attached, recorded there.
+"""
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from closedloop.contract import ColumnType, Contract
+from closedloop.settings import Settings
+from feature_repo.definitions import model_service_name
+from feature_repo.store import open_store
+from tasks import explain
+from tasks.registry import champion_version, read_evidence
+from tasks.training import feature_names, typed_features
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024
+MAX_BATCH = 1000
+
+
+class NoChampion(RuntimeError):
+    """No model carries the champion alias yet: the service is not ready."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered version, ready to score."""
+
+    version: str
+    model: Any
+    threshold: float
+    policy: dict[str, dict[str, Any]] | None = None  # group thresholds, when the fairness gate needed them
+    policy_attribute: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    def decide(self, score: float, key: str, groups: str | None) -> str:
+        """Refuse or approve; group thresholds mix two thresholds per group, drawn from a hash of the request key."""
+        if self.policy is None:
+            return "refuse" if score >= self.threshold else "approve"
+        rule = self.policy.get(groups or "unknown")
+        if rule is None:
+            raise HTTPException(422, f"no decision threshold for {self.policy_attribute} group {groups!r}")
+        draw = int.from_bytes(hashlib.sha256(f"{self.version}:{key}".encode()).digest()[:8], "big") / 2**64
+        which = "0" if draw < rule["p0"] else "1"
+        return "refuse" if score > rule[f"threshold{which}"] else "approve"
+
+
+def load_version(tracking_uri: str, dataset: str, version: str) -> LoadedModel:
+    """A registered version with its decision threshold (or group policy) from its evidence record."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.xgboost.load_model(f"models:/{dataset}/{version}")
+    evidence = read_evidence(tracking_uri, dataset, version)
+    mitigation = evidence.get("report", {}).get("mitigation") or {}
+    uses_policy = str(evidence.get("gates", {}).get("fairness", {}).get("mitigation", "")).startswith(
+        "threshold_optimizer"
+    )
+    return LoadedModel(
+        version=version,
+        model=model,
+        threshold=float(evidence["decision_threshold"]),
+        policy=mitigation.get("policy") if uses_policy else None,
+        policy_attribute=mitigation.get("attribute") if uses_policy else None,
+    )
+
+
+class Champion:
+    """The champion model, swapped atomically when the alias moves; readers never see a half-loaded model."""
+
+    def __init__(self, tracking_uri: str, dataset: str) -> None:
+        self.tracking_uri, self.dataset = tracking_uri, dataset
+        self._current: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def refresh(self) -> bool:
+        """Load the version the alias points at if it is not the one serving; True when the model changed."""
+        with self._lock:
+            try:
+                version = champion_version(self.tracking_uri, self.dataset)
+                if version is None:
+                    raise NoChampion(f"no version of {self.dataset!r} carries the champion alias")
+                if self._current is not None and self._current.version == version:
+                    return False
+                loaded = load_version(self.tracking_uri, self.dataset, version)
+            except Exception as exc:  # keep serving the model we have; readiness says why
+                self.last_error = str(exc)
+                logger.warning("champion refresh failed: %s", exc)
+                return False
+            previous = self._current.version if self._current else None
+            self._current = loaded
+            self.last_error = None
+            logger.info("champion %s v%s now serving (was %s)", self.dataset, version, previous)
+            return True
+
+
+def request_model(contract: Contract) -> type[BaseModel]:
+    """The request body: the entity key and the prediction table's model inputs, typed and bounded by the contract."""
+    fields: dict[str, Any] = {
+        contract.entity.join_key: (int if contract.key_type == "int" else str, Field(description="entity key")),
+    }
+    for column in contract.columns_of(contract.prediction):
+        if not column.is_model_input:
+            continue
+        kind: Any
+        if column.type is ColumnType.CATEGORY:
+            kind = Literal[tuple(column.categories or [])]
+        elif column.type is ColumnType.INT:
+            kind = int
+        elif column.type is ColumnType.BOOL:
+            kind = bool
+        else:
+            kind = float
+        constraints: dict[str, Any] = {"description": column.description or column.name}
+        if column.min is not None:
+            constraints["ge"] = column.min
+        if column.max is not None:
+            constraints["le"] = column.max
+        if column.nullable:
+            fields[column.name] = (kind | None, Field(default=None, **constraints))
+        else:
+            fields[column.name] = (kind, Field(**constraints))
+    for column in contract.sensitive:
+        if column.group_thresholds:  # only read when the champion's decision policy needs it
+            fields[column.name] = (
+                float | str | None,
+                Field(default=None, description=f"{column.name}: needed only by a group-threshold decision policy"),
+            )
+    return create_model(
+        f"{contract.name.title().replace('_', '')}Application",
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )
+
+
+class Reason(BaseModel):
+    feature: str
+    contribution: float
+
+
+class Score(BaseModel):
+    request_id: str
+    entity_id: int | str
+    probability: float
+    decision: Literal["approve", "refuse"]
+    model_version: str
+    reasons: list[Reason]
+
+
+class Metrics:
+    """Prometheus series of one app (its own registry: two apps in one process do not mix)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "closedloop_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "closedloop_request_seconds",
+            "Request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.errors = Counter("closedloop_errors", "Errors by kind", ["kind"], registry=self.registry)
+        self.scored = Counter(
+            "closedloop_scored", "Applications scored by decision", ["decision"], registry=self.registry
+        )
+        self.model = Gauge(
+            "closedloop_model_info", "Model version serving (value 1)", ["version"], registry=self.registry
+        )
+
+
+def create_app(
+    settings: Settings,
+    contract: Contract,
+    token: str,
+    refresh_seconds: float = 10.0,
+    inference_log: Any | None = None,
+) -> FastAPI:
+    """The scoring app for ``contract`` on ``settings``' stack; ``token`` is the bearer token it requires."""
+    if not token:
+        raise ValueError("the scoring service needs a bearer token (CLOSEDLOOP_SERVING_TOKEN): refusing to start open")
+    champion = Champion(settings.mlflow_tracking_uri, contract.name)
+    metrics = Metrics()
+    names = feature_names(contract)
+    service_name = model_service_name(contract)
+    join_key = contract.entity.join_key
+    request_fields = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
+    stored = [f for f in names if f not in set(request_fields) | {r.name for r in contract.ratios}]
+    state: dict[str, Any] = {"store": None, "service": None}
+    stop = threading.Event()
+    application = request_model(contract)
+    bearer = HTTPBearer(auto_error=False)
+
+    def open_feature_store() -> None:
+        store = open_store(settings, contract)
+        state["service"] = store.get_feature_service(service_name)
+        state["store"] = store
+
+    def watcher() -> None:
+        while not stop.wait(refresh_seconds):
+            if champion.refresh() and champion.current:
+                metrics.model.clear()
+                metrics.model.labels(champion.current.version).set(1)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            open_feature_store()
+        except Exception as exc:
+            logger.warning("feature store not ready: %s", exc)
+        if champion.refresh() and champion.current:
+            metrics.model.labels(champion.current.version).set(1)
+        thread = threading.Thread(target=watcher, name="champion-watcher", daemon=True)
+        thread.start()
+        yield
+        stop.set()
+        thread.join(timeout=5)
+
+    app = FastAPI(title=f"closedloop scoring: {contract.name}", version="1", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        endpoint = request.url.path
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > MAX_BODY_BYTES:
+            metrics.errors.labels("too_large").inc()
+            response: Response = JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            metrics.errors.labels("unauthorised").inc()
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def score_rows(rows: list[BaseModel]) -> list[Score]:
+        model = champion.current
+        store = state["store"]
+        if model is None or store is None:
+            metrics.errors.labels("not_ready").inc()
+            raise HTTPException(503, f"not ready: {champion.last_error or 'feature store not loaded'}")
+        started = time.perf_counter()
+        payload = [row.model_dump() for row in rows]
+        entity_rows = [{k: v for k, v in item.items() if k in set(names) | {join_key}} for item in payload]
+        online = store.get_online_features(features=state["service"], entity_rows=entity_rows).to_df()
+        unknown = [
+            item[join_key]
+            for item, (_, found) in zip(payload, online[stored].iterrows(), strict=True)
+            if found.isna().all()
+        ]
+        if unknown:
+            metrics.errors.labels("unknown_entity").inc()
+            raise HTTPException(404, f"no features for {join_key} {unknown[:10]}: unknown or not yet ingested")
+        for name in request_fields:  # the request's own inputs sit beside the stored features, as in training
+            online[name] = [item.get(name) for item in payload]
+        x = typed_features(online, contract)
+        probabilities = model.model.predict_proba(x[list(model.model.feature_names_in_)])[:, 1]
+        contributions = explain.contributions(model.model, x[list(model.model.feature_names_in_)])
+        columns = list(model.model.feature_names_in_)
+        out = []
+        for i, item in enumerate(payload):
+            request_id = uuid.uuid4().hex
+            group = None
+            if model.policy_attribute:
+                value = item.get(model.policy_attribute)
+                if value is None:
+                    raise HTTPException(
+                        422, f"model v{model.version} decides with group thresholds: '{model.policy_attribute}' needed"
+                    )
+                group = _group(contract, model.policy_attribute, value)
+            decision = model.decide(float(probabilities[i]), f"{item[join_key]}", group)
+            metrics.scored.labels(decision).inc()
+            score = Score(
+                request_id=request_id,
+                entity_id=item[join_key],
+                probability=float(probabilities[i]),
+                decision=decision,  # type: ignore[arg-type]
+                model_version=model.version,
+                reasons=[Reason(**r) for r in explain.top_reasons(contributions[i], columns)],
+            )
+            out.append(score)
+        if inference_log is not None:
+            from serving.inference_log import InferenceLogFull
+
+            seconds = (time.perf_counter() - started) / len(out)
+            try:
+                for i, scored in enumerate(out):
+                    inference_log.append(_record(contract, scored, online.iloc[i], columns, seconds))
+            except InferenceLogFull as exc:  # no score leaves without its record
+                metrics.errors.labels("inference_log_full").inc()
+                raise HTTPException(503, f"not scoring: {exc}") from exc
+        return out
+
+    @app.post("/v1/score", response_model=Score, dependencies=[Depends(authorised)])
+    def score(body: application) -> Score:  # type: ignore[valid-type]
+        return score_rows([body])[0]
+
+    class Batch(BaseModel):
+        applications: list[application] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+
+    @app.post("/v1/score/batch", response_model=list[Score], dependencies=[Depends(authorised)])
+    def score_batch(body: Batch) -> list[Score]:
+        return score_rows(list(body.applications))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        problems = []
+        if state["store"] is None:
+            try:
+                open_feature_store()
+            except Exception as exc:
+                problems.append(f"feature store: {exc}")
+        if champion.current is None:
+            champion.refresh()
+        model = champion.current
+        if model is None:
+            problems.append(f"model: {champion.last_error or 'no champion'}")
+        if problems or model is None:
+            return JSONResponse({"ready": False, "reason": "; ".join(problems)}, status_code=503)
+        return JSONResponse({"ready": True, "model_version": model.version, "dataset": contract.name})
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.champion = champion
+    return app
+
+
+def _group(contract: Contract, attribute: str, value: Any) -> str:
+    from tasks.fairness import groups_of
+
+    label = groups_of(pd.Series([value]), contract.column(attribute)).iloc[0]
+    return "unknown" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
+
+
+def _record(contract: Contract, score: Score, row: pd.Series, columns: list[str], seconds: float) -> Any:
+    from serving.inference_log import InferenceRecord
+
+    features = {c: (None if pd.isna(row[c]) else row[c].item() if hasattr(row[c], "item") else row[c]) for c in columns}
+    return InferenceRecord(
+        request_id=score.request_id,
+        scored_at=datetime.now(UTC),
+        dataset=contract.name,
+        model_version=score.model_version,
+        entity_id=score.entity_id,
+        features=features,
+        score=score.probability,
+        decision=score.decision,
+        latency_ms=seconds * 1000,
+        reasons=[r.feature for r in score.reasons],
+    )

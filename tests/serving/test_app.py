@@ -1,0 +1,212 @@
+"""The scoring service on real components: MLflow tracking server, Feast online store, the champion alias."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from closedloop.contract import load_contract
+from closedloop.settings import PROJECT_ROOT, Settings, load_settings
+from flows.ingest_validate import IngestParams, ingest_validate
+from flows.train_evaluate import TrainParams, train_evaluate
+from serving.app import MAX_BODY_BYTES, create_app
+from serving.inference_log import InferenceLog, read_window
+from tasks.lake import Lake
+from tasks.registry import CHAMPION, client
+from tasks.synthetic import SyntheticConfig, write_synthetic
+
+pytestmark = pytest.mark.integration
+
+SYNTHETIC = PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"
+CONTRACT = load_contract(SYNTHETIC)
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def served(
+    prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A year of recent synthetic data ingested and materialized, one model trained and made champion."""
+    values = {
+        "CLOSEDLOOP_STATE_DIR": str(tmp_path_factory.mktemp("serving-state")),
+        "CLOSEDLOOP_MLFLOW_PORT": str(mlflow_server),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        settings = load_settings()
+        write_synthetic(SyntheticConfig(customers=4_000), Lake.of(settings.lake_uri, CONTRACT.name).landing)
+        ingest_validate(IngestParams(contract=str(SYNTHETIC)))
+        trained = train_evaluate(TrainParams(contract=str(SYNTHETIC), n_estimators=200))
+        client(settings.mlflow_tracking_uri).set_registered_model_alias(CONTRACT.name, CHAMPION, trained.version)
+        lake = Lake.of(settings.lake_uri, CONTRACT.name)
+        applications = lake.read_offline("applications")
+        # customers who applied lately: their statements are still within the history view's TTL online
+        recent = applications[applications["applied_at"] >= applications["applied_at"].max() - pd.Timedelta(days=45)]
+        yield {"settings": settings, "version": trained.version, "customers": recent["customer_id"].tolist()}
+
+
+def _application(customer_id: int, **changes: Any) -> dict[str, Any]:
+    body = {
+        "customer_id": customer_id,
+        "loan_amount": 12_000.0,
+        "loan_term_months": 36,
+        "loan_purpose": "car",
+        "channel": "online",
+        "age": 41,
+    }
+    body.update(changes)
+    return body
+
+
+@pytest.fixture
+def app_client(served: dict[str, Any]) -> Iterator[TestClient]:
+    app = create_app(served["settings"], CONTRACT, TOKEN, refresh_seconds=0.2)
+    with TestClient(app) as http:
+        yield http
+
+
+def test_an_application_is_scored_with_reasons_and_the_champion_version(
+    app_client: TestClient, served: dict[str, Any]
+) -> None:
+    customer = served["customers"][0]
+    response = app_client.post("/v1/score", json=_application(customer), headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert 0 < body["probability"] < 1
+    assert body["decision"] in ("approve", "refuse")
+    assert body["model_version"] == served["version"]
+    assert body["entity_id"] == customer and len(body["request_id"]) == 32
+    assert 1 <= len(body["reasons"]) <= 3 and all(r["contribution"] > 0 for r in body["reasons"])
+    assert len(served["customers"]) > 100
+    # the batch endpoint scores the same application the same way
+    batch = app_client.post(
+        "/v1/score/batch",
+        json={"applications": [_application(customer), _application(served["customers"][1])]},
+        headers=AUTH,
+    )
+    assert batch.status_code == 200
+    assert batch.json()[0]["probability"] == pytest.approx(body["probability"], abs=1e-9)
+    # the request's own fields reach the model (through the on-demand ratios too)
+    bigger = app_client.post("/v1/score", json=_application(customer, loan_amount=90_000.0), headers=AUTH).json()
+    assert bigger["probability"] != body["probability"]
+
+
+def test_without_the_right_token_nothing_is_scored(app_client: TestClient, served: dict[str, Any]) -> None:
+    body = _application(served["customers"][0])
+    assert app_client.post("/v1/score", json=body).status_code == 401
+    wrong = app_client.post("/v1/score", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_bad_body_gets_field_errors(app_client: TestClient, served: dict[str, Any]) -> None:
+    bad = _application(served["customers"][0], loan_amount=5.0, loan_purpose="yacht", favourite_colour="red")
+    response = app_client.post("/v1/score", json=bad, headers=AUTH)
+    assert response.status_code == 422
+    fields = {tuple(e["loc"])[-1] for e in response.json()["detail"]}
+    assert {"loan_amount", "loan_purpose", "favourite_colour"} <= fields
+    missing = {k: v for k, v in _application(served["customers"][0]).items() if k != "loan_term_months"}
+    assert app_client.post("/v1/score", json=missing, headers=AUTH).status_code == 422
+    empty_batch = app_client.post("/v1/score/batch", json={"applications": []}, headers=AUTH)
+    assert empty_batch.status_code == 422
+
+
+def test_an_unknown_customer_is_a_clear_404(app_client: TestClient) -> None:
+    response = app_client.post("/v1/score", json=_application(987_654_321), headers=AUTH)
+    assert response.status_code == 404
+    assert "987654321" in response.json()["detail"] and "customer_id" in response.json()["detail"]
+
+
+def test_an_oversized_body_is_refused(app_client: TestClient) -> None:
+    response = app_client.post(
+        "/v1/score",
+        content=b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+def test_health_readiness_and_metrics(app_client: TestClient, served: dict[str, Any]) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    ready = app_client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == served["version"]
+    app_client.post("/v1/score", json=_application(served["customers"][0]), headers=AUTH)
+    app_client.post("/v1/score", json=_application(1), headers={"Authorization": "Bearer nope"})
+    text = app_client.get("/metrics").text
+    assert 'closedloop_requests_total{endpoint="/v1/score",status="200"}' in text
+    assert 'closedloop_errors_total{kind="unauthorised"}' in text
+    assert f'closedloop_model_info{{version="{served["version"]}"}} 1.0' in text
+    assert "closedloop_request_seconds_bucket" in text
+
+
+def test_the_champion_is_swapped_without_failing_requests_in_flight(
+    app_client: TestClient, served: dict[str, Any]
+) -> None:
+    settings: Settings = served["settings"]
+    c = client(settings.mlflow_tracking_uri)
+    current = c.get_model_version(CONTRACT.name, served["version"])
+    copy = c.copy_model_version(f"models:/{CONTRACT.name}/{current.version}", CONTRACT.name)
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            response = app_client.post("/v1/score", json=_application(served["customers"][2]), headers=AUTH)
+            statuses.append(response.status_code)
+            versions.add(response.json().get("model_version", ""))
+
+    workers = [threading.Thread(target=hammer) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        c.set_registered_model_alias(CONTRACT.name, CHAMPION, copy.version)
+        deadline = datetime.now(UTC) + timedelta(seconds=60)
+        while str(copy.version) not in versions and datetime.now(UTC) < deadline:
+            threading.Event().wait(0.2)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        c.set_registered_model_alias(CONTRACT.name, CHAMPION, served["version"])
+    assert set(statuses) == {200}
+    assert {served["version"], str(copy.version)} <= versions
+
+
+def test_no_champion_means_not_ready(served: dict[str, Any]) -> None:
+    taiwan = load_contract(PROJECT_ROOT / "datasets/taiwan_credit_default/contract.yaml")
+    with TestClient(create_app(served["settings"], taiwan, TOKEN)) as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and "champion" in ready.json()["reason"]
+        body = {"customer_id": 1, "credit_limit": 1000.0}
+        assert http.post("/v1/score", json=body, headers=AUTH).status_code in (422, 503)
+
+
+def test_no_token_no_service(served: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="bearer token"):
+        create_app(served["settings"], CONTRACT, "")
+
+
+def test_scored_requests_land_in_the_inference_log(served: dict[str, Any]) -> None:
+    settings: Settings = served["settings"]
+    lake = Lake.of(settings.lake_uri, CONTRACT.name)
+    log = InferenceLog(lake)
+    started = datetime.now(UTC)
+    with TestClient(create_app(settings, CONTRACT, TOKEN, inference_log=log)) as http:
+        ids = [
+            http.post("/v1/score", json=_application(c), headers=AUTH).json()["request_id"]
+            for c in served["customers"][:5]
+        ]
+    log.flush()
+    logged = read_window(lake, started - timedelta(seconds=1), datetime.now(UTC) + timedelta(seconds=1))
+    assert set(ids) <= set(logged["request_id"])
+    assert (logged["model_version"] == served["version"]).all()
+    assert "feature.utilisation" in logged.columns
+    assert logged["feature.utilisation"].notna().all()  # recent customers: history served from the online store
