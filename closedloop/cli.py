@@ -375,6 +375,59 @@ def train(contract: ContractOption = None, as_json: JsonFlag = False) -> None:
     _emit(result.model_dump(mode="json"), as_json, "\n".join(lines))
 
 
+@app.command("deploy")
+def deploy_command(
+    version: Annotated[str | None, typer.Argument(help="registered version (default: the challenger)")] = None,
+    contract: ContractOption = None,
+    approval: Annotated[
+        bool | None, typer.Option("--approval/--no-approval", help="pause for approval in the Prefect UI")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the package/deploy flow: bundle, infra validation, optional approval, atomic promotion."""
+    settings = _settings()
+    _connect(settings)
+    from flows.package_deploy import DeployParams, package_deploy
+    from tasks.deploy import DeployError
+
+    try:
+        result = package_deploy(
+            DeployParams(contract=_contract_option(contract, settings), version=version, require_approval=approval)
+        )
+    except DeployError as exc:
+        _fail(str(exc))
+    text = (
+        f"{result.dataset} v{result.version} promoted: champion v{result.champion} (previous: {result.previous})"
+        if result.promoted
+        else f"{result.dataset} v{result.version} NOT promoted: {result.reason}"
+    )
+    _emit(result.model_dump(mode="json"), as_json, text)
+    if not result.promoted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    contract: ContractOption = None,
+    reason: Annotated[str, typer.Option(help="why (recorded in both versions' history)")] = "manual rollback",
+    as_json: JsonFlag = False,
+) -> None:
+    """Champion := previous, recorded in the deployment history of both versions."""
+    import getpass
+
+    settings = _settings()
+    from closedloop.contract import ContractError, load_contract
+    from tasks.deploy import DeployError
+    from tasks.deploy import rollback as roll_back
+
+    try:
+        name = load_contract(_contract_option(contract, settings)).name
+        result = roll_back(settings.mlflow_tracking_uri, name, reason, by=f"cli:{getpass.getuser()}")
+    except (ContractError, DeployError) as exc:
+        _fail(str(exc))
+    _emit(result, as_json, f"{name}: champion v{result['champion']} (rolled back v{result['rolled_back']})")
+
+
 @app.command()
 def serve(
     contract: ContractOption = None,
@@ -398,7 +451,6 @@ def serve(
     log = None
     if log_inferences:
         from serving.inference_log import InferenceLog
-
         from tasks.lake import Lake
 
         log = InferenceLog(Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url))

@@ -10,10 +10,12 @@ from typing import Any
 from prefect.schedules import Interval
 
 from flows.ingest_validate import IngestParams, ingest_validate
+from flows.package_deploy import DeployParams, package_deploy
 from flows.train_evaluate import TrainParams, train_evaluate
 
 INGEST = "ingest-validate"
 TRAIN = "train-evaluate"
+DEPLOY = "package-deploy"
 
 
 def deployments() -> list[Any]:
@@ -31,5 +33,12 @@ def deployments() -> list[Any]:
             description="Train a challenger on matured labels, evaluate it against the gates, register it.",
             parameters={"params": TrainParams().model_dump(mode="json")},
             tags=["closedloop", "train"],
+        ),
+        package_deploy.to_deployment(
+            name=DEPLOY,
+            description="Bundle an eligible version, validate it in a fresh interpreter, ask, promote it atomically.",
+            parameters={"params": DeployParams().model_dump(mode="json")},
+            concurrency_limit=1,  # promotions never race between the champion check and the alias move
+            tags=["closedloop", "deploy"],
         ),
     ]

@@ -44,6 +44,8 @@ from tasks.training import (
 
 logger = logging.getLogger(__name__)
 
+GOLDEN_ROWS = 50  # test rows kept with each version, re-scored by infra validation
+
 
 class Gates(BaseModel):
     """Promotion thresholds; every gate fails closed."""
@@ -488,7 +490,18 @@ def register_candidate(
         "features": ",".join(feature_names(contract)),
         "entity_frame_hash": training.entity_hash,
     }
-    documents = {"evidence.json": json.dumps(evidence, indent=2, default=str), "model_card.md": card}
+    test_rows = (frame[SPLIT] == "test").to_numpy()
+    golden_x = x[test_rows].head(GOLDEN_ROWS)
+    golden_rows = frame.loc[test_rows, feature_names(contract)].head(GOLDEN_ROWS).astype(object)
+    golden = {
+        "rows": golden_rows.where(golden_rows.notna(), None).to_dict(orient="records"),
+        "scores": [float(v) for v in model.predict_proba(golden_x)[:, 1]],
+    }
+    documents = {
+        "evidence.json": json.dumps(evidence, indent=2, default=str),
+        "model_card.md": card,
+        "golden.json": json.dumps(golden, default=str),
+    }
     example = x[(frame[SPLIT] == "train").to_numpy()].head(50)
     version = log_and_register(
         tracking_uri,

@@ -1,0 +1,203 @@
+"""Package, check and promote a registered model version; roll back.
+
+- **Golden records**: at registration, 50 test rows and the model's scores on them are kept with the version
+  (``evidence/golden.json``); infra validation scores them again in a fresh interpreter from the registry URI.
+- **Bundle**: model, contract, FeatureService definition, model card and evidence written together to object
+  storage (a local folder, or ``s3://`` through boto3 in production), with a manifest of SHA-256 digests.
+- **Promotion** is a compare-and-set on the registry aliases: ``champion`` moves only if it still points at the
+  version the challenger was compared with; the old champion becomes ``previous``. Deploy runs are serialised by
+  the deployment's concurrency limit, so no two promotions race between the check and the move.
+- Every deploy, approval and rollback is appended to ``evidence/deployments.json`` of the versions involved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from closedloop import storage
+from closedloop.contract import Contract
+from tasks.registry import CHALLENGER, CHAMPION, champion_version, client, read_evidence
+
+__all__ = ["champion_version"]  # re-exported for the deploy flow
+
+PREVIOUS = "previous"
+GOLDEN_ROWS = 50
+TOLERANCE = 1e-6
+
+
+class DeployError(RuntimeError):
+    """A deployment step refused to go on; the message says why. Nothing was promoted."""
+
+
+class PromotionConflict(DeployError):
+    """The champion moved since the challenger was evaluated: re-evaluate against the new champion."""
+
+
+def _download(tracking_uri: str, name: str, version: str, path: str) -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    run_id = client(tracking_uri).get_model_version(name, version).run_id
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def golden(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
+    """The golden records of a version: feature rows and the scores the model gave them at training time."""
+    try:
+        record: dict[str, Any] = json.loads(_download(tracking_uri, name, version, "evidence/golden.json").read_text())
+    except Exception as exc:
+        raise DeployError(
+            f"{name} v{version} has no golden records (registered before they were kept?): {exc}"
+        ) from exc
+    return record
+
+
+def validate_infra(
+    tracking_uri: str, name: str, version: str, contract_path: str, env: dict[str, str], latency_budget_ms: float
+) -> dict[str, Any]:
+    """Load the version in a fresh interpreter from its registry URI, re-score the golden records, time one request.
+
+    Fails closed: any difference above 1e-6, a load failure or a latency over budget raises :class:`DeployError`.
+    """
+    command = [sys.executable, "-m", "tasks.infra_check", tracking_uri, name, version, contract_path]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)  # noqa: S603
+    except subprocess.TimeoutExpired as exc:
+        raise DeployError(f"infra validation of {name} v{version} did not finish in 300 s") from exc
+    if done.returncode != 0:
+        raise DeployError(f"infra validation of {name} v{version} failed to run: {done.stderr.strip()[-2000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    report["latency_budget_ms"] = latency_budget_ms
+    problems = []
+    if report["max_abs_difference"] > TOLERANCE:
+        problems.append(
+            f"golden records scored differently: max |difference| {report['max_abs_difference']:.3g} > {TOLERANCE}"
+        )
+    if report["latency_p50_ms"] > latency_budget_ms:
+        problems.append(
+            f"single-request latency {report['latency_p50_ms']:.1f} ms over the {latency_budget_ms} ms budget"
+        )
+    report["verdict"] = "fail" if problems else "pass"
+    report["problems"] = problems
+    return report
+
+
+def write_bundle(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    contract: Contract,
+    contract_path: str,
+    bundles_uri: str,
+    endpoint: str | None,
+) -> dict[str, Any]:
+    """Model, contract, FeatureService definition, model card and evidence side by side, with a digest manifest."""
+    from feature_repo.definitions import build_repo
+
+    base = storage.join(bundles_uri, name, f"v{version}")
+    model_dir = _download(tracking_uri, name, version, "")  # the whole run: model/ and evidence/
+    files: dict[str, bytes] = {"contract.yaml": Path(contract_path).read_bytes()}
+    service = build_repo(contract, "offline").model_service
+    files["feature_service.json"] = json.dumps(
+        {
+            "name": service.name,
+            "features": [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features],
+        },
+        indent=2,
+    ).encode()
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            files[str(path.relative_to(model_dir))] = path.read_bytes()
+    manifest = {
+        "model": name,
+        "version": version,
+        "contract_fingerprint": contract.fingerprint,
+        "written_at": datetime.now(UTC).isoformat(),
+        "files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(files.items())},
+    }
+    for relative, data in files.items():
+        storage.write_bytes(storage.join(base, relative), data, endpoint)
+    storage.write_bytes(storage.join(base, "MANIFEST.json"), json.dumps(manifest, indent=2).encode(), endpoint)
+    return {"uri": base, "files": len(files)}
+
+
+def record(tracking_uri: str, name: str, version: str, entry: dict[str, Any]) -> None:
+    """Append one entry to the version's deployment history (``evidence/deployments.json``)."""
+    c = client(tracking_uri)
+    run_id = c.get_model_version(name, version).run_id
+    try:
+        history = json.loads(_download(tracking_uri, name, version, "evidence/deployments.json").read_text())
+    except Exception:
+        history = []
+    history.append({"at": datetime.now(UTC).isoformat(), **entry})
+    c.log_text(run_id, json.dumps(history, indent=2, default=str), "evidence/deployments.json")
+
+
+def history(tracking_uri: str, name: str, version: str) -> list[dict[str, Any]]:
+    try:
+        entries: list[dict[str, Any]] = json.loads(
+            _download(tracking_uri, name, version, "evidence/deployments.json").read_text()
+        )
+        return entries
+    except Exception:
+        return []
+
+
+def resolve_candidate(tracking_uri: str, name: str, version: str | None) -> tuple[str, dict[str, Any]]:
+    """The version to deploy (default: the challenger) and its evidence; refuses one that is not eligible."""
+    c = client(tracking_uri)
+    if version is None:
+        try:
+            version = str(c.get_model_version_by_alias(name, CHALLENGER).version)
+        except Exception as exc:
+            raise DeployError(f"{name} has no challenger: train an eligible model first ({exc})") from exc
+    evidence = read_evidence(tracking_uri, name, version)
+    if not evidence.get("eligible"):
+        failed = {k: v["verdict"] for k, v in evidence.get("gates", {}).items() if v.get("verdict") != "pass"}
+        raise DeployError(f"{name} v{version} is not eligible for promotion (gates: {failed})")
+    return version, evidence
+
+
+def promote(tracking_uri: str, name: str, version: str, compared_with: str | None) -> dict[str, Any]:
+    """Compare-and-set: champion := version only if the champion is still ``compared_with``."""
+    current = champion_version(tracking_uri, name)
+    if current == version:
+        raise DeployError(f"{name} v{version} is already the champion")
+    if current != compared_with:
+        raise PromotionConflict(
+            f"the champion of {name} is v{current}, but v{version} was compared with "
+            f"{'v' + compared_with if compared_with else 'no champion'}: re-evaluate it against v{current}"
+        )
+    c = client(tracking_uri)
+    if current is not None:
+        c.set_registered_model_alias(name, PREVIOUS, current)
+    c.set_registered_model_alias(name, CHAMPION, version)
+    with contextlib.suppress(Exception):  # the challenger alias goes only if it named this version
+        if str(c.get_model_version_by_alias(name, CHALLENGER).version) == version:
+            c.delete_registered_model_alias(name, CHALLENGER)
+    return {"champion": version, "previous": current}
+
+
+def rollback(tracking_uri: str, name: str, reason: str, by: str) -> dict[str, Any]:
+    """Champion := previous (and previous := the rolled-back version), recorded in both versions' history."""
+    c = client(tracking_uri)
+    current = champion_version(tracking_uri, name)
+    try:
+        previous = str(c.get_model_version_by_alias(name, PREVIOUS).version)
+    except Exception as exc:
+        raise DeployError(f"{name} has no previous champion to roll back to") from exc
+    if current is None:
+        raise DeployError(f"{name} has no champion to roll back")
+    c.set_registered_model_alias(name, CHAMPION, previous)
+    c.set_registered_model_alias(name, PREVIOUS, current)
+    entry = {"action": "rollback", "from": current, "to": previous, "reason": reason, "by": by}
+    record(tracking_uri, name, current, entry)
+    record(tracking_uri, name, previous, entry)
+    return {"champion": previous, "rolled_back": current}

@@ -1,0 +1,120 @@
+"""The package/deploy flow on real servers: bundle, infra validation in a fresh interpreter, promotion, rollback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from closedloop import storage
+from closedloop.settings import PROJECT_ROOT, load_settings
+from flows.ingest_validate import IngestParams, ingest_validate
+from flows.package_deploy import DeployParams, package_deploy
+from flows.train_evaluate import TrainParams, train_evaluate
+from tasks import deploy
+from tasks.lake import Lake
+from tasks.registry import CHALLENGER, CHAMPION, client
+from tasks.synthetic import SyntheticConfig, write_synthetic
+from tasks.train import Gates
+
+pytestmark = pytest.mark.integration
+
+SYNTHETIC = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+NAME = "credit_synthetic"
+# these tests are about deployment mechanics, not about the fairness of a 4,000-customer model
+LENIENT = Gates(max_demographic_parity_difference=1, max_equalized_odds_difference=1, min_disparate_impact=0)
+
+
+@pytest.fixture(scope="module")
+def env(prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    values = {
+        "CLOSEDLOOP_STATE_DIR": str(tmp_path_factory.mktemp("deploy-state")),
+        "CLOSEDLOOP_MLFLOW_PORT": str(mlflow_server),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        settings = load_settings()
+        write_synthetic(SyntheticConfig(customers=4_000), Lake.of(settings.lake_uri, NAME).landing)
+        ingest_validate(IngestParams(contract=SYNTHETIC))
+        yield {"settings": settings, "uri": settings.mlflow_tracking_uri}
+
+
+@pytest.fixture
+def configured(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("CLOSEDLOOP_STATE_DIR", str(env["settings"].state_dir))
+    monkeypatch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(env["settings"].mlflow_port))
+    return env
+
+
+def _train(**gates: Any) -> str:
+    result = train_evaluate(TrainParams(contract=SYNTHETIC, n_estimators=150, gates=LENIENT.model_copy(update=gates)))
+    return result.version
+
+
+def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> None:
+    uri = configured["uri"]
+    c = client(uri)
+    first = _train()
+    assert c.get_model_version_by_alias(NAME, CHALLENGER).version == first
+
+    # 1. the first champion: bundle, infra validation in a fresh interpreter, promotion, event, history
+    result = package_deploy(DeployParams(contract=SYNTHETIC, require_approval=False))
+    assert result.promoted and result.champion == first and result.previous is None
+    assert result.infra["verdict"] == "pass" and result.infra["max_abs_difference"] <= 1e-6
+    assert result.infra["golden_rows"] == 50
+    manifest = json.loads(storage.read_bytes(storage.join(result.bundle_uri or "", "MANIFEST.json")))
+    assert {"contract.yaml", "feature_service.json", "evidence/evidence.json", "evidence/model_card.md"} <= set(
+        manifest["files"]
+    )
+    for relative, digest in manifest["files"].items():
+        import hashlib
+
+        data = storage.read_bytes(storage.join(result.bundle_uri or "", relative))
+        assert hashlib.sha256(data).hexdigest() == digest
+    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
+    assert [e["action"] for e in deploy.history(uri, NAME, first)] == ["promoted"]
+
+    # 2. a challenger compared with v(first) is refused once the champion has moved elsewhere
+    second = _train()
+    assert (
+        json.loads(json.dumps(deploy.read_evidence(uri, NAME, second)["gates"]["champion"]))["compared_with"] == first
+    )
+    elsewhere = c.copy_model_version(f"models:/{NAME}/{first}", NAME).version
+    c.set_registered_model_alias(NAME, CHAMPION, elsewhere)
+    refused = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
+    assert not refused.promoted and "re-evaluate" in refused.reason
+    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == str(elsewhere)
+
+    # 3. against the champion it was compared with, it is promoted and the old champion stays reachable
+    c.set_registered_model_alias(NAME, CHAMPION, first)
+    promoted = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
+    assert promoted.promoted and promoted.previous == first
+    assert str(c.get_model_version_by_alias(NAME, deploy.PREVIOUS).version) == first
+
+    # 4. rollback: champion := previous, recorded in both versions' history
+    back = deploy.rollback(uri, NAME, reason="test", by="pytest")
+    assert back == {"champion": first, "rolled_back": second}
+    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
+    assert deploy.history(uri, NAME, second)[-1]["action"] == "rollback"
+    assert deploy.history(uri, NAME, first)[-1] == {**deploy.history(uri, NAME, first)[-1], "from": second, "to": first}
+
+
+def test_infra_validation_fails_closed(configured: dict[str, Any]) -> None:
+    uri = configured["uri"]
+    before = deploy.champion_version(uri, NAME)
+    version = _train(noninferiority_margin=1.0)
+    result = package_deploy(
+        DeployParams(contract=SYNTHETIC, version=version, require_approval=False, latency_budget_ms=0.0001)
+    )
+    assert not result.promoted and "latency" in result.reason
+    assert deploy.champion_version(uri, NAME) == before
+    assert deploy.history(uri, NAME, version)[-1]["action"] == "deploy refused"
+
+
+def test_a_version_that_failed_a_gate_is_never_deployed(configured: dict[str, Any]) -> None:
+    version = _train(min_roc_auc=0.99)
+    with pytest.raises(deploy.DeployError, match="not eligible"):
+        package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=False))
