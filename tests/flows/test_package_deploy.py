@@ -118,3 +118,47 @@ def test_a_version_that_failed_a_gate_is_never_deployed(configured: dict[str, An
     version = _train(min_roc_auc=0.99)
     with pytest.raises(deploy.DeployError, match="not eligible"):
         package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=False))
+
+
+def _answer_when_paused(api: str, run_input: dict[str, Any]) -> None:
+    """Play the reviewer: wait for the paused deploy run, then resume it with the form filled in."""
+    import time
+
+    from conftest import prefect_api
+    from prefect.flow_runs import resume_flow_run
+
+    body = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
+    for _ in range(240):
+        paused = prefect_api("POST", f"{api}/flow_runs/filter", json=body).json()
+        if paused:
+            resume_flow_run(paused[0]["id"], run_input=run_input)
+            return
+        time.sleep(0.5)
+    raise AssertionError("the deploy run never paused for approval")
+
+
+def test_approval_pauses_and_the_decision_and_its_author_are_kept(
+    configured: dict[str, Any], prefect_server: str
+) -> None:
+    import threading
+
+    uri = configured["uri"]
+    before = deploy.champion_version(uri, NAME)
+    version = _train(noninferiority_margin=1.0)
+    reviewer = threading.Thread(
+        target=_answer_when_paused, args=(prefect_server, {"approve": False, "reviewer": "bob", "comment": "too soon"})
+    )
+    reviewer.start()
+    refused = package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=True))
+    reviewer.join()
+    assert not refused.promoted and refused.approval == {"approve": False, "reviewer": "bob", "comment": "too soon"}
+    assert deploy.champion_version(uri, NAME) == before
+    reviewer = threading.Thread(
+        target=_answer_when_paused, args=(prefect_server, {"approve": True, "reviewer": "alice"})
+    )
+    reviewer.start()
+    approved = package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=True))
+    reviewer.join()
+    assert approved.promoted and approved.approval and approved.approval["reviewer"] == "alice"
+    actions = [(e["action"], e.get("reviewer")) for e in deploy.history(uri, NAME, version)]
+    assert ("approval", "bob") in actions and ("approval", "alice") in actions and actions[-1][0] == "promoted"
