@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect.schedules import Interval
 
+from flows.batch_score import batch_score
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.package_deploy import DeployParams, package_deploy
 from flows.train_evaluate import TrainParams, train_evaluate
@@ -16,6 +17,7 @@ from flows.train_evaluate import TrainParams, train_evaluate
 INGEST = "ingest-validate"
 TRAIN = "train-evaluate"
 DEPLOY = "package-deploy"
+BATCH_SCORE = "batch-score"
 
 
 def deployments() -> list[Any]:
@@ -40,5 +42,10 @@ def deployments() -> list[Any]:
             parameters={"params": DeployParams().model_dump(mode="json")},
             concurrency_limit=1,  # promotions never race between the champion check and the alias move
             tags=["closedloop", "deploy"],
+        ),
+        batch_score.to_deployment(
+            name=BATCH_SCORE,
+            description="Score a window of applications with the champion; the scores go to the lake.",
+            tags=["closedloop", "score"],
         ),
     ]

@@ -31,7 +31,7 @@ from closedloop.settings import Settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
 from tasks import explain
-from tasks.registry import champion_version, read_evidence
+from tasks.registry import champion_version, decision_policy, load_model, read_evidence
 from tasks.training import feature_names, typed_features
 
 logger = logging.getLogger(__name__)
@@ -69,15 +69,10 @@ class LoadedModel:
 
 def load_version(tracking_uri: str, dataset: str, version: str) -> LoadedModel:
     """A registered version with its decision threshold (or group policy) from its evidence record."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.xgboost.load_model(f"models:/{dataset}/{version}")
+    model = load_model(tracking_uri, dataset, version)
     evidence = read_evidence(tracking_uri, dataset, version)
     mitigation = evidence.get("report", {}).get("mitigation") or {}
-    uses_policy = str(evidence.get("gates", {}).get("fairness", {}).get("mitigation", "")).startswith(
-        "threshold_optimizer"
-    )
+    uses_policy = decision_policy(evidence).startswith("threshold_optimizer")
     return LoadedModel(
         version=version,
         model=model,

@@ -118,6 +118,19 @@ def log_and_register(
     return version
 
 
+def load_model(tracking_uri: str, name: str, version: str) -> Any:
+    """A registered version's XGBoost model, from its registry URI."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.xgboost.load_model(f"models:/{name}/{version}")
+
+
+def decision_policy(evidence: dict[str, Any]) -> str:
+    """How a version decides: ``single_threshold`` or ``threshold_optimizer:<attribute>`` (group thresholds)."""
+    return str(evidence.get("gates", {}).get("fairness", {}).get("mitigation") or "single_threshold")
+
+
 def read_evidence(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
     """The evidence record kept with a model version."""
     import mlflow

@@ -162,3 +162,28 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     assert approved.promoted and approved.approval and approved.approval["reviewer"] == "alice"
     actions = [(e["action"], e.get("reviewer")) for e in deploy.history(uri, NAME, version)]
     assert ("approval", "bob") in actions and ("approval", "alice") in actions and actions[-1][0] == "promoted"
+
+
+def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[str, Any]) -> None:
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from flows.batch_score import BatchScoreParams, batch_score
+
+    settings = configured["settings"]
+    if deploy.champion_version(configured["uri"], NAME) is None:
+        package_deploy(DeployParams(contract=SYNTHETIC, version=_train(), require_approval=False))
+    lake = Lake.of(settings.lake_uri, NAME)
+    apps = lake.read_offline("applications")
+    end = apps["applied_at"].max() + timedelta(seconds=1)
+    start = end - timedelta(days=30)
+    expected = int(((apps["applied_at"] >= start) & (apps["applied_at"] < end)).sum())
+    result = batch_score(BatchScoreParams(contract=SYNTHETIC, start=start, end=end))
+    assert result.rows == expected > 0 and result.model_version == deploy.champion_version(configured["uri"], NAME)
+    scores = pd.read_parquet(storage.parse(result.uri or "").path)
+    assert len(scores) == expected and scores["application_id"].is_unique
+    assert scores["probability"].between(0, 1).all() and set(scores["decision"]) <= {"approve", "refuse"}
+    assert (scores["decision"] == "refuse").sum() == result.refused
+    with pytest.raises(ValueError, match="empty window"):
+        batch_score(BatchScoreParams(contract=SYNTHETIC, start=end, end=start))

@@ -1,0 +1,100 @@
+"""The batch_score flow: score a partition of applications with the champion, write the scores to the lake.
+
+Features come through the model's FeatureService with ``get_historical_features`` (point-in-time at each
+application's own time, the training code path); decisions use the version's threshold. The scores land in
+``<lake>/<dataset>/scores/scored_date=YYYY-MM-DD/<flow run>.parquet``, one atomic object per run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, runtime
+from pydantic import BaseModel, Field
+
+from closedloop import storage
+from closedloop.settings import load_settings
+from feature_repo.definitions import model_service_name
+from feature_repo.store import open_store
+from tasks.ingest import contract_at, utc_now
+from tasks.lake import Lake, parquet_bytes
+from tasks.registry import champion_version, decision_policy, load_model, read_evidence
+from tasks.training import EVENT_TIMESTAMP, typed_features
+
+
+class BatchScoreParams(BaseModel):
+    """Which applications to score; Prefect renders this as the run form in the UI."""
+
+    contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
+    start: datetime = Field(description="first application time (UTC, inclusive)")
+    end: datetime = Field(description="last application time (UTC, exclusive)")
+
+
+class BatchScoreResult(BaseModel):
+    dataset: str
+    model_version: str
+    rows: int
+    refused: int
+    uri: str | None
+
+
+@flow(name="batch_score")
+def batch_score(params: BatchScoreParams) -> BatchScoreResult:
+    """Score every application of the window with the champion; the scores go to the lake."""
+    logger = get_run_logger()
+    settings = load_settings()
+    contract = contract_at(str(params.contract or settings.contract))
+    if params.start >= params.end:
+        raise ValueError(f"empty window: start {params.start} is not before end {params.end}")
+    version = champion_version(settings.mlflow_tracking_uri, contract.name)
+    if version is None:
+        raise RuntimeError(f"{contract.name} has no champion to score with: deploy a model first")
+    model = load_model(settings.mlflow_tracking_uri, contract.name, version)
+    evidence = read_evidence(settings.mlflow_tracking_uri, contract.name, version)
+    if decision_policy(evidence) != "single_threshold":
+        raise RuntimeError(
+            f"v{version} decides with {decision_policy(evidence)}, which batch scoring does not apply yet"
+        )
+    threshold = float(evidence["decision_threshold"])
+    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
+    spec = contract.tables[contract.prediction]
+    apps = lake.read_offline(contract.prediction)
+    if apps.empty:
+        return BatchScoreResult(dataset=contract.name, model_version=version, rows=0, refused=0, uri=None)
+    times = apps[spec.event_time]
+    window = apps[(times >= pd.Timestamp(params.start)) & (times < pd.Timestamp(params.end))]
+    if window.empty:
+        logger.info("no %s in [%s, %s)", contract.prediction, params.start, params.end)
+        return BatchScoreResult(dataset=contract.name, model_version=version, rows=0, refused=0, uri=None)
+    keys = [k for k in spec.primary_key if k != spec.event_time]
+    request = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
+    entities = window[list(dict.fromkeys([contract.entity.join_key, *keys, spec.event_time, *request]))].rename(
+        columns={spec.event_time: EVENT_TIMESTAMP}
+    )
+    store = open_store(settings, contract)
+    frame = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(model_service_name(contract))
+    ).to_df()
+    x = typed_features(frame, contract)[list(model.feature_names_in_)]
+    scores = model.predict_proba(x)[:, 1]
+    now = utc_now()
+    out: dict[str, Any] = {k: frame[k].to_numpy() for k in dict.fromkeys([contract.entity.join_key, *keys])}
+    out.update(
+        {
+            "applied_at": frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]").to_numpy(),
+            "probability": scores,
+            "decision": ["refuse" if s >= threshold else "approve" for s in scores],
+            "model_version": version,
+            "scored_at": pd.Timestamp(now).as_unit("us"),
+        }
+    )
+    table = pd.DataFrame(out)
+    table["applied_at"] = pd.to_datetime(table["applied_at"], utc=True).astype("datetime64[us, UTC]")
+    run = str(runtime.flow_run.id or "local")
+    uri = storage.join(lake.root, "scores", f"scored_date={now:%Y-%m-%d}", f"{run}.parquet")
+    storage.write_bytes(uri, parquet_bytes(table), settings.s3_endpoint_url)
+    refused = int((table["decision"] == "refuse").sum())
+    logger.info("scored %d applications with v%s (%d refused): %s", len(table), version, refused, uri)
+    return BatchScoreResult(dataset=contract.name, model_version=version, rows=len(table), refused=refused, uri=uri)
