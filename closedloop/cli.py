@@ -463,6 +463,53 @@ def serve(
             log.close()
 
 
+@app.command()
+def score(
+    application: Annotated[
+        str, typer.Argument(help="JSON of one application or a list of them, or @FILE, or - (stdin)")
+    ],
+    url: Annotated[
+        str | None, typer.Option(help="scoring service (default: CLOSEDLOOP_SERVING_PORT on the host)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Score applications with the running scoring service: probability, decision, reasons, model version."""
+    import sys
+
+    import httpx
+
+    settings = _settings()
+    if settings.serving_token is None:
+        _fail("set CLOSEDLOOP_SERVING_TOKEN to the scoring service's bearer token")
+    text = sys.stdin.read() if application == "-" else application
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"the application is not JSON: {exc}")
+    batch = isinstance(body, list)
+    target = (url or settings.serving_url).rstrip("/") + ("/v1/score/batch" if batch else "/v1/score")
+    try:
+        response = httpx.post(
+            target,
+            json={"applications": body} if batch else body,
+            headers={"Authorization": f"Bearer {settings.serving_token.get_secret_value()}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"scoring service at {target} unreachable ({exc}): start it with `closedloop serve`")
+    if response.status_code != 200:
+        _fail(f"{response.status_code} from {target}: {response.text[:2000]}")
+    scores = response.json() if batch else [response.json()]
+    lines = [
+        f"{s['entity_id']}: {s['decision']} (p={s['probability']:.4f}, v{s['model_version']}; "
+        f"reasons: {', '.join(r['feature'] for r in s['reasons']) or '-'})"
+        for s in scores
+    ]
+    _emit(response.json(), as_json, "\n".join(lines))
+
+
 @app.command("serve-flows")
 def serve_flows() -> None:
     """Serve every flow as a deployment (schedules, runs from the UI); `up --flows` runs this in the background."""

@@ -210,3 +210,44 @@ def test_scored_requests_land_in_the_inference_log(served: dict[str, Any]) -> No
     assert (logged["model_version"] == served["version"]).all()
     assert "feature.utilisation" in logged.columns
     assert logged["feature.utilisation"].notna().all()  # recent customers: history served from the online store
+
+
+def test_the_cli_scores_through_a_real_http_server(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import time
+
+    import uvicorn
+    from conftest import free_port
+    from typer.testing import CliRunner
+
+    from closedloop.cli import app as cli
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(served["settings"], CONTRACT, TOKEN), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        monkeypatch.setenv("CLOSEDLOOP_SERVING_TOKEN", TOKEN)
+        url = f"http://127.0.0.1:{port}"
+        customers = served["customers"][:2]
+        one = CliRunner().invoke(cli, ["score", json.dumps(_application(customers[0])), "--url", url, "--json"])
+        assert one.exit_code == 0, one.output
+        assert json.loads(one.output)["model_version"] == served["version"]
+        many = CliRunner().invoke(cli, ["score", json.dumps([_application(c) for c in customers]), "--url", url])
+        assert many.exit_code == 0 and all(str(c) in many.output for c in customers)
+        unknown = CliRunner().invoke(cli, ["score", json.dumps(_application(987_654_321)), "--url", url])
+        assert unknown.exit_code == 2 and "404" in unknown.output
+        monkeypatch.setenv("CLOSEDLOOP_SERVING_TOKEN", "wrong")
+        refused = CliRunner().invoke(cli, ["score", json.dumps(_application(customers[0])), "--url", url])
+        assert refused.exit_code == 2 and "401" in refused.output
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
