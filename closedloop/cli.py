@@ -545,7 +545,7 @@ def demo(
     customers: Annotated[int, typer.Option(min=1000, help="synthetic customers for the year of data")] = 20_000,
     keep_running: Annotated[bool, typer.Option(help="leave the servers running afterwards")] = True,
 ) -> None:
-    """Bring the stack up, seed both landing zones, then ingest and train on both through the served deployments."""
+    """Bring the stack up, seed both landing zones, then ingest, train and deploy on both through the deployments."""
     from closedloop import stack, storage
 
     settings = _settings()
@@ -585,6 +585,7 @@ def demo(
                     _fail(
                         f"the {stage} of {contract.parent.name} did not complete: see {settings.logs_dir / 'flows.log'}"
                     )
+            _demo_deploy(settings, contract)
     except _known_errors() as exc:
         _fail(str(exc))
     finally:
@@ -593,6 +594,31 @@ def demo(
     typer.echo(
         f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
         "Quarantine: closedloop quarantine list\nStop everything with: closedloop down"
+    )
+
+
+def _demo_deploy(settings: Settings, contract: Path) -> None:
+    """Deploy the new challenger if training made one; say why not otherwise (the gates decide, not the demo)."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    from closedloop.contract import load_contract
+    from tasks.registry import CHALLENGER, client
+
+    name = load_contract(contract).name
+    try:
+        version = client(settings.mlflow_tracking_uri).get_model_version_by_alias(name, CHALLENGER).version
+    except Exception:
+        typer.echo(f"deploy of {contract.parent.name}: skipped, no eligible challenger (see the model card in MLflow)")
+        return
+    run: FlowRun = run_deployment(  # type: ignore[assignment]
+        "package_deploy/package-deploy",
+        parameters={"params": {"contract": str(contract), "version": str(version), "require_approval": False}},
+        timeout=1800,
+    )
+    state = run.state.name if run.state else "unknown"
+    typer.echo(
+        f"deploy of {contract.parent.name} v{version}: {state} ({settings.prefect_ui_url}/runs/flow-run/{run.id})"
     )
 
 
