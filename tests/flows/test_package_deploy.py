@@ -40,6 +40,8 @@ def env(prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempPa
         write_synthetic(SyntheticConfig(customers=4_000), Lake.of(settings.lake_uri, NAME).landing)
         ingest_validate(IngestParams(contract=SYNTHETIC))
         yield {"settings": settings, "uri": settings.mlflow_tracking_uri}
+        # the MLflow server is shared by the session: leave no champion behind for the next module
+        client(settings.mlflow_tracking_uri).delete_registered_model(NAME)
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ def env(prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempPa
         )
         ingest_validate(IngestParams(contract=SYNTHETIC))
     yield values
+    # the MLflow server is shared by the session: leave no champion behind for the next module
+    client(f"http://127.0.0.1:{mlflow_server}").delete_registered_model("credit_synthetic")
 
 
 @pytest.fixture

@@ -51,6 +51,8 @@ def served(
         # customers who applied lately: their statements are still within the history view's TTL online
         recent = applications[applications["applied_at"] >= applications["applied_at"].max() - pd.Timedelta(days=45)]
         yield {"settings": settings, "version": trained.version, "customers": recent["customer_id"].tolist()}
+        # the MLflow server is shared by the session: leave no champion behind for the next module
+        client(settings.mlflow_tracking_uri).delete_registered_model(CONTRACT.name)
 
 
 def _application(customer_id: int, **changes: Any) -> dict[str, Any]:
