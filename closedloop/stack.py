@@ -124,8 +124,9 @@ def components(settings: Settings, s3: bool = False, flows: bool = False) -> lis
             Component(
                 name="flows",
                 port=0,
-                # healthy once the served deployment is registered with the Prefect server
-                health_url=f"{settings.prefect_api_url}/deployments/name/ingest_validate/ingest-validate",
+                # healthy once the last of the served deployments (deployments/flows.py, registered in order) is known
+                # to the Prefect server
+                health_url=f"{settings.prefect_api_url}/deployments/name/batch_score/batch-score",
                 ui_url=f"{settings.prefect_ui_url}/deployments",
                 command=[_bin("closedloop"), "serve-flows"],
                 env={**prefect_env},

@@ -21,7 +21,10 @@ BATCH_SCORE = "batch-score"
 
 
 def deployments() -> list[Any]:
-    """The deployments to serve (schedules are active only while `serve-flows` runs)."""
+    """The deployments to serve (schedules are active only while `serve-flows` runs).
+
+    Registered in this order; ``closedloop up --flows`` waits for the last one (batch-score).
+    """
     return [
         ingest_validate.to_deployment(
             name=INGEST,

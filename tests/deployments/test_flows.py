@@ -31,6 +31,8 @@ def test_ingest_runs_from_the_ui(served: Settings) -> None:
     api = served.prefect_api_url
     deployment = prefect_api("GET", f"{api}/deployments/name/ingest_validate/ingest-validate").json()
     assert set(deployment["parameter_openapi_schema"]["properties"]) == {"params"}  # the UI's run form
+    for name in ("train_evaluate/train-evaluate", "package_deploy/package-deploy", "batch_score/batch-score"):
+        assert prefect_api("GET", f"{api}/deployments/name/{name}").json()["name"]  # `up --flows` waited for all
     deploy = prefect_api("GET", f"{api}/deployments/name/package_deploy/package-deploy").json()
     assert deploy["global_concurrency_limit"]["limit"] == 1  # one promotion at a time
     run = prefect_api("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={}).json()
