@@ -142,20 +142,24 @@ def _load(training: TrainingSet, contract_path: str) -> tuple[pd.DataFrame, pd.D
     return frame, features, y
 
 
-@task(name="fit_model", cache_policy=NO_CACHE)
-def train_model(training: TrainingSet, contract_path: str, config: TrainingConfig) -> str:
-    """Fit XGBoost on the train split with early stopping on the validation split; returns the model file."""
+def _fit(training: TrainingSet, contract_path: str, config: TrainingConfig) -> Any:
+    """XGBoost on the train split, early stopping on the validation split, the contract's monotone constraints."""
     frame, x, y = _load(training, contract_path)
     split = frame[SPLIT].to_numpy()
-    constraints = monotone_constraints(contract_at(contract_path))
-    model = fit_model(
+    return fit_model(
         x[split == "train"],
         y[split == "train"],
         x[split == "validation"],
         y[split == "validation"],
         config,
-        constraints,
+        monotone_constraints(contract_at(contract_path)),
     )
+
+
+@task(name="fit_model", cache_policy=NO_CACHE)
+def train_model(training: TrainingSet, contract_path: str, config: TrainingConfig) -> str:
+    """Fit XGBoost on the train split with early stopping on the validation split; returns the model file."""
+    model = _fit(training, contract_path, config)
     path = Path(training.uri[7:]).with_suffix(".ubj")
     model.save_model(path)
     return str(path)
@@ -164,16 +168,7 @@ def train_model(training: TrainingSet, contract_path: str, config: TrainingConfi
 @task(name="tuning_trial", cache_policy=NO_CACHE)
 def tuning_trial(training: TrainingSet, contract_path: str, config: TrainingConfig) -> dict[str, Any]:
     """One configuration of the search, judged by AUC on the validation split (never on the test window)."""
-    frame, x, y = _load(training, contract_path)
-    split = frame[SPLIT].to_numpy()
-    model = fit_model(
-        x[split == "train"],
-        y[split == "train"],
-        x[split == "validation"],
-        y[split == "validation"],
-        config,
-        monotone_constraints(contract_at(contract_path)),
-    )
+    model = _fit(training, contract_path, config)
     return {
         "params": {name: getattr(config, name) for name in TUNED},
         "validation_auc": float(model.best_score),
