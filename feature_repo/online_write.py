@@ -14,6 +14,7 @@ not cover (another online store, vector or numeric-text columns, several join ke
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import struct
 import time
@@ -129,6 +130,19 @@ def entity_keys(column: pa.ChunkedArray, value_type: ValueType, join_key: str) -
         return keys
     protos = python_values_to_proto_values(column.to_pylist(), value_type)
     return [serialize_entity_key(EntityKeyProto(join_keys=[join_key], entity_values=[p]), 3) for p in protos]
+
+
+def entity_key_bytes(join_key: str, value: int | str, value_type: ValueType) -> bytes:
+    """Feast's serialised entity key (version 3) of one key value, as the online store's tables hold it."""
+    if value_type is ValueType.INT64:
+        return _int_key_prefix(join_key) + struct.pack("<q", int(value))
+    (proto,) = python_values_to_proto_values([value], value_type)
+    return serialize_entity_key(EntityKeyProto(join_keys=[join_key], entity_values=[proto]), 3)
+
+
+@functools.cache
+def _int_key_prefix(join_key: str) -> bytes:
+    return _feast_key(join_key, 0, ValueType.INT64)[:-8]
 
 
 def _feast_key(join_key: str, value: int, value_type: ValueType) -> bytes:

@@ -15,10 +15,22 @@ def compute_ratios(inputs: pd.DataFrame, ratios: Sequence[Ratio]) -> pd.DataFram
     inputs = inputs.loc[:, ~inputs.columns.duplicated()]
     out = {}
     for ratio in ratios:
-        num = pd.to_numeric(inputs[ratio.numerator], errors="coerce").astype("float64")
-        den = pd.to_numeric(inputs[ratio.denominator], errors="coerce").astype("float64")
-        out[ratio.name] = (num / den.where(den != 0)).replace([np.inf, -np.inf], np.nan)
+        num = pd.to_numeric(inputs[ratio.numerator], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        den = pd.to_numeric(inputs[ratio.denominator], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        out[ratio.name] = ratio_values(num, den)
     return pd.DataFrame(out, index=inputs.index)
+
+
+def ratio_values(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Numerator / denominator as float64; a zero or missing denominator gives NaN, never inf.
+
+    The one definition of a ratio: :func:`compute_ratios` (Feast's on-demand view, training) and the scoring
+    hot path (``tasks.scoring``) both call it.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = numerator / np.where(denominator != 0, denominator, np.nan)
+    values[~np.isfinite(values)] = np.nan
+    return values
 
 
 def ratio_frame(inputs: pd.DataFrame, specs: Sequence[tuple[str, str, str]]) -> pd.DataFrame:

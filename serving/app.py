@@ -7,7 +7,6 @@ started with). Every answer is authenticated with a bearer token (constant-time 
 ``/metrics`` and, when an inference log is attached, recorded there.
 """
 
-import hashlib
 import hmac
 import logging
 import threading
@@ -15,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -28,11 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from closedloop.contract import ColumnType, Contract
 from closedloop.settings import Settings
-from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
-from tasks import explain
+from tasks import scoring
 from tasks.registry import champion_version, decision_policy, load_model, read_evidence
-from tasks.training import feature_names, typed_features
+from tasks.scoring import ScoringModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,38 +41,15 @@ class NoChampion(RuntimeError):
     """No model carries the champion alias yet: the service is not ready."""
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """One registered version, ready to score."""
-
-    version: str
-    model: Any
-    threshold: float
-    policy: dict[str, dict[str, Any]] | None = None  # group thresholds, when the fairness gate needed them
-    policy_attribute: str | None = None
-    loaded_at: float = field(default_factory=time.time)
-
-    def decide(self, score: float, key: str, groups: str | None) -> str:
-        """Refuse or approve; group thresholds mix two thresholds per group, drawn from a hash of the request key."""
-        if self.policy is None:
-            return "refuse" if score >= self.threshold else "approve"
-        rule = self.policy.get(groups or "unknown")
-        if rule is None:
-            raise HTTPException(422, f"no decision threshold for {self.policy_attribute} group {groups!r}")
-        draw = int.from_bytes(hashlib.sha256(f"{self.version}:{key}".encode()).digest()[:8], "big") / 2**64
-        which = "0" if draw < rule["p0"] else "1"
-        return "refuse" if score > rule[f"threshold{which}"] else "approve"
-
-
-def load_version(tracking_uri: str, dataset: str, version: str) -> LoadedModel:
+def load_version(tracking_uri: str, dataset: str, version: str) -> ScoringModel:
     """A registered version with its decision threshold (or group policy) from its evidence record."""
     model = load_model(tracking_uri, dataset, version)
     evidence = read_evidence(tracking_uri, dataset, version)
     mitigation = evidence.get("report", {}).get("mitigation") or {}
     uses_policy = decision_policy(evidence).startswith("threshold_optimizer")
-    return LoadedModel(
-        version=version,
-        model=model,
+    return ScoringModel.of(
+        version,
+        model,
         threshold=float(evidence["decision_threshold"]),
         policy=mitigation.get("policy") if uses_policy else None,
         policy_attribute=mitigation.get("attribute") if uses_policy else None,
@@ -87,12 +61,12 @@ class Champion:
 
     def __init__(self, tracking_uri: str, dataset: str) -> None:
         self.tracking_uri, self.dataset = tracking_uri, dataset
-        self._current: LoadedModel | None = None
+        self._current: ScoringModel | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
     @property
-    def current(self) -> LoadedModel | None:
+    def current(self) -> ScoringModel | None:
         return self._current
 
     def refresh(self) -> bool:
@@ -207,20 +181,13 @@ def create_app(
         raise ValueError("the scoring service needs a bearer token (CLOSEDLOOP_SERVING_TOKEN): refusing to start open")
     champion = Champion(settings.mlflow_tracking_uri, contract.name)
     metrics = Metrics()
-    names = feature_names(contract)
-    service_name = model_service_name(contract)
-    join_key = contract.entity.join_key
-    request_fields = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
-    stored = [f for f in names if f not in set(request_fields) | {r.name for r in contract.ratios}]
-    state: dict[str, Any] = {"store": None, "service": None}
+    state: dict[str, Any] = {"source": None}
     stop = threading.Event()
     application = request_model(contract)
     bearer = HTTPBearer(auto_error=False)
 
     def open_feature_store() -> None:
-        store = open_store(settings, contract)
-        state["service"] = store.get_feature_service(service_name)
-        state["store"] = store
+        state["source"] = scoring.FeatureSource(open_store(settings, contract), contract)
 
     def watcher() -> None:
         while not stop.wait(refresh_seconds):
@@ -266,57 +233,40 @@ def create_app(
 
     def score_rows(rows: list[BaseModel]) -> list[Score]:
         model = champion.current
-        store = state["store"]
-        if model is None or store is None:
+        source = state["source"]
+        if model is None or source is None:
             metrics.errors.labels("not_ready").inc()
             raise HTTPException(503, f"not ready: {champion.last_error or 'feature store not loaded'}")
         started = time.perf_counter()
         payload = [row.model_dump() for row in rows]
-        entity_rows = [{k: v for k, v in item.items() if k in set(names) | {join_key}} for item in payload]
-        online = store.get_online_features(features=state["service"], entity_rows=entity_rows).to_df()
-        unknown = [
-            item[join_key]
-            for item, (_, found) in zip(payload, online[stored].iterrows(), strict=True)
-            if found.isna().all()
-        ]
-        if unknown:
+        try:
+            scored = scoring.score(model, source, payload, group_of=lambda name, value: _group(contract, name, value))
+        except scoring.UnknownEntities as exc:
             metrics.errors.labels("unknown_entity").inc()
-            raise HTTPException(404, f"no features for {join_key} {unknown[:10]}: unknown or not yet ingested")
-        for name in request_fields:  # the request's own inputs sit beside the stored features, as in training
-            online[name] = [item.get(name) for item in payload]
-        x = typed_features(online, contract)
-        probabilities = model.model.predict_proba(x[list(model.model.feature_names_in_)])[:, 1]
-        contributions = explain.contributions(model.model, x[list(model.model.feature_names_in_)])
-        columns = list(model.model.feature_names_in_)
+            raise HTTPException(404, str(exc)) from exc
+        except scoring.ScoringInputError as exc:
+            metrics.errors.labels("bad_input").inc()
+            raise HTTPException(422, str(exc)) from exc
         out = []
-        for i, item in enumerate(payload):
-            request_id = uuid.uuid4().hex
-            group = None
-            if model.policy_attribute:
-                value = item.get(model.policy_attribute)
-                if value is None:
-                    raise HTTPException(
-                        422, f"model v{model.version} decides with group thresholds: '{model.policy_attribute}' needed"
-                    )
-                group = _group(contract, model.policy_attribute, value)
-            decision = model.decide(float(probabilities[i]), f"{item[join_key]}", group)
-            metrics.scored.labels(decision).inc()
-            score = Score(
-                request_id=request_id,
-                entity_id=item[join_key],
-                probability=float(probabilities[i]),
-                decision=decision,  # type: ignore[arg-type]
-                model_version=model.version,
-                reasons=[Reason(**r) for r in explain.top_reasons(contributions[i], columns)],
+        for item in scored:
+            metrics.scored.labels(item.decision).inc()
+            out.append(
+                Score(
+                    request_id=uuid.uuid4().hex,
+                    entity_id=item.entity_id,
+                    probability=item.probability,
+                    decision=item.decision,  # type: ignore[arg-type]
+                    model_version=model.version,
+                    reasons=[Reason(**r) for r in item.reasons],
+                )
             )
-            out.append(score)
         if inference_log is not None:
             from serving.inference_log import InferenceLogFull
 
             seconds = (time.perf_counter() - started) / len(out)
             try:
-                for i, scored in enumerate(out):
-                    inference_log.append(_record(contract, scored, online.iloc[i], columns, seconds))
+                for answer, item in zip(out, scored, strict=True):
+                    inference_log.append(_record(contract, answer, item.features, seconds))
             except InferenceLogFull as exc:  # no score leaves without its record
                 metrics.errors.labels("inference_log_full").inc()
                 raise HTTPException(503, f"not scoring: {exc}") from exc
@@ -340,7 +290,7 @@ def create_app(
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         problems = []
-        if state["store"] is None:
+        if state["source"] is None:
             try:
                 open_feature_store()
             except Exception as exc:
@@ -371,10 +321,9 @@ def _group(contract: Contract, attribute: str, value: Any) -> str:
     return "unknown" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
 
 
-def _record(contract: Contract, score: Score, row: pd.Series, columns: list[str], seconds: float) -> Any:
+def _record(contract: Contract, score: Score, features: dict[str, Any], seconds: float) -> Any:
     from serving.inference_log import InferenceRecord
 
-    features = {c: (None if pd.isna(row[c]) else row[c].item() if hasattr(row[c], "item") else row[c]) for c in columns}
     return InferenceRecord(
         request_id=score.request_id,
         scored_at=datetime.now(UTC),

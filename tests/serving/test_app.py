@@ -253,3 +253,61 @@ def test_the_cli_scores_through_a_real_http_server(served: dict[str, Any], monke
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served: dict[str, Any]) -> None:
+    """The hot path (direct SQLite reads, numpy matrix, unnamed DMatrix) changes nothing a model sees or says."""
+    import numpy as np
+    import xgboost as xgb
+
+    from feature_repo.definitions import model_service_name
+    from feature_repo.online_read import OnlineReader, feast_rows
+    from feature_repo.store import open_store
+    from serving.app import load_version
+    from tasks.registry import load_model
+    from tasks.scoring import FeatureSource, UnknownEntities, score
+    from tasks.training import typed_features
+
+    settings = served["settings"]
+    store = open_store(settings, CONTRACT)
+    service = store.get_feature_service(model_service_name(CONTRACT))
+    customers = served["customers"][:150]
+    keys = [*customers, 999_999_999]  # and one nobody knows
+    reader = OnlineReader(store, service)
+    assert reader.read(keys) == feast_rows(store, service, "customer_id", keys)
+    assert reader.read([999_999_999]) == [None]
+
+    model = load_version(settings.mlflow_tracking_uri, CONTRACT.name, served["version"])
+    fast = FeatureSource(store, CONTRACT)
+    slow = FeatureSource(store, CONTRACT, fast=False)
+    assert fast.uses_fast_path and not slow.uses_fast_path
+    rng = np.random.default_rng(7)
+    applications = [
+        _application(
+            c,
+            loan_amount=float(rng.uniform(1_000, 60_000)),
+            loan_purpose=str(rng.choice(["car", "home_improvement", "debt_consolidation"])),
+            channel=str(rng.choice(["online", "branch"])),
+        )
+        for c in customers
+    ]
+    applications[3]["loan_amount"] = 0.0  # a zero denominator somewhere must stay missing, not inf
+    matrix = fast.matrix(applications, model.columns)
+    assert np.array_equal(matrix, slow.matrix(applications, model.columns), equal_nan=True)
+    # the reference: Feast's FeatureService (with its on-demand view) into the pandas frame training uses
+    online = store.get_online_features(features=service, entity_rows=applications).to_df()
+    for name in ("loan_amount", "loan_term_months", "loan_purpose", "channel"):
+        online[name] = [a[name] for a in applications]
+    frame = typed_features(online, CONTRACT)[model.columns]
+    sklearn_model = load_model(settings.mlflow_tracking_uri, CONTRACT.name, served["version"])
+    expected = sklearn_model.predict_proba(frame)[:, 1]
+    scored = score(model, fast, applications)
+    assert np.array_equal([s.probability for s in scored], expected)
+    named = xgb.DMatrix(frame, enable_categorical=True)
+    contributions = sklearn_model.get_booster().predict(
+        named, pred_contribs=True, iteration_range=model.iteration_range
+    )
+    assert np.allclose(model.predict(matrix)[1], contributions, atol=1e-6)
+    assert scored[0].features["loan_purpose"] == applications[0]["loan_purpose"]
+    with pytest.raises(UnknownEntities, match="999999999"):
+        fast.matrix([_application(999_999_999)], model.columns)
