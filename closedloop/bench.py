@@ -12,13 +12,14 @@ import math
 import multiprocessing
 import platform
 import resource
+import secrets
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +276,7 @@ def bench_validation(rows: int = 1_000_000, columns: int = 30) -> list[Measureme
 
 def bench_materialize(rows: int = 100_000) -> list[Measurement]:
     """One day's profile batch into the SQLite online store: closedloop's ingest step vs Feast's default call."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     import numpy as np
     import pandas as pd
@@ -487,12 +488,335 @@ def bench_train(customers: int = 150_000) -> list[Measurement]:
     ]
 
 
+def _prepared_stack(tmp: str, customers: int) -> tuple[Any, Any, str, str]:
+    """A stack in ``tmp`` with ``customers`` ingested and materialized, MLflow up and a champion trained."""
+    from closedloop import stack
+    from closedloop.settings import PROJECT_ROOT, load_settings
+    from tasks.ingest import contract_at, earliest_new_events, find_batches, ingest_batch, materialize_features
+    from tasks.lake import Lake
+    from tasks.registry import CHAMPION, client
+    from tasks.synthetic import SyntheticConfig, write_synthetic
+    from tasks.train import Gates, build_training_set, evaluate_candidate, register_candidate, train_model
+    from tasks.training import TrainingConfig
+
+    contract_path = str(PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml")
+    settings = load_settings(state_dir=Path(tmp), mlflow_port=_free_port(), prefect_port=_free_port())
+    contract = contract_at(contract_path)
+    lake = Lake.of(settings.lake_uri, contract.name)
+    now = datetime.now(UTC)
+    write_synthetic(SyntheticConfig(customers=customers, months=12), lake.landing)  # the year up to now
+    refs = find_batches([], lake.landing, contract, None)
+    outcomes = [ingest_batch.fn(ref, contract_path, lake, now) for ref in refs]
+    materialize_features.fn(settings, contract_path, earliest_new_events(outcomes, contract), now)
+    stack.up(settings, only=("mlflow",))
+    config = TrainingConfig()
+    training = build_training_set.fn(settings, contract_path, now, config)
+    model_path = train_model.fn(training, contract_path, config)
+    evaluation = evaluate_candidate.fn(training, model_path, contract_path, settings.mlflow_tracking_uri, Gates())
+    version, _, _ = register_candidate.fn(
+        training, model_path, contract_path, settings.mlflow_tracking_uri, evaluation, config, "bench", now
+    )
+    client(settings.mlflow_tracking_uri).set_registered_model_alias(contract.name, CHAMPION, version)
+    return settings, contract, version, contract_path
+
+
+def _recent_applications(settings: Any, contract: Any, days: int = 45) -> list[dict[str, Any]]:
+    """Request bodies of customers who applied lately (their statements are still in the online store)."""
+    import pandas as pd
+
+    from tasks.lake import Lake
+
+    apps = Lake.of(settings.lake_uri, contract.name).read_offline(contract.prediction)
+    spec = contract.tables[contract.prediction]
+    recent = apps[apps[spec.event_time] >= apps[spec.event_time].max() - pd.Timedelta(days=days)]
+    fields = [contract.entity.join_key] + [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
+    return [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        for row in recent[fields].drop_duplicates(contract.entity.join_key).to_dict("records")
+    ]
+
+
+def _serve(settings: Any, contract_path: str, port: int, token: str) -> None:
+    """The scoring service as ``closedloop serve`` runs it (inference log on), in its own process."""
+    import uvicorn
+
+    from closedloop.contract import load_contract
+    from serving.app import create_app
+    from serving.inference_log import InferenceLog
+    from tasks.lake import Lake
+
+    contract = load_contract(contract_path)
+    log = InferenceLog(Lake.of(settings.lake_uri, contract.name))
+    log.start()
+    try:
+        uvicorn.run(
+            create_app(settings, contract, token, inference_log=log), host="127.0.0.1", port=port, log_level="warning"
+        )
+    finally:
+        log.close()
+
+
+def _load_run(
+    url: str, bodies: list[dict[str, Any]] | None, headers: dict[str, str], rate: float, seconds: float
+) -> dict[str, float]:
+    """Open-loop load: a request every 1/rate s for ``seconds``; latency measured from the intended send time.
+
+    Timing from the schedule (not from when the request actually left) keeps a stalled server from hiding its
+    queue (coordinated omission). ``bodies`` None: GET ``url``.
+    """
+    import asyncio
+
+    import httpx
+    import numpy as np
+
+    async def main() -> dict[str, float]:
+        latencies: list[float] = []
+        errors = 0
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=10.0, headers=headers) as http:
+
+            async def one(i: int, due: float) -> None:
+                nonlocal errors
+                try:
+                    if bodies is None:
+                        response = await http.get(url)
+                    else:
+                        response = await http.post(url, json=bodies[i % len(bodies)])
+                    if response.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - due)
+
+            loop_start = time.perf_counter()
+            tasks = []
+            total = int(rate * seconds)
+            for i in range(total):
+                due = loop_start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(i, due)))
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - loop_start
+        values = np.asarray(latencies) * 1000
+        return {
+            "p50_ms": float(np.percentile(values, 50)),
+            "p99_ms": float(np.percentile(values, 99)),
+            "errors": float(errors),
+            "requests": float(total),
+            "achieved_rps": total / elapsed,
+        }
+
+    return asyncio.run(main())
+
+
+def _saturation(
+    url: str, bodies: list[dict[str, Any]] | None, headers: dict[str, str], seconds: float, workers: int = 16
+) -> dict[str, float]:
+    """Closed-loop load: ``workers`` clients each sending the next request as soon as one returns."""
+    import asyncio
+
+    import httpx
+
+    async def main() -> dict[str, float]:
+        done = errors = 0
+        stop_at = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+        async with httpx.AsyncClient(limits=limits, timeout=10.0, headers=headers) as http:
+
+            async def worker(offset: int) -> None:
+                nonlocal done, errors
+                i = offset
+                while time.perf_counter() < stop_at:
+                    if bodies is None:
+                        response = await http.get(url)
+                    else:
+                        response = await http.post(url, json=bodies[i % len(bodies)])
+                    done += 1
+                    errors += response.status_code != 200
+                    i += workers
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(w) for w in range(workers)))
+            return {"rps": done / (time.perf_counter() - started), "errors": float(errors)}
+
+    return asyncio.run(main())
+
+
+def bench_serving(customers: int = 20_000, seconds: float = 60.0, rate: float = 200.0) -> list[Measurement]:
+    """Online scoring in process and over HTTP, and batch scoring, each against its raw baseline.
+
+    In process: one application through the hot path (online-store lookup, matrix, predict, SHAP reasons) vs
+    XGBoost's ``inplace_predict`` of the same ready row. HTTP (a real uvicorn service with its inference log, in
+    its own process, loopback): open-loop ``rate`` requests/s for ``seconds`` to ``/v1/score`` vs the same load
+    on the same server's ``/healthz`` (the framework's own floor); then the saturation throughput of both.
+    Batch: the batch_score flow's scoring step (typed frame, predict, decisions) vs ``inplace_predict`` on the
+    same ready matrix.
+    """
+    import multiprocessing as mp
+
+    import httpx
+    import numpy as np
+
+    from feature_repo.definitions import model_service_name
+    from feature_repo.store import open_store
+    from serving.app import load_version
+    from tasks import scoring
+    from tasks.registry import load_model
+    from tasks.training import EVENT_TIMESTAMP, typed_features
+
+    out: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
+        from closedloop import stack
+
+        settings, contract, version, contract_path = _prepared_stack(tmp, customers)
+        try:
+            bodies = _recent_applications(settings, contract)
+            model = load_version(settings.mlflow_tracking_uri, contract.name, version)
+            source = scoring.FeatureSource(open_store(settings, contract), contract)
+            rows = source.matrix(bodies, model.columns)
+            for body in bodies[:300]:  # warm-up: first calls are paid by neither side
+                scoring.score(model, source, [body])
+                model.booster.inplace_predict(rows[:1], iteration_range=model.iteration_range)
+            n = 5_000
+            ours, raw = [], []
+            for i in range(n):
+                body, row = bodies[i % len(bodies)], rows[i % len(bodies)][None, :]
+                started = time.perf_counter()
+                scoring.score(model, source, [body])
+                ours.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                model.booster.inplace_predict(row, iteration_range=model.iteration_range)
+                raw.append(time.perf_counter() - started)
+            trees = model.iteration_range[1] or model.booster.num_boosted_rounds()
+            for q in (50, 99):
+                out.append(
+                    Measurement(
+                        "serving",
+                        f"in-process p{q}, one application (lookup + predict + reasons)",
+                        "ms",
+                        float(np.percentile(ours, q)) * 1000,
+                        float(np.percentile(raw, q)) * 1000,
+                        False,
+                        f"{n:,} requests over {len(bodies):,} customers, {len(model.columns)} features, {trees} "
+                        "trees; baseline: inplace_predict of the ready row (no lookup, no reasons)",
+                    )
+                )
+
+            # batch: the batch_score flow's scoring step on this year's applications
+            store = open_store(settings, contract)
+            from tasks.lake import Lake
+
+            apps = Lake.of(settings.lake_uri, contract.name).read_offline(contract.prediction)
+            spec = contract.tables[contract.prediction]
+            request = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
+            entities = apps[[contract.entity.join_key, spec.event_time, *request]].rename(
+                columns={spec.event_time: EVENT_TIMESTAMP}
+            )
+            frame = store.get_historical_features(
+                entity_df=entities, features=store.get_feature_service(model_service_name(contract))
+            ).to_df()
+            sklearn_model = load_model(settings.mlflow_tracking_uri, contract.name, version)
+            sklearn_model.get_booster().set_param({"nthread": 0})
+            ready = typed_features(frame, contract)[model.columns]
+            matrix = np.ascontiguousarray(
+                np.column_stack(
+                    [
+                        ready[c].cat.codes.replace(-1, np.nan) if ready[c].dtype == "category" else ready[c]
+                        for c in model.columns
+                    ]
+                ),
+                dtype="float64",
+            )
+            booster = sklearn_model.get_booster()
+            batch_ours, batch_raw = [], []
+            for _ in range(REPEATS):
+                started = time.perf_counter()
+                x = typed_features(frame, contract)[list(sklearn_model.feature_names_in_)]
+                scores = sklearn_model.predict_proba(x)[:, 1]
+                _ = np.where(scores >= model.threshold, "refuse", "approve")
+                batch_ours.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                booster.inplace_predict(matrix, iteration_range=model.iteration_range)
+                batch_raw.append(time.perf_counter() - started)
+            out.append(
+                Measurement(
+                    "serving",
+                    f"batch scoring throughput, {len(frame):,} applications",
+                    "rows/s",
+                    len(frame) / statistics.median(batch_ours),
+                    len(frame) / statistics.median(batch_raw),
+                    True,
+                    "typed frame + predict_proba + decisions vs inplace_predict on the ready float matrix; "
+                    f"median of {REPEATS}",
+                )
+            )
+
+            # HTTP: a real service in its own process
+            token = secrets.token_urlsafe(16)
+            port = _free_port()
+            ctx = mp.get_context("spawn")
+            server = ctx.Process(target=_serve, args=(settings, contract_path, port, token), daemon=True)
+            server.start()
+            try:
+                base = f"http://127.0.0.1:{port}"
+                deadline = time.time() + 120
+                while time.time() < deadline:
+                    try:
+                        if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.5)
+                else:
+                    raise RuntimeError("the scoring service did not become ready in 120 s")
+                auth = {"Authorization": f"Bearer {token}"}
+                _load_run(f"{base}/v1/score", bodies, auth, rate, 5)  # warm-up
+                floor = _load_run(f"{base}/healthz", None, auth, rate, seconds)
+                scored = _load_run(f"{base}/v1/score", bodies, auth, rate, seconds)
+                for stat in ("p50_ms", "p99_ms"):
+                    out.append(
+                        Measurement(
+                            "serving",
+                            f"HTTP {stat[:3]} at {rate:.0f} req/s for {seconds:.0f} s, POST /v1/score",
+                            "ms",
+                            scored[stat],
+                            floor[stat],
+                            False,
+                            f"{scored['errors']:.0f} errors in {scored['requests']:.0f} requests "
+                            f"({scored['achieved_rps']:.0f} req/s achieved); baseline: GET /healthz, same load, "
+                            "same server; open loop, latency from the scheduled send time",
+                        )
+                    )
+                top = _saturation(f"{base}/v1/score", bodies, auth, 15)
+                top_floor = _saturation(f"{base}/healthz", None, auth, 15)
+                out.append(
+                    Measurement(
+                        "serving",
+                        "HTTP saturation throughput, POST /v1/score, 16 concurrent clients",
+                        "req/s",
+                        top["rps"],
+                        top_floor["rps"],
+                        True,
+                        f"{top['errors']:.0f} errors; baseline: GET /healthz; client and server share the 2 cores",
+                    )
+                )
+            finally:
+                server.terminate()  # by its pid, through the Process handle
+                server.join(timeout=15)
+        finally:
+            stack.down(settings)
+    return out
+
+
 BENCHMARKS: dict[str, Callable[..., list[Measurement]]] = {
     "generator": bench_generator,
     "validation": bench_validation,
     "materialize": bench_materialize,
     "concept_drift": bench_concept_drift,
     "train": bench_train,
+    "serving": bench_serving,
 }
 
 

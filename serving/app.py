@@ -7,13 +7,19 @@ started with). Every answer is authenticated with a bearer token (constant-time 
 ``/metrics`` and, when an inference log is attached, recorded there.
 """
 
+import contextlib
+import hashlib
 import hmac
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -56,12 +62,86 @@ def load_version(tracking_uri: str, dataset: str, version: str) -> ScoringModel:
     )
 
 
+@dataclass
+class Rollout:
+    """A candidate version in shadow or canary, with the guard that ends it when it breaks its budgets."""
+
+    model: ScoringModel
+    strategy: str  # "shadow" or "canary"
+    share: float  # canary: the share of entities it answers for
+    max_error_rate: float
+    max_p99_ms: float
+    min_requests: int
+    requests: int = 0
+    errors: int = 0
+    tripped: str | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2_000))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def of(cls, model: ScoringModel, plan: dict[str, str]) -> "Rollout":
+        return cls(
+            model=model,
+            strategy=plan["strategy"],
+            share=float(plan.get("share", 0.0)),
+            max_error_rate=float(plan.get("max_error_rate", 0.01)),
+            max_p99_ms=float(plan.get("max_p99_ms", 50.0)),
+            min_requests=int(plan.get("min_requests", 100)),
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.tripped is None
+
+    def routes(self, key: Any) -> bool:
+        """Canary: whether this entity is in the candidate's share (sticky: a hash of version and key)."""
+        if self.strategy != "canary" or not self.active:
+            return False
+        draw = int.from_bytes(hashlib.sha256(f"canary:{self.model.version}:{key}".encode()).digest()[:8], "big")
+        return draw / 2**64 < self.share
+
+    def observe(self, seconds: float | None, count: int = 1) -> str | None:
+        """Count ``count`` requests (``seconds`` each, or None: failed); the breach reason when this trips it."""
+        with self._lock:
+            self.requests += count
+            if seconds is None:
+                self.errors += count
+            else:
+                self.latencies.extend([seconds * 1000] * count)
+            if self.tripped is not None or self.requests < self.min_requests:
+                return None
+            error_rate = self.errors / self.requests
+            if error_rate > self.max_error_rate:
+                self.tripped = (
+                    f"error rate {error_rate:.2%} over budget {self.max_error_rate:.2%} "
+                    f"({self.errors} of {self.requests} requests)"
+                )
+            elif self.latencies and self.requests % 10 == 0:
+                p99 = float(np.percentile(np.fromiter(self.latencies, dtype="float64"), 99))
+                if p99 > self.max_p99_ms:
+                    self.tripped = f"p99 latency {p99:.2f} ms over budget {self.max_p99_ms:g} ms"
+            return self.tripped
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            values = np.fromiter(self.latencies, dtype="float64")
+            return {
+                "version": self.model.version,
+                "strategy": self.strategy,
+                "requests": self.requests,
+                "errors": self.errors,
+                "p99_ms": float(np.percentile(values, 99)) if len(values) else None,
+                "tripped": self.tripped,
+            }
+
+
 class Champion:
-    """The champion model, swapped atomically when the alias moves; readers never see a half-loaded model."""
+    """The champion and a rollout's candidate, swapped atomically when aliases move (never half-loaded)."""
 
     def __init__(self, tracking_uri: str, dataset: str) -> None:
         self.tracking_uri, self.dataset = tracking_uri, dataset
         self._current: ScoringModel | None = None
+        self.rollout: Rollout | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -72,6 +152,7 @@ class Champion:
     def refresh(self) -> bool:
         """Load the version the alias points at if it is not the one serving; True when the model changed."""
         with self._lock:
+            self._refresh_rollout()
             try:
                 version = champion_version(self.tracking_uri, self.dataset)
                 if version is None:
@@ -88,6 +169,46 @@ class Champion:
             self.last_error = None
             logger.info("champion %s v%s now serving (was %s)", self.dataset, version, previous)
             return True
+
+    def _refresh_rollout(self) -> None:
+        from tasks.deploy import rollout_state
+
+        try:
+            state = rollout_state(self.tracking_uri, self.dataset)
+        except Exception as exc:
+            logger.warning("rollout lookup failed, candidate unchanged: %s", exc)
+            return
+        if state is None or state.get("verdict") != "running" or state.get("strategy") not in ("shadow", "canary"):
+            if self.rollout is not None:
+                logger.info("rollout of v%s over", self.rollout.model.version)
+            self.rollout = None
+            return
+        if self.rollout is not None and self.rollout.model.version == state["version"]:
+            return  # the same rollout (a tripped one stays tripped until the alias goes)
+        try:
+            self.rollout = Rollout.of(load_version(self.tracking_uri, self.dataset, state["version"]), state)
+        except Exception as exc:  # a candidate that cannot load is not served; its rollout is ended
+            logger.warning("candidate v%s cannot be loaded: %s", state["version"], exc)
+            self.end_rollout(state["version"], f"candidate cannot be loaded: {exc}", {})
+            return
+        logger.info("v%s in %s rollout (share %s)", state["version"], self.rollout.strategy, self.rollout.share)
+
+    def end_rollout(self, version: str, reason: str, stats: dict[str, Any]) -> None:
+        """Roll the candidate back in the registry, off the request path (the local guard already stopped it)."""
+        from tasks.deploy import end_rollout
+
+        by = f"scoring service {socket.gethostname()}:{os.getpid()}"
+
+        def run() -> None:
+            try:
+                end_rollout(
+                    self.tracking_uri, self.dataset, version, "rolled back", {"reason": reason, "by": by, **stats}
+                )
+                logger.warning("rollout of v%s rolled back: %s", version, reason)
+            except Exception as exc:  # the local guard holds; the next refresh tries again
+                logger.error("could not record the rollback of v%s: %s", version, exc)
+
+        threading.Thread(target=run, name="rollout-rollback", daemon=True).start()
 
 
 def request_model(contract: Contract) -> type[BaseModel]:
@@ -231,6 +352,28 @@ def create_app(
             metrics.errors.labels("unauthorised").inc()
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
+    def group_of(name: str, value: Any) -> str:
+        return _group(contract, name, value)
+
+    def candidate_scores(rollout: Rollout, items: list[dict[str, Any]]) -> list[scoring.Scored] | None:
+        """The candidate's answers, or None when it failed (counted against its budget; the champion answers)."""
+        started = time.perf_counter()
+        scored: list[scoring.Scored] | None = None
+        try:
+            scored = scoring.score(rollout.model, state["source"], items, group_of=group_of)
+        except (scoring.UnknownEntities, scoring.ScoringInputError):
+            raise  # the request's fault, not the candidate's: the champion path answers it the same way
+        except Exception as exc:
+            logger.warning("candidate v%s failed: %s", rollout.model.version, exc)
+            metrics.errors.labels(f"{rollout.strategy}_failed").inc()
+            breach = rollout.observe(None, len(items))
+        else:
+            breach = rollout.observe((time.perf_counter() - started) / len(items), len(items))
+        if breach:
+            metrics.errors.labels(f"{rollout.strategy}_rolled_back").inc()
+            champion.end_rollout(rollout.model.version, breach, rollout.summary())
+        return scored
+
     def score_rows(rows: list[BaseModel]) -> list[Score]:
         model = champion.current
         source = state["source"]
@@ -239,8 +382,25 @@ def create_app(
             raise HTTPException(503, f"not ready: {champion.last_error or 'feature store not loaded'}")
         started = time.perf_counter()
         payload = [row.model_dump() for row in rows]
+        rollout = champion.rollout
+        answers: list[tuple[scoring.Scored, str, str] | None] = [None] * len(payload)  # (scored, version, variant)
+        shadow: list[tuple[scoring.Scored, str]] = []
         try:
-            scored = scoring.score(model, source, payload, group_of=lambda name, value: _group(contract, name, value))
+            if rollout is not None and rollout.active and rollout.strategy == "canary":
+                picked = [i for i, item in enumerate(payload) if rollout.routes(item[contract.entity.join_key])]
+                if picked:
+                    by_candidate = candidate_scores(rollout, [payload[i] for i in picked])
+                    for i, scored in zip(picked, by_candidate or [], strict=False):
+                        answers[i] = (scored, rollout.model.version, "canary")
+            rest = [i for i, answer in enumerate(answers) if answer is None]
+            if rest:
+                for i, scored in zip(
+                    rest, scoring.score(model, source, [payload[i] for i in rest], group_of=group_of), strict=True
+                ):
+                    answers[i] = (scored, model.version, "champion")
+            if rollout is not None and rollout.active and rollout.strategy == "shadow":
+                with contextlib.suppress(scoring.UnknownEntities, scoring.ScoringInputError):
+                    shadow = [(s, rollout.model.version) for s in candidate_scores(rollout, payload) or []]
         except scoring.UnknownEntities as exc:
             metrics.errors.labels("unknown_entity").inc()
             raise HTTPException(404, str(exc)) from exc
@@ -248,25 +408,26 @@ def create_app(
             metrics.errors.labels("bad_input").inc()
             raise HTTPException(422, str(exc)) from exc
         out = []
-        for item in scored:
+        records = []
+        seconds = (time.perf_counter() - started) / len(payload)
+        for answered in answers:
+            assert answered is not None  # noqa: S101 - every row was answered above
+            item, version, variant = answered
             metrics.scored.labels(item.decision).inc()
-            out.append(
-                Score(
-                    request_id=uuid.uuid4().hex,
-                    entity_id=item.entity_id,
-                    probability=item.probability,
-                    decision=item.decision,  # type: ignore[arg-type]
-                    model_version=model.version,
-                    reasons=[Reason(**r) for r in item.reasons],
-                )
-            )
+            response = _score(item, version, uuid.uuid4().hex)
+            out.append(response)
+            records.append((response, item.features, variant))
+        # the shadow's answers are logged under the same request ids, never returned
+        records += [
+            (_score(item, version, response.request_id), item.features, "shadow")
+            for response, (item, version) in zip(out, shadow, strict=False)
+        ]
         if inference_log is not None:
             from serving.inference_log import InferenceLogFull
 
-            seconds = (time.perf_counter() - started) / len(out)
             try:
-                for answer, item in zip(out, scored, strict=True):
-                    inference_log.append(_record(contract, answer, item.features, seconds))
+                for response, features, variant in records:
+                    inference_log.append(_record(contract, response, features, seconds, variant))
             except InferenceLogFull as exc:  # no score leaves without its record
                 metrics.errors.labels("inference_log_full").inc()
                 raise HTTPException(503, f"not scoring: {exc}") from exc
@@ -314,6 +475,17 @@ def create_app(
     return app
 
 
+def _score(item: scoring.Scored, version: str, request_id: str) -> Score:
+    return Score(
+        request_id=request_id,
+        entity_id=item.entity_id,
+        probability=item.probability,
+        decision=item.decision,  # type: ignore[arg-type]
+        model_version=version,
+        reasons=[Reason(**r) for r in item.reasons],
+    )
+
+
 def _group(contract: Contract, attribute: str, value: Any) -> str:
     from tasks.fairness import groups_of
 
@@ -321,7 +493,7 @@ def _group(contract: Contract, attribute: str, value: Any) -> str:
     return "unknown" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
 
 
-def _record(contract: Contract, score: Score, features: dict[str, Any], seconds: float) -> Any:
+def _record(contract: Contract, score: Score, features: dict[str, Any], seconds: float, variant: str) -> Any:
     from serving.inference_log import InferenceRecord
 
     return InferenceRecord(
@@ -334,5 +506,6 @@ def _record(contract: Contract, score: Score, features: dict[str, Any], seconds:
         score=score.probability,
         decision=score.decision,
         latency_ms=seconds * 1000,
+        variant=variant,
         reasons=[r.feature for r in score.reasons],
     )

@@ -201,3 +201,54 @@ def rollback(tracking_uri: str, name: str, reason: str, by: str) -> dict[str, An
     record(tracking_uri, name, current, entry)
     record(tracking_uri, name, previous, entry)
     return {"champion": previous, "rolled_back": current}
+
+
+# --- shadow and canary rollouts -------------------------------------------------------------------------------
+# A rollout is the ``candidate`` alias on a version plus ``rollout.*`` tags on that version (strategy, share,
+# budgets, verdict). Every scoring service watching the registry routes to it (canary: a sticky share of entities
+# by hash; shadow: scores every request, answer not returned), guards it against its error and latency budgets and
+# ends it itself on a breach; the deploy flow watches the verdict and promotes only after a clean observation.
+CANDIDATE = "candidate"
+STRATEGIES = ("direct", "shadow", "canary")
+
+
+def start_rollout(tracking_uri: str, name: str, version: str, plan: dict[str, Any]) -> None:
+    """Put ``version`` on the candidate alias with its rollout plan (strategy, share, budgets)."""
+    c = client(tracking_uri)
+    try:
+        current = str(c.get_model_version_by_alias(name, CANDIDATE).version)
+    except Exception:
+        current = None
+    if current is not None and current != version:
+        raise DeployError(f"{name} v{current} is already being rolled out: end that rollout first")
+    for key, value in {**plan, "verdict": "running"}.items():
+        c.set_model_version_tag(name, version, f"rollout.{key}", str(value))
+    c.set_registered_model_alias(name, CANDIDATE, version)
+
+
+def rollout_state(tracking_uri: str, name: str) -> dict[str, str] | None:
+    """The running rollout: ``version`` and its ``rollout.*`` tags, or None when no version is a candidate."""
+    c = client(tracking_uri)
+    try:
+        found = c.get_model_version_by_alias(name, CANDIDATE)
+    except Exception:
+        return None
+    tags = {k.removeprefix("rollout."): v for k, v in (found.tags or {}).items() if k.startswith("rollout.")}
+    return {"version": str(found.version), **tags}
+
+
+def end_rollout(tracking_uri: str, name: str, version: str, verdict: str, entry: dict[str, Any]) -> bool:
+    """Take ``version`` off the candidate alias (if it is still there), tag the verdict, record it.
+
+    Returns whether this call ended it: two services seeing the same breach record it once between them (the
+    alias check is not atomic across processes, so a duplicate history entry is possible but harmless).
+    """
+    c = client(tracking_uri)
+    state = rollout_state(tracking_uri, name)
+    if state is None or state["version"] != version or state.get("verdict") != "running":
+        return False
+    c.set_model_version_tag(name, version, "rollout.verdict", verdict)
+    with contextlib.suppress(Exception):
+        c.delete_registered_model_alias(name, CANDIDATE)
+    record(tracking_uri, name, version, {"action": f"rollout {verdict}", **entry})
+    return True
