@@ -542,7 +542,7 @@ def _serve(settings: Any, contract_path: str, port: int, token: str) -> None:
 
     from closedloop.contract import load_contract
     from serving.app import create_app
-    from serving.inference_log import InferenceLog
+    from tasks.inference_log import InferenceLog
     from tasks.lake import Lake
 
     contract = load_contract(contract_path)
@@ -556,49 +556,95 @@ def _serve(settings: Any, contract_path: str, port: int, token: str) -> None:
         log.close()
 
 
-def _load_run(
-    url: str, bodies: list[dict[str, Any]] | None, headers: dict[str, str], rate: float, seconds: float
-) -> dict[str, float]:
-    """Open-loop load: a request every 1/rate s for ``seconds``; latency measured from the intended send time.
+def _requests(path: str, bodies: list[dict[str, Any]] | None, token: str) -> list[bytes]:
+    """Ready HTTP/1.1 requests (keep-alive): POST ``path`` with each body, or one GET when ``bodies`` is None."""
+    head = f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+    if bodies is None:
+        return [f"GET {path} HTTP/1.1\r\n{head}\r\n".encode()]
+    out = []
+    for body in bodies:
+        data = json.dumps(body).encode()
+        lines = f"POST {path} HTTP/1.1\r\n{head}Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        out.append(f"{lines}\r\n".encode() + data)
+    return out
 
-    Timing from the schedule (not from when the request actually left) keeps a stalled server from hiding its
-    queue (coordinated omission). ``bodies`` None: GET ``url``.
+
+class _Connection:
+    """One keep-alive connection speaking just enough HTTP/1.1 to time a server, not the client.
+
+    A general-purpose client (httpx) spends about a millisecond of CPU per request in Python: on two cores shared
+    with the server it would be the bottleneck being measured.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: Any = None
+        self.writer: Any = None
+
+    async def send(self, request: bytes) -> int:
+        return (await self.exchange(request))[0]
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        import asyncio
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(request)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _load_run(port: int, requests: list[bytes], rate: float, seconds: float, connections: int = 32) -> dict[str, float]:
+    """Open-loop load: one request every 1/rate s for ``seconds``; latency measured from the intended send time.
+
+    Timing from the schedule (not from when a request actually left) keeps a stalled server from hiding its
+    queue (coordinated omission).
     """
     import asyncio
 
-    import httpx
     import numpy as np
 
     async def main() -> dict[str, float]:
+        pool: asyncio.Queue[_Connection] = asyncio.Queue()
+        for _ in range(connections):
+            pool.put_nowait(_Connection(port))
         latencies: list[float] = []
         errors = 0
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits, timeout=10.0, headers=headers) as http:
 
-            async def one(i: int, due: float) -> None:
-                nonlocal errors
-                try:
-                    if bodies is None:
-                        response = await http.get(url)
-                    else:
-                        response = await http.post(url, json=bodies[i % len(bodies)])
-                    if response.status_code != 200:
-                        errors += 1
-                except httpx.HTTPError:
-                    errors += 1
-                latencies.append(time.perf_counter() - due)
+        async def one(i: int, due: float) -> None:
+            nonlocal errors
+            connection = await pool.get()
+            try:
+                status = await connection.send(requests[i % len(requests)])
+                errors += status != 200
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+                errors += 1
+                connection.close()
+                connection = _Connection(port)
+            latencies.append(time.perf_counter() - due)
+            pool.put_nowait(connection)
 
-            loop_start = time.perf_counter()
-            tasks = []
-            total = int(rate * seconds)
-            for i in range(total):
-                due = loop_start + i / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(i, due)))
-            await asyncio.gather(*tasks)
-            elapsed = time.perf_counter() - loop_start
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+        while not pool.empty():
+            pool.get_nowait().close()
         values = np.asarray(latencies) * 1000
         return {
             "p50_ms": float(np.percentile(values, 50)),
@@ -611,35 +657,88 @@ def _load_run(
     return asyncio.run(main())
 
 
-def _saturation(
-    url: str, bodies: list[dict[str, Any]] | None, headers: dict[str, str], seconds: float, workers: int = 16
-) -> dict[str, float]:
-    """Closed-loop load: ``workers`` clients each sending the next request as soon as one returns."""
+def _saturation(port: int, requests: list[bytes], seconds: float, workers: int = 16) -> dict[str, float]:
+    """Closed-loop load: ``workers`` connections each sending the next request as soon as one returns."""
     import asyncio
-
-    import httpx
 
     async def main() -> dict[str, float]:
         done = errors = 0
         stop_at = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-        async with httpx.AsyncClient(limits=limits, timeout=10.0, headers=headers) as http:
 
-            async def worker(offset: int) -> None:
-                nonlocal done, errors
-                i = offset
+        async def worker(offset: int) -> None:
+            nonlocal done, errors
+            connection, i = _Connection(port), offset
+            try:
                 while time.perf_counter() < stop_at:
-                    if bodies is None:
-                        response = await http.get(url)
-                    else:
-                        response = await http.post(url, json=bodies[i % len(bodies)])
+                    errors += await connection.send(requests[i % len(requests)]) != 200
                     done += 1
-                    errors += response.status_code != 200
                     i += workers
+            finally:
+                connection.close()
 
-            started = time.perf_counter()
-            await asyncio.gather(*(worker(w) for w in range(workers)))
-            return {"rps": done / (time.perf_counter() - started), "errors": float(errors)}
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+        return {"rps": done / (time.perf_counter() - started), "errors": float(errors)}
+
+    return asyncio.run(main())
+
+
+def _malformed(bodies: list[dict[str, Any]], token: str) -> list[bytes]:
+    """Bad requests of every kind a client gets wrong, each answerable only with a 4xx and a reason."""
+    good = bodies[0]
+    key = next(iter(good))
+    broken: list[dict[str, Any] | str] = [
+        {k: v for k, v in good.items() if k != list(good)[1]},  # a required field missing
+        {**good, list(good)[1]: "lots"},  # a number that is text
+        {**good, list(good)[1]: -1e12},  # out of the contract's range
+        {**good, "favourite_colour": "red"},  # a field the contract does not know
+        {**good, key: 987_654_321_987},  # an entity nobody knows (404)
+        '{"customer_id": 1, ',  # not JSON at all
+        {**good, "padding": "x" * 300_000},  # over the body limit (413)
+    ]
+    out = []
+    for body in broken:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        head = f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        out.append(f"{head}Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    return out
+
+
+def _reliability(port: int, good: list[bytes], bad: list[bytes], total: int = 10_000) -> dict[str, float]:
+    """``total`` requests, every hundredth malformed: count 5xx, and malformed ones answered 4xx with a reason."""
+    import asyncio
+
+    plan = [(bad[(i // 100) % len(bad)], True) if i % 100 == 99 else (good[i % len(good)], False) for i in range(total)]
+
+    async def main() -> dict[str, float]:
+        counts = {"ok": 0, "server_errors": 0, "malformed": 0, "malformed_4xx_with_reason": 0, "other": 0}
+        queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        for item in plan:
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            connection = _Connection(port)
+            try:
+                while not queue.empty():
+                    request, malformed = queue.get_nowait()
+                    status, body = await connection.exchange(request)
+                    if status >= 500:
+                        counts["server_errors"] += 1
+                    if malformed:
+                        counts["malformed"] += 1
+                        counts["malformed_4xx_with_reason"] += 400 <= status < 500 and b'"detail"' in body
+                    elif status == 200:
+                        counts["ok"] += 1
+                    else:
+                        counts["other"] += 1
+                    if status in (413,) or b"Connection: close" in body:
+                        connection.close()
+                        connection = _Connection(port)
+            finally:
+                connection.close()
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+        return {k: float(v) for k, v in counts.items()}
 
     return asyncio.run(main())
 
@@ -661,10 +760,9 @@ def bench_serving(customers: int = 20_000, seconds: float = 60.0, rate: float = 
 
     from feature_repo.definitions import model_service_name
     from feature_repo.store import open_store
-    from serving.app import load_version
     from tasks import scoring
-    from tasks.registry import load_model
-    from tasks.training import EVENT_TIMESTAMP, typed_features
+    from tasks.scoring import load_version
+    from tasks.training import EVENT_TIMESTAMP
 
     out: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
@@ -717,28 +815,17 @@ def bench_serving(customers: int = 20_000, seconds: float = 60.0, rate: float = 
             frame = store.get_historical_features(
                 entity_df=entities, features=store.get_feature_service(model_service_name(contract))
             ).to_df()
-            sklearn_model = load_model(settings.mlflow_tracking_uri, contract.name, version)
-            sklearn_model.get_booster().set_param({"nthread": 0})
-            ready = typed_features(frame, contract)[model.columns]
-            matrix = np.ascontiguousarray(
-                np.column_stack(
-                    [
-                        ready[c].cat.codes.replace(-1, np.nan) if ready[c].dtype == "category" else ready[c]
-                        for c in model.columns
-                    ]
-                ),
-                dtype="float64",
-            )
-            booster = sklearn_model.get_booster()
+            batch_model = load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0)
+            matrix = scoring.frame_matrix(frame, contract, batch_model.columns)
+            booster = batch_model.booster
             batch_ours, batch_raw = [], []
             for _ in range(REPEATS):
                 started = time.perf_counter()
-                x = typed_features(frame, contract)[list(sklearn_model.feature_names_in_)]
-                scores = sklearn_model.predict_proba(x)[:, 1]
-                _ = np.where(scores >= model.threshold, "refuse", "approve")
+                scores = batch_model.predict_batch(scoring.frame_matrix(frame, contract, batch_model.columns))
+                scoring.decisions(batch_model, scores)
                 batch_ours.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                booster.inplace_predict(matrix, iteration_range=model.iteration_range)
+                booster.inplace_predict(matrix, iteration_range=batch_model.iteration_range)
                 batch_raw.append(time.perf_counter() - started)
             out.append(
                 Measurement(
@@ -748,7 +835,8 @@ def bench_serving(customers: int = 20_000, seconds: float = 60.0, rate: float = 
                     len(frame) / statistics.median(batch_ours),
                     len(frame) / statistics.median(batch_raw),
                     True,
-                    "typed frame + predict_proba + decisions vs inplace_predict on the ready float matrix; "
+                    "batch_score's step (retrieval frame -> matrix, predict, decisions) vs inplace_predict on the "
+                    "ready matrix; "
                     f"median of {REPEATS}",
                 )
             )
@@ -771,10 +859,11 @@ def bench_serving(customers: int = 20_000, seconds: float = 60.0, rate: float = 
                     time.sleep(0.5)
                 else:
                     raise RuntimeError("the scoring service did not become ready in 120 s")
-                auth = {"Authorization": f"Bearer {token}"}
-                _load_run(f"{base}/v1/score", bodies, auth, rate, 5)  # warm-up
-                floor = _load_run(f"{base}/healthz", None, auth, rate, seconds)
-                scored = _load_run(f"{base}/v1/score", bodies, auth, rate, seconds)
+                scoring_requests = _requests("/v1/score", bodies, token)
+                health_requests = _requests("/healthz", None, token)
+                _load_run(port, scoring_requests, rate, 5)  # warm-up
+                floor = _load_run(port, health_requests, rate, seconds)
+                scored = _load_run(port, scoring_requests, rate, seconds)
                 for stat in ("p50_ms", "p99_ms"):
                     out.append(
                         Measurement(
@@ -789,8 +878,23 @@ def bench_serving(customers: int = 20_000, seconds: float = 60.0, rate: float = 
                             "same server; open loop, latency from the scheduled send time",
                         )
                     )
-                top = _saturation(f"{base}/v1/score", bodies, auth, 15)
-                top_floor = _saturation(f"{base}/healthz", None, auth, 15)
+                sturdy = _reliability(port, scoring_requests, _malformed(bodies, token))
+                out.append(
+                    Measurement(
+                        "serving",
+                        "malformed requests answered 4xx with a reason, 10,000 requests with 1% malformed",
+                        "requests",
+                        sturdy["malformed_4xx_with_reason"],
+                        sturdy["malformed"],
+                        True,
+                        f"{sturdy['server_errors']:.0f} 5xx; {sturdy['ok']:.0f} of {10_000 - sturdy['malformed']:.0f} "
+                        f"good requests answered 200 ({sturdy['other']:.0f} otherwise); baseline: malformed sent; "
+                        "kinds: missing field, text for a number, out of range, unknown field, unknown entity, "
+                        "not JSON, body over the limit",
+                    )
+                )
+                top = _saturation(port, scoring_requests, 15)
+                top_floor = _saturation(port, health_requests, 15)
                 out.append(
                     Measurement(
                         "serving",

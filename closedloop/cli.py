@@ -382,18 +382,36 @@ def deploy_command(
     approval: Annotated[
         bool | None, typer.Option("--approval/--no-approval", help="pause for approval in the Prefect UI")
     ] = None,
+    strategy: Annotated[
+        str, typer.Option(help="direct | shadow | canary (shadow and canary are watched on live traffic first)")
+    ] = "direct",
+    canary_share: Annotated[float, typer.Option(help="canary: share of entities the candidate answers")] = 0.1,
+    observe_seconds: Annotated[int, typer.Option(help="shadow/canary: seconds to watch before promoting")] = 600,
+    min_requests: Annotated[int, typer.Option(help="shadow/canary: candidate answers needed to promote")] = 200,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the package/deploy flow: bundle, infra validation, optional approval, atomic promotion."""
+    """Run the package/deploy flow: bundle, infra validation, optional approval, rollout, atomic promotion."""
     settings = _settings()
     _connect(settings)
+    from pydantic import ValidationError
+
     from flows.package_deploy import DeployParams, package_deploy
     from tasks.deploy import DeployError
 
     try:
-        result = package_deploy(
-            DeployParams(contract=_contract_option(contract, settings), version=version, require_approval=approval)
+        params = DeployParams(
+            contract=_contract_option(contract, settings),
+            version=version,
+            require_approval=approval,
+            strategy=strategy,  # type: ignore[arg-type]
+            canary_share=canary_share,
+            observe_seconds=observe_seconds,
+            min_requests=min_requests,
         )
+    except ValidationError as exc:
+        _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
+    try:
+        result = package_deploy(params)
     except DeployError as exc:
         _fail(str(exc))
     text = (
@@ -450,7 +468,7 @@ def serve(
         _fail(str(exc))
     log = None
     if log_inferences:
-        from serving.inference_log import InferenceLog
+        from tasks.inference_log import InferenceLog
         from tasks.lake import Lake
 
         log = InferenceLog(Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url))

@@ -18,10 +18,11 @@ from closedloop import storage
 from closedloop.settings import load_settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
+from tasks import scoring
 from tasks.ingest import contract_at, utc_now
 from tasks.lake import Lake, parquet_bytes
-from tasks.registry import champion_version, decision_policy, load_model, read_evidence
-from tasks.training import EVENT_TIMESTAMP, typed_features
+from tasks.registry import champion_version
+from tasks.training import EVENT_TIMESTAMP
 
 
 class BatchScoreParams(BaseModel):
@@ -51,13 +52,12 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
     version = champion_version(settings.mlflow_tracking_uri, contract.name)
     if version is None:
         raise RuntimeError(f"{contract.name} has no champion to score with: deploy a model first")
-    model = load_model(settings.mlflow_tracking_uri, contract.name, version)
-    evidence = read_evidence(settings.mlflow_tracking_uri, contract.name, version)
-    if decision_policy(evidence) != "single_threshold":
+    model = scoring.load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0)
+    if model.policy is not None:
         raise RuntimeError(
-            f"v{version} decides with {decision_policy(evidence)}, which batch scoring does not apply yet"
+            f"v{version} decides with group thresholds on {model.policy_attribute}, which batch scoring does not "
+            "apply yet: score these applications through the service"
         )
-    threshold = float(evidence["decision_threshold"])
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
     spec = contract.tables[contract.prediction]
     apps = lake.read_offline(contract.prediction)
@@ -77,15 +77,14 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
     frame = store.get_historical_features(
         entity_df=entities, features=store.get_feature_service(model_service_name(contract))
     ).to_df()
-    x = typed_features(frame, contract)[list(model.feature_names_in_)]
-    scores = model.predict_proba(x)[:, 1]
+    scores = model.predict_batch(scoring.frame_matrix(frame, contract, model.columns))
     now = utc_now()
     out: dict[str, Any] = {k: frame[k].to_numpy() for k in dict.fromkeys([contract.entity.join_key, *keys])}
     out.update(
         {
             "applied_at": frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]").to_numpy(),
             "probability": scores,
-            "decision": ["refuse" if s >= threshold else "approve" for s in scores],
+            "decision": scoring.decisions(model, scores),
             "model_version": version,
             "scored_at": pd.Timestamp(now).as_unit("us"),
         }

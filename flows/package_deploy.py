@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, pause_flow_run, runtime, task
 from prefect.artifacts import create_markdown_artifact
@@ -28,6 +28,16 @@ class DeployParams(BaseModel):
     )
     approval_timeout_s: int = Field(default=24 * 3600, ge=10)
     latency_budget_ms: float = Field(default=50.0, gt=0, description="single-request scoring latency budget")
+    strategy: Literal["direct", "shadow", "canary"] = Field(
+        default="direct",
+        description="direct: promote at once; shadow: the candidate also scores every request (not returned); "
+        "canary: the candidate answers a sticky share of entities. Both are watched, then promoted or rolled back",
+    )
+    canary_share: float = Field(default=0.1, gt=0, lt=1, description="canary: share of entities it answers for")
+    observe_seconds: int = Field(default=600, ge=1, description="shadow/canary: how long to watch before promoting")
+    min_requests: int = Field(default=200, ge=1, description="shadow/canary: candidate answers needed to promote")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="shadow/canary: candidate error budget")
+    max_p99_ms: float = Field(default=50.0, gt=0, description="shadow/canary: candidate p99 latency budget")
     trigger_event_id: str | None = None
 
 
@@ -50,6 +60,7 @@ class DeployResult(BaseModel):
     approval: dict[str, Any] | None
     reason: str
     event_id: str | None = None
+    rollout: dict[str, Any] | None = None
 
 
 @task(name="infra_validation", cache_policy=NO_CACHE)
@@ -124,6 +135,12 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
         deploy.record(uri, name, version, {"action": "approval", **approval})
         if not answer.approve:
             return refused(f"not approved by {answer.reviewer}: {answer.comment}", infra, bundle["uri"], approval)
+    rollout: dict[str, Any] | None = None
+    if params.strategy != "direct":
+        rollout = observe_rollout(uri, name, version, params, started_by)
+        if rollout["verdict"] != "passed":
+            why = f"{params.strategy} rollout {rollout['verdict']}: {rollout['reason']}"
+            return refused(why, infra, bundle["uri"], approval).model_copy(update={"rollout": rollout})
     try:
         moved = deploy.promote(uri, name, version, compared_with)
     except deploy.DeployError as exc:
@@ -138,6 +155,8 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
             "by": started_by,
             "bundle": bundle["uri"],
             "infra": infra,
+            "strategy": params.strategy,
+            "rollout": rollout,
         },
     )
     event = emit_event(
@@ -157,4 +176,22 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
         approval=approval,
         reason="promoted",
         event_id=str(event.id) if event else None,
+        rollout=rollout,
     )
+
+
+@task(name="observe_rollout", cache_policy=NO_CACHE)
+def observe_rollout(tracking_uri: str, name: str, version: str, params: DeployParams, by: str) -> dict[str, Any]:
+    """Shadow or canary on live traffic, judged by the services' guards and the inference log."""
+    from tasks.lake import Lake
+
+    settings = load_settings()
+    plan = {
+        "strategy": params.strategy,
+        "share": params.canary_share if params.strategy == "canary" else 0.0,
+        "max_error_rate": params.max_error_rate,
+        "max_p99_ms": params.max_p99_ms,
+        "min_requests": params.min_requests,
+    }
+    lake = Lake.of(settings.lake_uri, name, settings.s3_endpoint_url)
+    return deploy.observe_rollout(tracking_uri, name, version, plan, params.observe_seconds, lake, by)

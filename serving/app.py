@@ -34,8 +34,8 @@ from closedloop.contract import ColumnType, Contract
 from closedloop.settings import Settings
 from feature_repo.store import open_store
 from tasks import scoring
-from tasks.registry import champion_version, decision_policy, load_model, read_evidence
-from tasks.scoring import ScoringModel
+from tasks.registry import champion_version
+from tasks.scoring import ScoringModel, load_version
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +45,6 @@ MAX_BATCH = 1000
 
 class NoChampion(RuntimeError):
     """No model carries the champion alias yet: the service is not ready."""
-
-
-def load_version(tracking_uri: str, dataset: str, version: str) -> ScoringModel:
-    """A registered version with its decision threshold (or group policy) from its evidence record."""
-    model = load_model(tracking_uri, dataset, version)
-    evidence = read_evidence(tracking_uri, dataset, version)
-    mitigation = evidence.get("report", {}).get("mitigation") or {}
-    uses_policy = decision_policy(evidence).startswith("threshold_optimizer")
-    return ScoringModel.of(
-        version,
-        model,
-        threshold=float(evidence["decision_threshold"]),
-        policy=mitigation.get("policy") if uses_policy else None,
-        policy_attribute=mitigation.get("attribute") if uses_policy else None,
-    )
 
 
 @dataclass
@@ -423,7 +408,7 @@ def create_app(
             for response, (item, version) in zip(out, shadow, strict=False)
         ]
         if inference_log is not None:
-            from serving.inference_log import InferenceLogFull
+            from tasks.inference_log import InferenceLogFull
 
             try:
                 for response, features, variant in records:
@@ -494,7 +479,7 @@ def _group(contract: Contract, attribute: str, value: Any) -> str:
 
 
 def _record(contract: Contract, score: Score, features: dict[str, Any], seconds: float, variant: str) -> Any:
-    from serving.inference_log import InferenceRecord
+    from tasks.inference_log import InferenceRecord
 
     return InferenceRecord(
         request_id=score.request_id,

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from closedloop.contract import Contract
 from tasks.registry import CHALLENGER, CHAMPION, champion_version, client, read_evidence
 
 __all__ = ["champion_version"]  # re-exported for the deploy flow
+
+logger = logging.getLogger(__name__)
 
 PREVIOUS = "previous"
 GOLDEN_ROWS = 50
@@ -252,3 +256,66 @@ def end_rollout(tracking_uri: str, name: str, version: str, verdict: str, entry:
         c.delete_registered_model_alias(name, CANDIDATE)
     record(tracking_uri, name, version, {"action": f"rollout {verdict}", **entry})
     return True
+
+
+ROLLOUT_POLL_SECONDS = 2.0
+LOG_FLUSH_GRACE_SECONDS = 6.0  # the scoring service flushes its inference log every 5 s
+
+
+def observe_rollout(
+    tracking_uri: str, name: str, version: str, plan: dict[str, Any], observe_seconds: float, lake: Any, by: str
+) -> dict[str, Any]:
+    """Put the version in shadow or canary, watch it, and judge it on what the inference log recorded.
+
+    The scoring services end the rollout themselves on a breach of the error or latency budget (their verdict is
+    read here); after ``observe_seconds`` the candidate passes only with ``min_requests`` answers logged and a
+    p99 latency within budget. Fails closed: too little traffic is a failed rollout, not a pass.
+    """
+    import numpy as np
+
+    from tasks.inference_log import read_window
+
+    plan = {**plan, "champion": champion_version(tracking_uri, name)}
+    strategy, min_requests, max_p99_ms = plan["strategy"], int(plan["min_requests"]), float(plan["max_p99_ms"])
+    started = datetime.now(UTC)
+    start_rollout(tracking_uri, name, version, plan)
+    record(tracking_uri, name, version, {"action": f"{strategy} rollout started", "by": by, **plan})
+    logger.info("v%s in %s rollout for %s s: %s", version, strategy, observe_seconds, plan)
+    deadline = time.monotonic() + observe_seconds
+    while time.monotonic() < deadline:
+        state = rollout_state(tracking_uri, name)
+        if state is None or state["version"] != version or state.get("verdict") != "running":
+            entries = history(tracking_uri, name, version)
+            ended: dict[str, Any] = next((e for e in reversed(entries) if e.get("action") == "rollout rolled back"), {})
+            reason = ended.get("reason", "ended outside this run")
+            logger.warning("v%s rolled back during its %s rollout: %s", version, strategy, reason)
+            return {**plan, "verdict": "rolled back", "reason": reason, "requests": ended.get("requests")}
+        time.sleep(min(ROLLOUT_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+    time.sleep(LOG_FLUSH_GRACE_SECONDS)
+    logged = read_window(lake, started, datetime.now(UTC))
+    mine = logged[(logged["model_version"] == version) & (logged["variant"] == strategy)]
+    stats: dict[str, Any] = {"requests": len(mine)}
+    if len(mine):
+        stats["p99_ms"] = round(float(np.percentile(mine["latency_ms"], 99)), 3)
+    if strategy == "shadow" and len(mine):
+        twins = logged[logged["variant"] == "champion"].set_index("request_id")
+        paired = mine.join(twins[["score", "decision"]], on="request_id", rsuffix="_champion", how="inner")
+        if len(paired):
+            stats["paired_with_champion"] = len(paired)
+            difference = (paired["score"] - paired["score_champion"]).abs().mean()
+            stats["mean_abs_score_difference"] = round(float(difference), 6)
+            agreement = (paired["decision"] == paired["decision_champion"]).mean()
+            stats["decision_agreement"] = round(float(agreement), 4)
+    if len(mine) < min_requests:
+        verdict = "failed"
+        reason = f"only {len(mine)} answers logged in {observe_seconds} s (needs {min_requests})"
+    elif stats["p99_ms"] > max_p99_ms:
+        verdict, reason = "failed", f"p99 latency {stats['p99_ms']} ms over budget {max_p99_ms} ms"
+    else:
+        verdict, reason = "passed", f"{len(mine)} answers within budget"
+    if not end_rollout(tracking_uri, name, version, verdict, {"by": by, "reason": reason, **stats}):
+        state = rollout_state(tracking_uri, name)
+        if state is None or state["version"] != version:
+            verdict, reason = "rolled back", "ended by a scoring service as the window closed"
+    logger.info("%s rollout of v%s %s: %s %s", strategy, version, verdict, reason, stats)
+    return {**plan, **stats, "verdict": verdict, "reason": reason}

@@ -56,10 +56,15 @@ class ScoringModel:
         threshold: float,
         policy: dict[str, dict[str, Any]] | None = None,
         policy_attribute: str | None = None,
+        threads: int = 1,
     ) -> ScoringModel:
-        """From the fitted scikit-learn wrapper MLflow loads; prediction runs on one thread per request."""
+        """From the fitted scikit-learn wrapper MLflow loads.
+
+        ``threads=1`` for online scoring (a request is one row: a thread pool costs more than it saves);
+        ``threads=0`` (all cores) for batches.
+        """
         booster = model.get_booster()
-        booster.set_param({"nthread": 1})  # a request is one row: a thread pool costs more than it saves
+        booster.set_param({"nthread": threads})
         best = getattr(model, "best_iteration", None)
         return cls(
             version=version,
@@ -84,6 +89,10 @@ class ScoringModel:
         )
         return np.asarray(probabilities, dtype="float64"), np.asarray(contributions)
 
+    def predict_batch(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities of many rows at once (no reasons): XGBoost's ``inplace_predict``, no DMatrix copy."""
+        return np.asarray(self.booster.inplace_predict(matrix, iteration_range=self.iteration_range), dtype="float64")
+
     def decide(self, score: float, key: str, group: str | None) -> str:
         """Refuse or approve; group thresholds mix two thresholds per group, drawn from a hash of the request key."""
         if self.policy is None:
@@ -94,6 +103,24 @@ class ScoringModel:
         draw = int.from_bytes(hashlib.sha256(f"{self.version}:{key}".encode()).digest()[:8], "big") / 2**64
         which = "0" if draw < rule["p0"] else "1"
         return "refuse" if score > rule[f"threshold{which}"] else "approve"
+
+
+def load_version(tracking_uri: str, dataset: str, version: str, threads: int = 1) -> ScoringModel:
+    """A registered version with its decision threshold (or group policy) from its evidence record."""
+    from tasks.registry import decision_policy, load_model, read_evidence
+
+    model = load_model(tracking_uri, dataset, version)
+    evidence = read_evidence(tracking_uri, dataset, version)
+    mitigation = evidence.get("report", {}).get("mitigation") or {}
+    uses_policy = decision_policy(evidence).startswith("threshold_optimizer")
+    return ScoringModel.of(
+        version,
+        model,
+        threshold=float(evidence["decision_threshold"]),
+        policy=mitigation.get("policy") if uses_policy else None,
+        policy_attribute=mitigation.get("attribute") if uses_policy else None,
+        threads=threads,
+    )
 
 
 @dataclass
@@ -209,6 +236,35 @@ class FeatureSource:
             else:
                 out[name] = value
         return out
+
+
+def frame_matrix(frame: Any, contract: Contract, columns: Sequence[str]) -> np.ndarray:
+    """A feature frame (point-in-time retrieval, training's columns) as the model matrix, column by column.
+
+    Categories become the contract's category codes (unknown or missing: NaN), everything else float64 with
+    inf as missing: what ``typed_features`` gives XGBoost, without building a categorical frame.
+    """
+    import pandas as pd
+
+    aggregates = {a.name for a in contract.aggregates} | {r.name for r in contract.ratios}
+    out = np.empty((len(frame), len(columns)), dtype="float64", order="F")
+    for j, name in enumerate(columns):
+        column = None if name in aggregates else contract.column(name)
+        if column is not None and column.type is ColumnType.CATEGORY:
+            codes = pd.Categorical(frame[name], categories=column.categories).codes.astype("float64")
+            codes[codes < 0] = np.nan
+            out[:, j] = codes
+        else:
+            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            out[:, j] = np.where(np.isfinite(values), values, np.nan)
+    return np.ascontiguousarray(out)
+
+
+def decisions(model: ScoringModel, probabilities: np.ndarray) -> np.ndarray:
+    """Single-threshold decisions of a batch (group-threshold policies need the request key: see ``decide``)."""
+    if model.policy is not None:
+        raise ScoringInputError(f"v{model.version} decides with group thresholds; score it application by application")
+    return np.where(probabilities >= model.threshold, "refuse", "approve")
 
 
 def score(

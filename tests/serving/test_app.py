@@ -16,7 +16,7 @@ from closedloop.settings import PROJECT_ROOT, Settings, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.train_evaluate import TrainParams, train_evaluate
 from serving.app import MAX_BODY_BYTES, create_app
-from serving.inference_log import InferenceLog, read_window
+from tasks.inference_log import InferenceLog, read_window
 from tasks.lake import Lake
 from tasks.registry import CHAMPION, client
 from tasks.synthetic import SyntheticConfig, write_synthetic
@@ -263,9 +263,8 @@ def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served
     from feature_repo.definitions import model_service_name
     from feature_repo.online_read import OnlineReader, feast_rows
     from feature_repo.store import open_store
-    from serving.app import load_version
     from tasks.registry import load_model
-    from tasks.scoring import FeatureSource, UnknownEntities, score
+    from tasks.scoring import FeatureSource, UnknownEntities, load_version, score
     from tasks.training import typed_features
 
     settings = served["settings"]
@@ -308,6 +307,198 @@ def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served
         named, pred_contribs=True, iteration_range=model.iteration_range
     )
     assert np.allclose(model.predict(matrix)[1], contributions, atol=1e-6)
+    # the batch path (batch_score): the retrieval frame as one matrix, inplace_predict
+    from tasks.scoring import frame_matrix
+
+    assert np.array_equal(frame_matrix(online, CONTRACT, model.columns), matrix, equal_nan=True)
+    assert np.allclose(model.predict_batch(frame_matrix(online, CONTRACT, model.columns)), expected, atol=1e-7)
     assert scored[0].features["loan_purpose"] == applications[0]["loan_purpose"]
     with pytest.raises(UnknownEntities, match="999999999"):
         fast.matrix([_application(999_999_999)], model.columns)
+
+
+# --- shadow and canary rollouts ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twin(served: dict[str, Any]) -> str:
+    """A second registered version of the champion's model (same run, artifacts and evidence): a candidate."""
+    import mlflow
+
+    mlflow.set_tracking_uri(served["settings"].mlflow_tracking_uri)
+    original = client(served["settings"].mlflow_tracking_uri).get_model_version(CONTRACT.name, served["version"])
+    return str(mlflow.register_model(original.source, CONTRACT.name).version)
+
+
+@pytest.fixture(scope="module")
+def broken(served: dict[str, Any]) -> str:
+    """A registered version that loads but cannot score this contract's applications (it wants a 'shoe_size')."""
+    import json
+
+    import numpy as np
+    import xgboost as xgb
+
+    from tasks.registry import log_and_register
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"shoe_size": rng.normal(42, 2, 200)})
+    model = xgb.XGBClassifier(n_estimators=5).fit(x, (x["shoe_size"] > 42).astype(int))
+    return log_and_register(
+        served["settings"].mlflow_tracking_uri,
+        CONTRACT.name,
+        model,
+        x,
+        params={},
+        metrics={},
+        tags={},
+        documents={"evidence.json": json.dumps({"decision_threshold": 0.5, "eligible": False})},
+        eligible=False,
+    )
+
+
+def _until(predicate: Any, seconds: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _plan(strategy: str, **changes: Any) -> dict[str, Any]:
+    plan = {"strategy": strategy, "share": 0.0, "max_error_rate": 0.01, "max_p99_ms": 10_000.0, "min_requests": 10_000}
+    plan.update(changes)
+    return plan
+
+
+def test_a_canary_answers_a_sticky_share_of_customers_logged_as_canary(served: dict[str, Any], twin: str) -> None:
+    from tasks.deploy import end_rollout, start_rollout
+
+    settings: Settings = served["settings"]
+    uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
+    log = InferenceLog(lake)
+    started = datetime.now(UTC)
+    start_rollout(uri, CONTRACT.name, twin, _plan("canary", share=0.5))
+    try:
+        app = create_app(settings, CONTRACT, TOKEN, refresh_seconds=0.2, inference_log=log)
+        with TestClient(app) as http:
+            assert _until(lambda: app.state.champion.rollout is not None)
+            customers = served["customers"][:60]
+
+            def versions() -> dict[int, str]:
+                answers = {c: http.post("/v1/score", json=_application(c), headers=AUTH) for c in customers}
+                assert all(r.status_code == 200 for r in answers.values())
+                return {c: r.json()["model_version"] for c, r in answers.items()}
+
+            first = versions()
+            assert versions() == first  # sticky: a customer keeps the version that answered them
+            by_canary = [c for c, v in first.items() if v == twin]
+            assert set(first.values()) == {served["version"], twin} and 10 <= len(by_canary) <= 50
+            batch = http.post(
+                "/v1/score/batch", json={"applications": [_application(c) for c in customers[:20]]}, headers=AUTH
+            ).json()
+            assert [r["model_version"] for r in batch] == [first[c] for c in customers[:20]]
+        log.flush()
+    finally:
+        end_rollout(uri, CONTRACT.name, twin, "ended by test", {})
+    logged = read_window(lake, started, datetime.now(UTC) + timedelta(seconds=1))
+    canary = logged[logged["variant"] == "canary"]
+    assert set(canary["model_version"]) == {twin}
+    assert len(canary) == 2 * len(by_canary) + sum(first[c] == twin for c in customers[:20])
+    assert set(logged.loc[logged["variant"] == "champion", "model_version"]) == {served["version"]}
+
+
+def test_a_shadow_over_its_latency_budget_is_rolled_back_without_failing_a_request(
+    served: dict[str, Any], twin: str
+) -> None:
+    from tasks.deploy import history, rollout_state, start_rollout
+
+    settings: Settings = served["settings"]
+    uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
+    log = InferenceLog(lake)
+    started = datetime.now(UTC)
+    # a budget no model can meet: the guard must trip once it has seen min_requests answers
+    start_rollout(uri, CONTRACT.name, twin, _plan("shadow", max_p99_ms=0.001, min_requests=20))
+    app = create_app(settings, CONTRACT, TOKEN, refresh_seconds=0.2, inference_log=log)
+    with TestClient(app) as http:
+        assert _until(lambda: app.state.champion.rollout is not None)
+        responses = [http.post("/v1/score", json=_application(c), headers=AUTH) for c in served["customers"][:40]]
+        assert all(r.status_code == 200 for r in responses)
+        assert {r.json()["model_version"] for r in responses} == {served["version"]}  # the shadow never answers
+        assert _until(lambda: rollout_state(uri, CONTRACT.name) is None)  # the service ended it in the registry
+        assert _until(lambda: app.state.champion.rollout is None)
+    log.flush()
+    tags = client(uri).get_model_version(CONTRACT.name, twin).tags
+    assert tags["rollout.verdict"] == "rolled back"
+    ended = [e for e in history(uri, CONTRACT.name, twin) if e["action"] == "rollout rolled back"]
+    assert "p99 latency" in ended[-1]["reason"] and ended[-1]["requests"] == 20
+    logged = read_window(lake, started, datetime.now(UTC) + timedelta(seconds=1))
+    shadow = logged[logged["variant"] == "shadow"]
+    assert len(shadow) == 20 and set(shadow["model_version"]) == {twin}
+    # each shadow answer is paired with the champion's answer to the same request
+    assert set(shadow["request_id"]) <= set(logged.loc[logged["variant"] == "champion", "request_id"])
+
+
+def test_a_canary_that_fails_is_rolled_back_and_its_customers_get_the_champion(
+    served: dict[str, Any], broken: str
+) -> None:
+    from tasks.deploy import history, rollout_state, start_rollout
+
+    uri = served["settings"].mlflow_tracking_uri
+    start_rollout(uri, CONTRACT.name, broken, _plan("canary", share=0.9, min_requests=10))
+    app = create_app(served["settings"], CONTRACT, TOKEN, refresh_seconds=0.2)
+    with TestClient(app) as http:
+        assert _until(lambda: app.state.champion.rollout is not None)
+        responses = [http.post("/v1/score", json=_application(c), headers=AUTH) for c in served["customers"][:30]]
+        assert [r.status_code for r in responses] == [200] * 30  # nobody saw the candidate's failure
+        assert {r.json()["model_version"] for r in responses} == {served["version"]}
+        assert _until(lambda: rollout_state(uri, CONTRACT.name) is None)
+        metrics = http.get("/metrics").text
+    assert 'closedloop_errors_total{kind="canary_failed"}' in metrics
+    ended = [e for e in history(uri, CONTRACT.name, broken) if e["action"] == "rollout rolled back"]
+    assert "error rate" in ended[-1]["reason"] and ended[-1]["errors"] >= 10
+
+
+def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
+    served: dict[str, Any], twin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """observe_rollout: fails closed without traffic; passes with it and reports the shadow's agreement."""
+    import time
+
+    from tasks import deploy
+
+    settings: Settings = served["settings"]
+    uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
+    monkeypatch.setattr(deploy, "LOG_FLUSH_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(deploy, "ROLLOUT_POLL_SECONDS", 0.2)
+    quiet = deploy.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 1.0, lake, "test")
+    assert quiet["verdict"] == "failed" and "only 0 answers" in quiet["reason"]
+    assert deploy.rollout_state(uri, CONTRACT.name) is None  # a failed rollout leaves no candidate behind
+
+    log = InferenceLog(lake, flush_seconds=0.2)
+    log.start()
+    app = create_app(settings, CONTRACT, TOKEN, refresh_seconds=0.2, inference_log=log)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with TestClient(app) as http:
+            i = 0
+            while not stop.is_set():
+                http.post("/v1/score", json=_application(served["customers"][i % 50]), headers=AUTH)
+                i += 1
+                time.sleep(0.01)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        busy = deploy.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 4.0, lake, "test")
+    finally:
+        stop.set()
+        sender.join(timeout=10)
+        log.close()
+    assert busy["verdict"] == "passed", busy
+    assert busy["requests"] >= 5 and busy["decision_agreement"] == 1.0  # the twin is the same model
+    assert busy["mean_abs_score_difference"] == 0.0
+    assert client(uri).get_model_version(CONTRACT.name, twin).tags["rollout.verdict"] == "passed"

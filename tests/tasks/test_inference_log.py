@@ -16,7 +16,7 @@ import pytest
 
 from closedloop import storage
 from closedloop.settings import Settings
-from serving.inference_log import (
+from tasks.inference_log import (
     InferenceLog,
     InferenceLogFull,
     InferenceRecord,
