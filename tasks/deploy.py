@@ -252,9 +252,9 @@ def end_rollout(tracking_uri: str, name: str, version: str, verdict: str, entry:
     if state is None or state["version"] != version or state.get("verdict") != "running":
         return False
     c.set_model_version_tag(name, version, "rollout.verdict", verdict)
-    with contextlib.suppress(Exception):
+    record(tracking_uri, name, version, {"action": f"rollout {verdict}", **entry})  # before the alias goes:
+    with contextlib.suppress(Exception):  # whoever sees the alias gone finds the reason recorded
         c.delete_registered_model_alias(name, CANDIDATE)
-    record(tracking_uri, name, version, {"action": f"rollout {verdict}", **entry})
     return True
 
 
