@@ -71,6 +71,14 @@ def infra_validation(
     return deploy.validate_infra(tracking_uri, name, version, contract_path, settings.server_environment(), budget_ms)
 
 
+@task(name="package_scorer", cache_policy=NO_CACHE)
+def package_scorer(tracking_uri: str, name: str, version: str, contract_path: str) -> str:
+    """The version's deployable pyfunc (raw application fields in, features fetched itself); returns its URI."""
+    from tasks.pyfunc import log_scorer
+
+    return log_scorer(tracking_uri, name, version, contract_path)
+
+
 @task(name="write_bundle", cache_policy=NO_CACHE)
 def write_bundle(tracking_uri: str, name: str, version: str, contract_path: str) -> dict[str, Any]:
     settings = load_settings()
@@ -115,6 +123,8 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
             reason=reason,
         )
 
+    scorer_uri = package_scorer(uri, name, version, contract_path)
+    logger.info("v%s packaged as %s", version, scorer_uri)
     bundle = write_bundle(uri, name, version, contract_path)
     infra = infra_validation(uri, name, version, contract_path, params.latency_budget_ms)
     if infra["verdict"] != "pass":

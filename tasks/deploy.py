@@ -102,7 +102,7 @@ def write_bundle(
     bundles_uri: str,
     endpoint: str | None,
 ) -> dict[str, Any]:
-    """Model, contract, FeatureService definition, model card and evidence side by side, with a digest manifest."""
+    """Model, scorer package, contract, FeatureService, model card and evidence together, with a digest manifest."""
     from feature_repo.definitions import build_repo
 
     base = storage.join(bundles_uri, name, f"v{version}")
@@ -119,6 +119,19 @@ def write_bundle(
     for path in sorted(model_dir.rglob("*")):
         if path.is_file():
             files[str(path.relative_to(model_dir))] = path.read_bytes()
+    # the registered model and its deployable package live beside the run in MLflow 3 (logged models)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    packages = {"model": f"models:/{name}/{version}"}
+    scorer = (client(tracking_uri).get_model_version(name, version).tags or {}).get("scorer_uri")
+    if scorer:
+        packages["scorer"] = scorer
+    for prefix, uri in packages.items():
+        folder = Path(mlflow.artifacts.download_artifacts(uri))
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                files[f"{prefix}/{path.relative_to(folder)}"] = path.read_bytes()
     manifest = {
         "model": name,
         "version": version,

@@ -68,9 +68,18 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
     assert result.infra["verdict"] == "pass" and result.infra["max_abs_difference"] <= 1e-6
     assert result.infra["golden_rows"] == 50
     manifest = json.loads(storage.read_bytes(storage.join(result.bundle_uri or "", "MANIFEST.json")))
-    assert {"contract.yaml", "feature_service.json", "evidence/evidence.json", "evidence/model_card.md"} <= set(
-        manifest["files"]
-    )
+    assert {
+        "contract.yaml",
+        "feature_service.json",
+        "evidence/evidence.json",
+        "evidence/model_card.md",
+        "model/MLmodel",
+        "model/model.ubj",
+        "scorer/MLmodel",
+        "scorer/python_model.pkl",
+    } <= set(manifest["files"])
+    assert any(f.startswith("scorer/code/tasks/") for f in manifest["files"])  # the package carries its code
+    assert result.infra["scorer_uri"] == c.get_model_version(NAME, first).tags["scorer_uri"]
     for relative, digest in manifest["files"].items():
         import hashlib
 

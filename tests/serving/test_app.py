@@ -502,3 +502,28 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
     assert busy["requests"] >= 5 and busy["decision_agreement"] == 1.0  # the twin is the same model
     assert busy["mean_abs_score_difference"] == 0.0
     assert client(uri).get_model_version(CONTRACT.name, twin).tags["rollout.verdict"] == "passed"
+
+
+def test_the_packaged_pyfunc_scores_raw_applications_as_the_service_does(
+    app_client: TestClient, served: dict[str, Any]
+) -> None:
+    """The deployable package fetches its own features: a fresh load answers as the running service."""
+    import mlflow
+
+    from tasks.pyfunc import log_scorer
+
+    settings: Settings = served["settings"]
+    uri = log_scorer(settings.mlflow_tracking_uri, CONTRACT.name, served["version"], str(SYNTHETIC))
+    assert log_scorer(settings.mlflow_tracking_uri, CONTRACT.name, served["version"], str(SYNTHETIC)) == uri  # once
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    with pytest.MonkeyPatch.context() as patch:  # the package reads the active profile's settings, as deployed
+        patch.setenv("CLOSEDLOOP_STATE_DIR", str(settings.state_dir))
+        patch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(settings.mlflow_port))
+        scorer = mlflow.pyfunc.load_model(uri)
+        applications = [_application(c) for c in served["customers"][:5]]
+        answer = scorer.predict(pd.DataFrame(applications))
+    service = [app_client.post("/v1/score", json=a, headers=AUTH).json() for a in applications]
+    assert answer["probability"].tolist() == pytest.approx([s["probability"] for s in service], abs=1e-12)
+    assert answer["decision"].tolist() == [s["decision"] for s in service]
+    assert set(answer["model_version"]) == {served["version"]}
+    assert answer["entity_id"].tolist() == served["customers"][:5]
