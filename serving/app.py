@@ -8,6 +8,7 @@ started with). Every answer is authenticated with a bearer token (constant-time 
 """
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
@@ -35,7 +36,7 @@ from closedloop.contract import ColumnType, Contract
 from closedloop.settings import Settings
 from feature_repo.store import open_store
 from tasks import scoring
-from tasks.registry import champion_version
+from tasks.registry import CHAMPION
 from tasks.scoring import ScoringModel, load_version
 
 logger = logging.getLogger(__name__)
@@ -137,10 +138,18 @@ class Champion:
 
     def refresh(self) -> bool:
         """Load the version the alias points at if it is not the one serving; True when the model changed."""
+        from tasks.deploy import aliases
+
         with self._lock:
-            self._refresh_rollout()
+            try:  # one registry call per refresh: the champion and the candidate come with the model's aliases
+                known = aliases(self.tracking_uri, self.dataset)
+            except Exception as exc:
+                self.last_error = f"model registry: {exc}"
+                logger.warning("registry lookup failed, models unchanged: %s", exc)
+                return False
+            self._refresh_rollout(known)
             try:
-                version = champion_version(self.tracking_uri, self.dataset)
+                version = known.get(CHAMPION)
                 if version is None:
                     raise NoChampion(f"no version of {self.dataset!r} carries the champion alias")
                 if self._current is not None and self._current.version == version:
@@ -156,11 +165,11 @@ class Champion:
             logger.info("champion %s v%s now serving (was %s)", self.dataset, version, previous)
             return True
 
-    def _refresh_rollout(self) -> None:
+    def _refresh_rollout(self, known: dict[str, str]) -> None:
         from tasks.deploy import rollout_state
 
         try:
-            state = rollout_state(self.tracking_uri, self.dataset)
+            state = rollout_state(self.tracking_uri, self.dataset, known)
         except Exception as exc:
             logger.warning("rollout lookup failed, candidate unchanged: %s", exc)
             return
@@ -382,6 +391,10 @@ def create_app(
             logger.warning("feature store not ready: %s", exc)
         if champion.refresh() and champion.current:
             metrics.model.labels(champion.current.version).set(1)
+        # everything loaded so far lives as long as the process: keep it out of the garbage collector's
+        # full passes, which otherwise walk the whole heap (MLflow, Feast, pandas) in the middle of a request
+        gc.collect()
+        gc.freeze()
         thread = threading.Thread(target=watcher, name="champion-watcher", daemon=True)
         thread.start()
         yield

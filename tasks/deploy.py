@@ -243,15 +243,30 @@ def start_rollout(tracking_uri: str, name: str, version: str, plan: dict[str, An
     c.set_registered_model_alias(name, CANDIDATE, version)
 
 
-def rollout_state(tracking_uri: str, name: str) -> dict[str, str] | None:
-    """The running rollout: ``version`` and its ``rollout.*`` tags, or None when no version is a candidate."""
-    c = client(tracking_uri)
+def aliases(tracking_uri: str, name: str) -> dict[str, str]:
+    """Every alias of the registered model (alias -> version) in one call; empty when the model does not exist."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        found = c.get_model_version_by_alias(name, CANDIDATE)
-    except Exception:
+        found = client(tracking_uri).get_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
+            return {}
+        raise
+    return {str(k): str(v) for k, v in (found.aliases or {}).items()}
+
+
+def rollout_state(tracking_uri: str, name: str, known: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The running rollout: ``version`` and its ``rollout.*`` tags, or None when no version is a candidate.
+
+    ``known``: the model's aliases if the caller has just read them (saves a registry call).
+    """
+    version = (aliases(tracking_uri, name) if known is None else known).get(CANDIDATE)
+    if version is None:
         return None
+    found = client(tracking_uri).get_model_version(name, version)
     tags = {k.removeprefix("rollout."): v for k, v in (found.tags or {}).items() if k.startswith("rollout.")}
-    return {"version": str(found.version), **tags}
+    return {"version": version, **tags}
 
 
 def end_rollout(tracking_uri: str, name: str, version: str, verdict: str, entry: dict[str, Any]) -> bool:

@@ -247,17 +247,21 @@ def frame_matrix(frame: Any, contract: Contract, columns: Sequence[str]) -> np.n
     import pandas as pd
 
     aggregates = {a.name for a in contract.aggregates} | {r.name for r in contract.ratios}
-    out = np.empty((len(frame), len(columns)), dtype="float64", order="F")
+    out = np.empty((len(frame), len(columns)), dtype="float64")  # C order: what inplace_predict reads
     for j, name in enumerate(columns):
         column = None if name in aggregates else contract.column(name)
         if column is not None and column.type is ColumnType.CATEGORY:
-            codes = pd.Categorical(frame[name], categories=column.categories).codes.astype("float64")
-            codes[codes < 0] = np.nan
-            out[:, j] = codes
+            codes = pd.Categorical(frame[name], categories=column.categories).codes
+            out[:, j] = np.where(codes >= 0, codes, np.nan)
         else:
-            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-            out[:, j] = np.where(np.isfinite(values), values, np.nan)
-    return np.ascontiguousarray(out)
+            series = frame[name]
+            if series.dtype != "float64":
+                series = pd.to_numeric(series, errors="coerce")
+            out[:, j] = series.to_numpy(dtype="float64", na_value=np.nan)
+    infinite = np.isinf(out)
+    if infinite.any():
+        out[infinite] = np.nan
+    return out
 
 
 def decisions(model: ScoringModel, probabilities: np.ndarray) -> np.ndarray:
