@@ -471,7 +471,13 @@ def serve(
         from tasks.inference_log import InferenceLog
         from tasks.lake import Lake
 
-        log = InferenceLog(Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url))
+        log = InferenceLog(
+            Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url),
+            journal_dir=settings.state_dir / "inference-journal" / loaded.name,
+        )
+        recovered = log.recover()  # what a killed predecessor had not flushed yet
+        if recovered["segments"]:
+            typer.echo(f"inference log: recovered {recovered['recovered']} records ({recovered['torn']} torn lines)")
         log.start()
     application = create_app(settings, loaded, settings.serving_token.get_secret_value(), inference_log=log)
     try:

@@ -14,13 +14,16 @@ write succeeded in storage yet reported a failure; ``request_id`` identifies dup
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -106,11 +109,17 @@ class InferenceLog:
     """Buffers inference records in memory and writes them to the lake in batches (thread-safe)."""
 
     def __init__(
-        self, lake: Lake, flush_rows: int = 500, flush_seconds: float = 5.0, max_buffered: int = 100_000
+        self,
+        lake: Lake,
+        flush_rows: int = 500,
+        flush_seconds: float = 5.0,
+        max_buffered: int = 100_000,
+        journal_dir: Path | None = None,
     ) -> None:
         if flush_rows < 1 or flush_seconds <= 0 or max_buffered < 1:
             raise ValueError("flush_rows, flush_seconds and max_buffered must be positive")
         self.lake = lake
+        self.journal = Journal(journal_dir) if journal_dir is not None else None
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.max_buffered = max_buffered
@@ -148,6 +157,8 @@ class InferenceLog:
                     f"{waiting} inference records are waiting for {self.uri} (limit {self.max_buffered}): "
                     "writes keep failing, refusing to take more"
                 )
+            if self.journal is not None:  # before it counts as taken: a killed process leaves it on disk
+                self.journal.write(record)
             self._buffer.append(record)
             if self._oldest is None:
                 self._oldest = time.monotonic()
@@ -162,6 +173,7 @@ class InferenceLog:
                 batch, oldest = self._buffer, self._oldest
                 self._buffer, self._oldest = [], None
                 self._inflight = len(batch)
+                covered = self.journal.rotate() if self.journal is not None and batch else []
             if not batch:
                 with self._cond:
                     self._inflight = 0
@@ -192,6 +204,8 @@ class InferenceLog:
                 raise
             with self._cond:
                 self._inflight = 0
+            if self.journal is not None:
+                self.journal.drop(covered)  # written: their journal segments are no longer needed
             logger.debug("inference log: wrote %d files to %s", len(written), self.uri)
             return written
 
@@ -218,7 +232,10 @@ class InferenceLog:
             thread.join()
         with self._cond:
             self._thread = None
-        return self.flush()
+        written = self.flush()
+        if self.journal is not None:
+            self.journal.close()
+        return written
 
     def __enter__(self) -> InferenceLog:
         """Start the background thread."""
@@ -231,6 +248,33 @@ class InferenceLog:
         self.close()
 
     # --- internals ---------------------------------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """Write the journals of killed processes to the lake (their unflushed records); returns the counts.
+
+        Run once at start-up. A segment whose writer is alive is left alone; a torn last line (the process died
+        mid-write) is counted, not guessed at.
+        """
+        if self.journal is None:
+            return {"recovered": 0, "torn": 0, "segments": 0}
+        counts = {"recovered": 0, "torn": 0, "segments": 0}
+        for segment in self.journal.orphans():
+            records, torn = Journal.read(segment)
+            for day, same_day in _by_day(records):
+                storage.write_bytes(
+                    self._file_uri(day, same_day), _parquet(records_table(same_day)), self.lake.endpoint_url
+                )
+            segment.unlink()
+            counts["recovered"] += len(records)
+            counts["torn"] += torn
+            counts["segments"] += 1
+        if counts["segments"]:
+            logger.warning(
+                "inference log: recovered %d records (%d torn lines) left unflushed by killed processes",
+                counts["recovered"],
+                counts["torn"],
+            )
+        return counts
+
     def _file_uri(self, day: date, records: Sequence[InferenceRecord]) -> str:
         first = min(r.scored_at for r in records).strftime("%Y%m%dT%H%M%S%f")
         return storage.join(partition_uri(self.lake, day), f"{first}-{uuid.uuid4().hex}.parquet")
@@ -302,6 +346,96 @@ def empty_frame() -> pd.DataFrame:
     schema = records_table([]).schema
     schema = schema.set(schema.get_field_index("entity_id"), pa.field("entity_id", pa.string()))
     return _to_pandas(schema.empty_table())
+
+
+class Journal:
+    """Local append-only segments of the records not yet in the lake: what a killed process leaves behind.
+
+    Each record is one JSON line written with ``os.write`` on an append-only file before ``append`` returns, so it
+    survives the process being killed (not a power cut: no fsync per request). A flush rotates to a new segment and
+    deletes the segments it covered once their records are in the lake. Files: ``<pid>-<instance>-<seq>.jsonl``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.seq = 0
+        self._fd = self._open()
+
+    def _path(self, seq: int) -> Path:
+        return self.folder / f"{self.prefix}-{seq:06d}.jsonl"
+
+    def _open(self) -> int:
+        return os.open(self._path(self.seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def write(self, record: InferenceRecord) -> None:
+        line = {
+            "request_id": record.request_id,
+            "scored_at": record.scored_at.isoformat(),
+            "dataset": record.dataset,
+            "model_version": record.model_version,
+            "entity_id": record.entity_id,
+            "features": record.features,
+            "score": record.score,
+            "decision": record.decision,
+            "latency_ms": record.latency_ms,
+            "variant": record.variant,
+            "reasons": record.reasons,
+        }
+        os.write(self._fd, (json.dumps(line) + "\n").encode())
+
+    def rotate(self) -> list[Path]:
+        """Start a new segment; returns the segments that the records taken so far are in."""
+        os.close(self._fd)
+        covered = [self._path(s) for s in range(self.seq + 1)]
+        self.seq += 1
+        self._fd = self._open()
+        return covered
+
+    def close(self) -> None:
+        """Close the current segment and remove it if nothing was written to it since the last flush."""
+        os.close(self._fd)
+        current = self._path(self.seq)
+        if current.exists() and current.stat().st_size == 0:
+            current.unlink()
+
+    def drop(self, segments: list[Path]) -> None:
+        for segment in segments:
+            segment.unlink(missing_ok=True)
+
+    def orphans(self) -> list[Path]:
+        """Segments of processes that are no longer running."""
+        out = []
+        for path in sorted(self.folder.glob("*.jsonl")):
+            pid = int(path.name.split("-", 1)[0])
+            if path.name.startswith(self.prefix) or _alive(pid):
+                continue
+            out.append(path)
+        return out
+
+    @staticmethod
+    def read(path: Path) -> tuple[list[InferenceRecord], int]:
+        """The records of a segment and the number of lines that could not be read (a torn last write)."""
+        records, torn = [], 0
+        for line in path.read_bytes().splitlines():
+            try:
+                data = json.loads(line)
+                data["scored_at"] = datetime.fromisoformat(data["scored_at"])
+                records.append(InferenceRecord(**data))
+            except (ValueError, TypeError, KeyError):
+                torn += 1
+        return records, torn
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_window(lake: Lake, start: datetime, end: datetime) -> pd.DataFrame:

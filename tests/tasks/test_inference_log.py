@@ -263,3 +263,61 @@ def test_other_timezones_are_stored_as_utc(lake: Lake) -> None:
     log = InferenceLog(lake)
     log.append(r)
     assert log.flush()[0].split("/")[-2] == "event_date=2025-03-01"
+
+
+_WRITER = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from tasks.inference_log import InferenceLog, InferenceRecord
+from tasks.lake import Lake
+
+log = InferenceLog(Lake.of(sys.argv[1], "credit"), flush_rows=40, flush_seconds=0.2, journal_dir=Path(sys.argv[2]))
+log.start()
+for i in range(1_000_000):
+    log.append(InferenceRecord(request_id=f"r{i:08d}", scored_at=datetime.now(UTC), dataset="credit",
+        model_version="3", entity_id=i, features={"income": 1000.0 + i, "region": "north"}, score=0.25,
+        decision="approve", latency_ms=1.0))
+    print(i + 1, flush=True)  # acknowledged: appended and journaled
+    time.sleep(0.001)
+"""
+
+
+def test_a_killed_writer_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    """kill -9 in the middle of writing: the lake stays readable and the journal gives back the unflushed batch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tasks.inference_log import InferenceLog
+
+    lake_uri, journal = f"file://{tmp_path}/lake", tmp_path / "journal"
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, lake_uri, str(journal)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    acknowledged = 0
+    deadline = time.monotonic() + 60
+    while acknowledged < 700 and time.monotonic() < deadline:  # a few flushes done, one batch in the buffer
+        acknowledged = int(child.stdout.readline() or acknowledged)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    acknowledged = max([acknowledged, *(int(line) for line in child.stdout.read().split())])
+    lake = Lake.of(lake_uri, "credit")
+    window = (datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(seconds=1))
+    before = read_window(lake, *window)  # readable as the killed process left it
+    assert len(before) < acknowledged  # its last batch never reached the lake...
+
+    survivor = InferenceLog(lake, journal_dir=journal)
+    counts = survivor.recover()  # ...until the next process starts
+    after = read_window(lake, *window)
+    assert counts["recovered"] == len(after) - len(before) and counts["torn"] <= 1
+    ids = set(after["request_id"])
+    assert len(ids) == len(after)  # nothing twice
+    assert {f"r{i:08d}" for i in range(acknowledged)} <= ids  # nothing acknowledged is lost
+    assert len(after) <= acknowledged + 1  # at most the one being appended at the kill
+    assert not list(journal.glob("*.jsonl")) or all(
+        p.name.startswith(survivor.journal.prefix) for p in journal.glob("*")
+    )
+    survivor.close()
+    assert not list(journal.glob("*.jsonl"))
