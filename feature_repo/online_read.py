@@ -65,16 +65,18 @@ class OnlineReader:
         self.join_key = views[0][0].entity_columns[0].name
         self.key_type = views[0][0].entity_columns[0].dtype.to_value_type()
         versioning = config.registry.enable_online_feature_view_versioning
-        self.plans = []
+        self.plans: list[_ViewPlan] = []
         for view, features in views:
             table = compute_table_id(config.project, view, versioning)
             self.plans.append(
                 _ViewPlan(
                     table=table,
                     features=tuple(features),
-                    query=f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?',
+                    query=f'SELECT {len(self.plans)}, feature_name, value FROM "{table}" WHERE entity_key = ?',
                 )
             )
+        # one statement for every view of the service: one round through SQLite per entity
+        self.query = " UNION ALL ".join(plan.query for plan in self.plans)
         self.features = [f for plan in self.plans for f in plan.features]
         self._local = threading.local()
 
@@ -91,22 +93,26 @@ class OnlineReader:
         conn = self._connection()
         out: list[dict[str, Any] | None] = []
         value = ValueProto()
+        params_per_key = len(self.plans)
         for key in keys:
             encoded = entity_key_bytes(self.join_key, key, self.key_type)
+            cells: list[dict[str, bytes]] = [{} for _ in self.plans]
+            for view, name, blob in conn.execute(self.query, (encoded,) * params_per_key):
+                cells[view][name] = blob
+            if not any(cells):
+                out.append(None)
+                continue
             row: dict[str, Any] = {}
-            found = False
-            for plan in self.plans:
-                cells = dict(conn.execute(plan.query, (encoded,)).fetchall())
-                found = found or bool(cells)
+            for plan, found in zip(self.plans, cells, strict=True):
                 for name in plan.features:
-                    blob = cells.get(name)
+                    blob = found.get(name)
                     if blob is None:
                         row[name] = None
                         continue
                     value.ParseFromString(blob)
                     kind = value.WhichOneof("val")
                     row[name] = None if kind is None or kind == "null_val" else getattr(value, kind)
-            out.append(row if found else None)
+            out.append(row)
         return out
 
 
