@@ -154,7 +154,8 @@ def _log_file(settings: Settings, name: str) -> Path:
     return settings.logs_dir / f"{name}.log"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -199,7 +200,7 @@ def _status_of(settings: Settings, comp: Component) -> ComponentStatus:
     pid = _recorded_pid(settings, comp.name)
     log = str(_log_file(settings, comp.name))
     status = ComponentStatus(comp.name, "stopped", pid, comp.ui_url, comp.health_url, log)
-    if pid is not None and _alive(pid):
+    if pid is not None and pid_alive(pid):
         if _healthy(comp.health_url):
             status.state = "running"
         else:
@@ -274,7 +275,7 @@ def _start(settings: Settings, comp: Component) -> int:
 def _wait_healthy(settings: Settings, comp: Component, pid: int) -> None:
     deadline = time.monotonic() + settings.startup_timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             tail = _tail(_log_file(settings, comp.name))
             _pid_file(settings, comp.name).unlink(missing_ok=True)
             raise StackError(f"{comp.name} exited during start-up; last lines of its log:\n{tail}")
@@ -355,7 +356,7 @@ def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
         path.unlink(missing_ok=True)
         return False
     stopped = False
-    if _alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)  # up started each server as the leader of its own group
         deadline = time.monotonic() + timeout_s

@@ -406,10 +406,12 @@ class Journal:
 
     def orphans(self) -> list[Path]:
         """Segments of processes that are no longer running."""
+        from closedloop.stack import pid_alive
+
         out = []
         for path in sorted(self.folder.glob("*.jsonl")):
             pid = int(path.name.split("-", 1)[0])
-            if path.name.startswith(self.prefix) or _alive(pid):
+            if path.name.startswith(self.prefix) or pid_alive(pid):
                 continue
             out.append(path)
         return out
@@ -426,16 +428,6 @@ class Journal:
             except (ValueError, TypeError, KeyError):
                 torn += 1
         return records, torn
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_window(lake: Lake, start: datetime, end: datetime) -> pd.DataFrame:

@@ -41,17 +41,7 @@ class ApplicationScorer(PythonModel):
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         classifier = xgb.XGBClassifier()
         classifier.load_model(context.artifacts["model"])
-        mitigation = evidence.get("report", {}).get("mitigation") or {}
-        uses_policy = str(evidence.get("gates", {}).get("fairness", {}).get("mitigation") or "").startswith(
-            "threshold_optimizer"
-        )
-        self.model = ScoringModel.of(
-            meta["version"],
-            classifier,
-            threshold=float(evidence["decision_threshold"]),
-            policy=mitigation.get("policy") if uses_policy else None,
-            policy_attribute=mitigation.get("attribute") if uses_policy else None,
-        )
+        self.model = ScoringModel.from_evidence(meta["version"], classifier, evidence)
         self._source: Any = None
 
     def _features(self) -> Any:

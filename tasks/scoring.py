@@ -76,6 +76,22 @@ class ScoringModel:
             policy_attribute=policy_attribute,
         )
 
+    @classmethod
+    def from_evidence(cls, version: str, model: Any, evidence: dict[str, Any], threads: int = 1) -> ScoringModel:
+        """The version's threshold, or its group policy when its fairness gate chose one, from its evidence."""
+        from tasks.registry import decision_policy
+
+        mitigation = evidence.get("report", {}).get("mitigation") or {}
+        uses_policy = decision_policy(evidence).startswith("threshold_optimizer")
+        return cls.of(
+            version,
+            model,
+            threshold=float(evidence["decision_threshold"]),
+            policy=mitigation.get("policy") if uses_policy else None,
+            policy_attribute=mitigation.get("attribute") if uses_policy else None,
+            threads=threads,
+        )
+
     def predict(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and SHAP contributions (log-odds, bias last) of the rows of ``matrix``."""
         import xgboost as xgb
@@ -107,20 +123,10 @@ class ScoringModel:
 
 def load_version(tracking_uri: str, dataset: str, version: str, threads: int = 1) -> ScoringModel:
     """A registered version with its decision threshold (or group policy) from its evidence record."""
-    from tasks.registry import decision_policy, load_model, read_evidence
+    from tasks.registry import load_model, read_evidence
 
     model = load_model(tracking_uri, dataset, version)
-    evidence = read_evidence(tracking_uri, dataset, version)
-    mitigation = evidence.get("report", {}).get("mitigation") or {}
-    uses_policy = decision_policy(evidence).startswith("threshold_optimizer")
-    return ScoringModel.of(
-        version,
-        model,
-        threshold=float(evidence["decision_threshold"]),
-        policy=mitigation.get("policy") if uses_policy else None,
-        policy_attribute=mitigation.get("attribute") if uses_policy else None,
-        threads=threads,
-    )
+    return ScoringModel.from_evidence(version, model, read_evidence(tracking_uri, dataset, version), threads)
 
 
 @dataclass
@@ -157,12 +163,10 @@ class FeatureSource:
         self.ratios = list(contract.ratios)
         aggregates = {a.name for a in contract.aggregates} | {r.name for r in contract.ratios}
         self.codes: dict[str, dict[Any, float]] = {}
-        self.kinds: dict[str, ColumnType] = {}
         for name in self.names:
             if name in aggregates:
                 continue
             column = contract.column(name)
-            self.kinds[name] = column.type
             if column.type is ColumnType.CATEGORY:
                 self.codes[name] = {c: float(i) for i, c in enumerate(column.categories or [])}
 
