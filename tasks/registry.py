@@ -77,7 +77,7 @@ def log_and_register(
     params: dict[str, Any],
     metrics: dict[str, float],
     tags: dict[str, str],
-    documents: dict[str, str],
+    documents: dict[str, str | bytes],
     eligible: bool,
     plots: dict[str, bytes] | None = None,
 ) -> str:
@@ -102,8 +102,11 @@ def log_and_register(
             pip_requirements=model_requirements(),
         )
         with tempfile.TemporaryDirectory() as tmp:
-            for filename, text in documents.items():
-                (Path(tmp) / filename).write_text(text)
+            for filename, content in documents.items():
+                if isinstance(content, bytes):
+                    (Path(tmp) / filename).write_bytes(content)
+                else:
+                    (Path(tmp) / filename).write_text(content)
                 mlflow.log_artifact(str(Path(tmp) / filename), artifact_path="evidence")
             for filename, png in (plots or {}).items():
                 (Path(tmp) / filename).write_bytes(png)
@@ -131,13 +134,17 @@ def decision_policy(evidence: dict[str, Any]) -> str:
     return str(evidence.get("gates", {}).get("fairness", {}).get("mitigation") or "single_threshold")
 
 
-def read_evidence(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
-    """The evidence record kept with a model version."""
+def evidence_file(tracking_uri: str, name: str, version: str, filename: str) -> Path:
+    """A local copy of one file kept in a model version's ``evidence/`` folder."""
     import mlflow
 
     c = client(tracking_uri)
     run_id = c.get_model_version(name, version).run_id
     mlflow.set_tracking_uri(tracking_uri)
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evidence/evidence.json")
-    record: dict[str, Any] = json.loads(Path(path).read_text())
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"evidence/{filename}"))
+
+
+def read_evidence(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
+    """The evidence record kept with a model version."""
+    record: dict[str, Any] = json.loads(evidence_file(tracking_uri, name, version, "evidence.json").read_text())
     return record

@@ -23,9 +23,10 @@ from tasks import explain
 from tasks import mitigation as mit
 from tasks import plots as plots_
 from tasks.behaviour import run_all as run_behaviour
+from tasks.drift import SCORE, expected_auc, profile_frame
 from tasks.fairness import FairnessLimits, assess, groups_of
 from tasks.ingest import contract_at
-from tasks.lake import Lake
+from tasks.lake import Lake, parquet_bytes
 from tasks.registry import ChampionUnavailable, champion_scores, champion_version, log_and_register
 from tasks.training import (
     EVENT_TIMESTAMP,
@@ -45,6 +46,9 @@ from tasks.training import (
 logger = logging.getLogger(__name__)
 
 GOLDEN_ROWS = 50  # test rows kept with each version, re-scored by infra validation
+REFERENCE_PROFILE = "reference_profile.json"  # the monitor's reference: bins and shares of the test window
+REFERENCE_SAMPLE = "reference_sample.parquet"  # test-window rows (features + score) for the Evidently report
+REFERENCE_SAMPLE_ROWS = 5000
 
 
 class Gates(BaseModel):
@@ -492,8 +496,22 @@ def register_candidate(
         "rows": golden_rows.where(golden_rows.notna(), None).to_dict(orient="records"),
         "scores": [float(v) for v in model.predict_proba(golden_x)[:, 1]],
     }
-    documents = {
+    test_scores = model.predict_proba(x[test_rows])[:, 1]
+    test_frame = frame.loc[test_rows, feature_names(contract)]
+    profile = profile_frame(test_frame, contract, feature_names(contract), test_scores)
+    profile.update(
+        test_metrics=report.get("metrics", {}),
+        decision_threshold=evaluation["threshold"],
+        expected_auc=expected_auc(test_scores),
+        window=[str(frame.loc[test_rows, EVENT_TIMESTAMP].min()), str(frame.loc[test_rows, EVENT_TIMESTAMP].max())],
+    )
+    sample = test_frame.assign(**{SCORE: test_scores}).sample(
+        n=min(REFERENCE_SAMPLE_ROWS, len(test_frame)), random_state=0
+    )
+    documents: dict[str, str | bytes] = {
         "evidence.json": json.dumps(evidence, indent=2, default=str),
+        REFERENCE_PROFILE: json.dumps(profile, default=str),
+        REFERENCE_SAMPLE: parquet_bytes(sample.reset_index(drop=True)),
         "model_card.md": card,
         "golden.json": json.dumps(golden, default=str),
     }
@@ -510,7 +528,7 @@ def register_candidate(
         evaluation["eligible"],
         plots=evaluation.get("plots", {}),
     )
-    return version, card, documents["evidence.json"]
+    return version, card, str(documents["evidence.json"])
 
 
 def model_card(name: str, evidence: dict[str, Any]) -> str:
