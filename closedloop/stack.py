@@ -62,7 +62,7 @@ def _bin(name: str) -> str:
     return str(path)
 
 
-def components(settings: Settings, s3: bool = False, flows: bool = False) -> list[Component]:
+def components(settings: Settings, s3: bool = False, flows: bool = False, serving: bool = False) -> list[Component]:
     """The servers of this profile, with the exact command line and environment each one runs with."""
     base_env = settings.server_environment()
     prefect_env = {
@@ -130,6 +130,20 @@ def components(settings: Settings, s3: bool = False, flows: bool = False) -> lis
                 ui_url=f"{settings.prefect_ui_url}/deployments",
                 command=[_bin("closedloop"), "serve-flows"],
                 env={**prefect_env},
+            )
+        )
+    if serving:
+        token = settings.serving_token
+        if token is None:
+            raise StackError("set CLOSEDLOOP_SERVING_TOKEN: the scoring service never runs without a bearer token")
+        out.append(
+            Component(
+                name="serving",
+                port=settings.serving_port,
+                health_url=f"http://{settings.host}:{settings.serving_port}/healthz",
+                ui_url=f"http://{settings.host}:{settings.serving_port}/docs",
+                command=[_bin("closedloop"), "serve"],
+                env={**prefect_env, "CLOSEDLOOP_SERVING_TOKEN": token.get_secret_value()},
             )
         )
     if s3:
@@ -216,11 +230,16 @@ def _status_of(settings: Settings, comp: Component) -> ComponentStatus:
     return status
 
 
-def status(settings: Settings, s3: bool | None = None, flows: bool | None = None) -> list[ComponentStatus]:
+def status(
+    settings: Settings, s3: bool | None = None, flows: bool | None = None, serving: bool | None = None
+) -> list[ComponentStatus]:
     """State of every component; the optional ones are shown when ``up`` recorded them."""
     s3 = _pid_file(settings, "s3").exists() if s3 is None else s3
     flows = _pid_file(settings, "flows").exists() if flows is None else flows
-    return [_status_of(settings, comp) for comp in components(settings, s3=s3, flows=flows)]
+    serving = (
+        (_pid_file(settings, "serving").exists() and settings.serving_token is not None) if serving is None else serving
+    )
+    return [_status_of(settings, comp) for comp in components(settings, s3=s3, flows=flows, serving=serving)]
 
 
 def _prepare_production(settings: Settings) -> None:
@@ -296,7 +315,11 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def up(
-    settings: Settings, s3: bool = False, flows: bool = False, only: tuple[str, ...] | None = None
+    settings: Settings,
+    s3: bool = False,
+    flows: bool = False,
+    only: tuple[str, ...] | None = None,
+    serving: bool = False,
 ) -> list[ComponentStatus]:
     """Start what is not running yet and wait until everything answers; idempotent.
 
@@ -306,8 +329,8 @@ def up(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     for folder in (settings.logs_dir, settings.run_dir, settings.prefect_home, settings.state_dir / "mlflow"):
         folder.mkdir(parents=True, exist_ok=True)
-    comps = [c for c in components(settings, s3=s3, flows=flows) if only is None or c.name in only]
-    comps.sort(key=lambda c: {"s3": 0, "flows": 2}.get(c.name, 1))
+    comps = [c for c in components(settings, s3=s3, flows=flows, serving=serving) if only is None or c.name in only]
+    comps.sort(key=lambda c: {"s3": 0, "flows": 2, "serving": 3}.get(c.name, 1))
     started: list[tuple[Component, int]] = []
     waiting: list[tuple[Component, int]] = []
     prepared = settings.profile is not Profile.PRODUCTION
@@ -326,7 +349,7 @@ def up(
             if state == "unhealthy" and pid is not None:
                 waiting.append((comp, pid))  # still starting (a concurrent 'up')
                 continue
-            if comp.name in ("s3", "flows"):  # these need the others running first
+            if comp.name in ("s3", "flows", "serving"):  # these need the others running first
                 for other, other_pid in waiting:
                     _wait_healthy(settings, other, other_pid)
                 waiting.clear()
@@ -346,7 +369,7 @@ def up(
         for comp, _pid in started:
             _stop(settings, comp.name)
         raise
-    return status(settings, s3=s3 or None, flows=flows or None)
+    return status(settings, s3=s3 or None, flows=flows or None, serving=serving or None)
 
 
 def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:

@@ -1,23 +1,73 @@
 """Every flow as a Prefect deployment; ``closedloop serve-flows`` serves them on the embedded default.
 
 Served deployments appear in the Prefect UI with a run form built from each flow's pydantic parameters.
+The closed loop is two event triggers:
+
+* ``closedloop.drift.detected`` (the monitor's alert) -> ``train-evaluate`` with the retrain guards on; the run
+  keeps the event id in its evidence record, and the drift period from the payload decides the label check;
+* ``closedloop.model.trained`` with ``closedloop.eligible=true`` on its resource -> ``package-deploy`` of that
+  version (approval on in production, as ``DeployParams`` decides).
+
+``train-evaluate`` runs one at a time and a run that arrives while one is running is cancelled
+(``CANCEL_NEW``): simultaneous triggers (twenty drift events, drift plus the weekly schedule) collapse into one
+retrain, and the guards' cool-down turns away the ones that arrive just after it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Interval
 
 from flows.batch_score import batch_score
 from flows.ingest_validate import IngestParams, ingest_validate
+from flows.monitor import MonitorParams, monitor
 from flows.package_deploy import DeployParams, package_deploy
-from flows.train_evaluate import TrainParams, train_evaluate
+from flows.train_evaluate import TRAINED_EVENT, TrainParams, train_evaluate
+from tasks.monitor import DRIFT_EVENT
 
 INGEST = "ingest-validate"
 TRAIN = "train-evaluate"
 DEPLOY = "package-deploy"
+MONITOR = "monitor"
 BATCH_SCORE = "batch-score"
+
+HOUR = 3600
+WEEK = 7 * 24 * HOUR
+
+
+def retrain_on_drift() -> DeploymentEventTrigger:
+    """Drift event -> guarded retrain; the event's payload becomes the run's parameters."""
+    return DeploymentEventTrigger(
+        name="retrain-on-drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": "closedloop.model.*"},
+        parameters={
+            "params": {
+                "contract": "{{ event.payload.contract }}",
+                "trigger_event_id": "{{ event.id }}",
+                "guards": {"enabled": True},
+            }
+        },
+    )
+
+
+def deploy_when_eligible() -> DeploymentEventTrigger:
+    """An eligible trained version -> package and deploy it."""
+    return DeploymentEventTrigger(
+        name="deploy-eligible-version",
+        expect={TRAINED_EVENT},
+        match={"prefect.resource.id": "closedloop.model.*", "closedloop.eligible": "true"},
+        parameters={
+            "params": {
+                "contract": "{{ event.payload.contract }}",
+                "version": "{{ event.payload.version }}",
+                "trigger_event_id": "{{ event.id }}",
+            }
+        },
+    )
 
 
 def deployments() -> list[Any]:
@@ -25,26 +75,40 @@ def deployments() -> list[Any]:
 
     Registered in this order; ``closedloop up --flows`` waits for the last one (batch-score).
     """
+    weekly = TrainParams(guards={"enabled": True}).model_dump(mode="json")  # type: ignore[arg-type]
     return [
         ingest_validate.to_deployment(
             name=INGEST,
             description="Validate new landing-zone batches, quarantine bad rows, refresh the feature store.",
             parameters={"params": IngestParams().model_dump()},
-            schedules=[Interval(3600, parameters={"params": IngestParams().model_dump()})],
+            schedules=[Interval(HOUR, parameters={"params": IngestParams().model_dump()})],
             tags=["closedloop", "ingest"],
         ),
         train_evaluate.to_deployment(
             name=TRAIN,
-            description="Train a challenger on matured labels, evaluate it against the gates, register it.",
+            description="Train a challenger on matured labels, evaluate it against the gates, register it. "
+            "Triggered by drift events; a weekly guarded run is the safety net.",
             parameters={"params": TrainParams().model_dump(mode="json")},
+            schedules=[Interval(WEEK, parameters={"params": weekly})],
+            triggers=[retrain_on_drift()],
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             tags=["closedloop", "train"],
         ),
         package_deploy.to_deployment(
             name=DEPLOY,
             description="Bundle an eligible version, validate it in a fresh interpreter, ask, promote it atomically.",
             parameters={"params": DeployParams().model_dump(mode="json")},
+            triggers=[deploy_when_eligible()],
             concurrency_limit=1,  # promotions never race between the champion check and the alias move
             tags=["closedloop", "deploy"],
+        ),
+        monitor.to_deployment(
+            name=MONITOR,
+            description="Judge the last hour of served traffic: drift, quality, performance; alert with hysteresis.",
+            parameters={"params": MonitorParams(window_minutes=60).model_dump(mode="json")},
+            schedules=[Interval(HOUR, parameters={"params": MonitorParams(window_minutes=60).model_dump(mode="json")})],
+            concurrency_limit=1,
+            tags=["closedloop", "monitor"],
         ),
         batch_score.to_deployment(
             name=BATCH_SCORE,

@@ -22,15 +22,10 @@ from tasks import monitor as mon
 from tasks.drift import drift_rules, window_drift
 from tasks.ingest import contract_at, utc_now
 from tasks.lake import Lake
-from tasks.registry import champion_version
+from tasks.registry import champion_version, model_resource
 from tasks.training import feature_names, typed_features
 
 ROLLED_BACK_EVENT = "closedloop.model.rolled_back"
-
-
-def model_resource(name: str) -> dict[str, str]:
-    """The Prefect event resource of a dataset's model (what deployment triggers match on)."""
-    return {"prefect.resource.id": f"closedloop.model.{name}", "prefect.resource.name": name}
 
 
 class MonitorParams(BaseModel):
@@ -243,10 +238,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         scored = [c for c in record["drift"]["columns"] if c["drifted"]]
         event = emit_event(
             event=mon.DRIFT_EVENT,
-            resource={
-                "prefect.resource.id": f"closedloop.model.{contract.name}",
-                "prefect.resource.name": contract.name,
-            },
+            resource=model_resource(contract.name),
             payload={
                 "contract": contract_path,
                 "window_start": window["start"],

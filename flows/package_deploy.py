@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from closedloop.settings import Profile, load_settings
 from tasks import deploy
 from tasks.ingest import contract_at
+from tasks.registry import model_resource
 
 PROMOTED_EVENT = "closedloop.model.promoted"
 
@@ -171,7 +172,7 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
     )
     event = emit_event(
         event=PROMOTED_EVENT,
-        resource={"prefect.resource.id": f"closedloop.model.{name}", "prefect.resource.name": name},
+        resource=model_resource(name),
         payload={"version": version, "previous": moved["previous"], "bundle": bundle["uri"]},
     )
     logger.info("%s v%s is champion (previous: %s)", name, version, moved["previous"])

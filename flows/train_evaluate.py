@@ -6,17 +6,34 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, runtime, unmapped
+from prefect import flow, get_run_logger, runtime, task, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop.settings import load_settings
 from tasks.ingest import contract_at, utc_now
+from tasks.lake import Lake
+from tasks.registry import champion_version, client, model_resource, read_evidence
 from tasks.train import Gates, build_training_set, evaluate_candidate, register_candidate, train_model, tuning_trial
-from tasks.training import TUNED, TrainingConfig, search_space
+from tasks.training import EVENT_TIMESTAMP, TUNED, TrainingConfig, TrainingDataError, entity_frame, search_space
 
 TRAINED_EVENT = "closedloop.model.trained"
+DEFERRED_EVENT = "closedloop.retrain.deferred"
+
+
+class RetrainGuards(BaseModel):
+    """Checks before an automatic retrain; the drift trigger and the weekly schedule turn them on."""
+
+    enabled: bool = Field(default=False, description="check the guards before training (off for manual runs)")
+    cooldown_minutes: float = Field(default=60, ge=0, description="no retrain within this long after the last one")
+    max_per_day: int = Field(default=4, ge=1, description="model versions registered in the last 24 hours, at most")
+    min_new_labels: int = Field(
+        default=200,
+        ge=1,
+        description="applications with a matured label made after the champion's training window ended, at least",
+    )
 
 
 class TrainParams(BaseModel):
@@ -36,18 +53,71 @@ class TrainParams(BaseModel):
     tuning_trials: int = Field(
         default=0, ge=0, le=64, description="random-search trials (mapped tasks) before the final fit; 0: none"
     )
+    guards: RetrainGuards = Field(default_factory=RetrainGuards)
 
 
 class TrainResult(BaseModel):
     dataset: str
-    version: str
+    version: str | None
     eligible: bool
-    metrics: dict[str, float]
-    intervals: dict[str, tuple[float, float]]
-    gates: dict[str, dict[str, Any]]
-    training_rows: int
+    metrics: dict[str, float] = {}
+    intervals: dict[str, tuple[float, float]] = {}
+    gates: dict[str, dict[str, Any]] = {}
+    training_rows: int = 0
     started_by: str
     event_id: str | None = None
+    status: str = "trained"  # or "deferred: <why>" when a guard stopped an automatic retrain
+    guards: dict[str, Any] | None = None
+
+
+@task(name="retrain_guards", cache_policy=NO_CACHE)
+def check_guards(contract_path: str, guards: RetrainGuards, now: datetime) -> dict[str, Any]:
+    """Cool-down, daily budget and label coverage of the drifted period; ``deferred`` names the first that fails."""
+    settings = load_settings()
+    contract = contract_at(contract_path)
+    c = client(settings.mlflow_tracking_uri)
+    try:
+        created = [int(v.creation_timestamp) for v in c.search_model_versions(f"name='{contract.name}'")]
+    except Exception:  # no registered model yet
+        created = []
+    now_ms = now.timestamp() * 1000
+    out: dict[str, Any] = {"deferred": None}
+    if created:
+        since = (now_ms - max(created)) / 60_000
+        out["minutes_since_last_version"] = round(since, 2)
+        if since < guards.cooldown_minutes:
+            out["deferred"] = (
+                f"cool-down: the last version was registered {since:.1f} min ago (< {guards.cooldown_minutes})"
+            )
+            return out
+    today = sum(1 for t in created if now_ms - t < 86_400_000)
+    out["versions_last_24h"] = today
+    if today >= guards.max_per_day:
+        out["deferred"] = f"daily budget: {today} versions registered in the last 24 hours (max {guards.max_per_day})"
+        return out
+    # retraining is only worth it on labels the champion has not seen: with a 90-day label delay a fresh drift
+    # has none yet, and a retrain now would learn the old world again
+    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
+    champion = champion_version(settings.mlflow_tracking_uri, contract.name)
+    seen_until = None
+    if champion is not None:
+        seen_until = datetime.fromisoformat(
+            read_evidence(settings.mlflow_tracking_uri, contract.name, champion)["data_window"][1]
+        )
+    try:
+        matured = entity_frame(lake, contract, now)[EVENT_TIMESTAMP]
+    except TrainingDataError as exc:
+        out["deferred"] = f"not enough labels: {exc}"
+        return out
+    new = int((matured > seen_until).sum()) if seen_until is not None else len(matured)
+    out["new_labels"], out["champion_window_end"] = new, seen_until.isoformat() if seen_until else None
+    if new < guards.min_new_labels:
+        out["deferred"] = (
+            f"not enough labels: {new} applications with a matured label "
+            + (f"after the champion's training window (ended {seen_until:%Y-%m-%d})" if seen_until else "in all")
+            + f"; need {guards.min_new_labels}"
+        )
+    return out
 
 
 def _started_by(params: TrainParams) -> str:
@@ -68,6 +138,25 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     contract_path = str(params.contract or settings.contract)
     contract = contract_at(contract_path)
     now = utc_now()
+    started_by = _started_by(params)
+    if params.guards.enabled:
+        verdict = check_guards(contract_path, params.guards, now)
+        if verdict["deferred"]:
+            logger.warning("retrain of %s deferred: %s", contract.name, verdict["deferred"])
+            event = emit_event(
+                event=DEFERRED_EVENT,
+                resource=model_resource(contract.name),
+                payload={"reason": verdict["deferred"], "started_by": started_by},
+            )
+            return TrainResult(
+                dataset=contract.name,
+                version=None,
+                eligible=False,
+                started_by=started_by,
+                event_id=str(event.id) if event else None,
+                status=f"deferred: {verdict['deferred']}",
+                guards=verdict,
+            )
     config = TrainingConfig(
         n_estimators=params.n_estimators,
         max_depth=params.max_depth,
@@ -99,7 +188,6 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     evaluation = evaluate_candidate(training, model_path, contract_path, settings.mlflow_tracking_uri, params.gates)
     if tuning:
         evaluation["report"]["tuning"] = {"trials": tuning, "chosen": {k: getattr(config, k) for k in TUNED}}
-    started_by = _started_by(params)
     version, card, _ = register_candidate(
         training, model_path, contract_path, settings.mlflow_tracking_uri, evaluation, config, started_by, now
     )
@@ -119,8 +207,9 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     )
     event = emit_event(
         event=TRAINED_EVENT,
-        resource={"prefect.resource.id": f"closedloop.model.{contract.name}", "prefect.resource.name": contract.name},
+        resource={**model_resource(contract.name), "closedloop.eligible": str(result.eligible).lower()},
         payload={
+            "contract": contract_path,
             "version": version,
             "eligible": result.eligible,
             "roc_auc": result.metrics.get("roc_auc"),

@@ -25,6 +25,11 @@ class ChampionUnavailable(RuntimeError):
     """A champion is registered but cannot be loaded: the comparison gate cannot decide."""
 
 
+def model_resource(name: str) -> dict[str, str]:
+    """The Prefect event resource of a dataset's model (what the deployment triggers match on)."""
+    return {"prefect.resource.id": f"closedloop.model.{name}", "prefect.resource.name": name}
+
+
 def client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
