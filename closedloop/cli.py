@@ -568,82 +568,39 @@ def bench(
 def demo(
     customers: Annotated[int, typer.Option(min=1000, help="synthetic customers for the year of data")] = 20_000,
     keep_running: Annotated[bool, typer.Option(help="leave the servers running afterwards")] = True,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Bring the stack up, seed both landing zones, then ingest, train and deploy on both through the deployments."""
-    from closedloop import stack, storage
+    """The closed loop: ingest, first champion, served traffic, drift, event-triggered retrain, new champion."""
+    from closedloop import demo as loop
+    from closedloop import stack
 
     settings = _settings()
+    _connect(settings)  # before anything imports Prefect
+    say = (lambda _: None) if as_json else typer.echo
+    known: tuple[type[BaseException], ...] = (*_known_errors(), loop.DemoError)
     try:
-        rows = stack.up(settings, flows=True)
-        typer.echo(_status_table(rows))
-        _connect(settings)  # before anything imports Prefect
-        from prefect.client.schemas.objects import FlowRun
-        from prefect.deployments import run_deployment
-
-        from closedloop.settings import PROJECT_ROOT
-        from tasks.synthetic import SyntheticConfig, write_synthetic
-        from tasks.taiwan import write_taiwan
-
-        synth_landing = settings.landing_uri("credit_synthetic")
-        if storage.list_objects(synth_landing):
-            typer.echo(f"landing zone {synth_landing} already holds batches: not generating again")
-        else:
-            summary = write_synthetic(SyntheticConfig(customers=customers), synth_landing, settings.s3_endpoint_url)
-            typer.echo(
-                f"synthetic year: {summary.total_rows:,} rows in {len(summary.files)} batches -> {synth_landing}"
-            )
-        taiwan_landing = settings.landing_uri("taiwan_credit_default")
-        if not storage.list_objects(taiwan_landing):
-            typer.echo(f"Taiwan data: {write_taiwan(taiwan_landing, endpoint_url=settings.s3_endpoint_url)}")
-        stages = [("ingest", "ingest_validate/ingest-validate"), ("training", "train_evaluate/train-evaluate")]
-        for contract in (settings.contract, PROJECT_ROOT / "datasets" / "taiwan_credit_default" / "contract.yaml"):
-            for stage, deployment in stages:
-                run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns the FlowRun
-                    deployment, parameters={"params": {"contract": str(contract)}}, timeout=1800
-                )
-                state = run.state.name if run.state else "unknown"
-                typer.echo(
-                    f"{stage} of {contract.parent.name}: {state} ({settings.prefect_ui_url}/runs/flow-run/{run.id})"
-                )
-                if not run.state or not run.state.is_completed():
-                    _fail(
-                        f"the {stage} of {contract.parent.name} did not complete: see {settings.logs_dir / 'flows.log'}"
-                    )
-            _demo_deploy(settings, contract)
-    except _known_errors() as exc:
+        summary = loop.run(settings, customers, say)
+    except known as exc:
         _fail(str(exc))
     finally:
         if not keep_running:
             stack.down(settings)
-    typer.echo(
-        f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
-        "Quarantine: closedloop quarantine list\nStop everything with: closedloop down"
+    payload = summary.to_dict()
+    payload.update(prefect_ui=settings.prefect_ui_url, mlflow_ui=settings.mlflow_tracking_uri)
+    drift = summary.drift
+    text = (
+        f"\nclosed loop done in {summary.wall_seconds:.0f} s: {summary.rows_ingested:,} rows ingested "
+        f"({summary.rows_quarantined:,} quarantined); champion v{summary.versions.get('first_champion')} -> "
+        f"v{summary.versions.get('new_champion')}\n"
+        f"drift window {drift.get('window', {}).get('start')} .. {drift.get('window', {}).get('end')}: "
+        f"{', '.join(drift.get('features', {})) or '-'}; event {drift.get('event_id')} -> retrain run "
+        f"{summary.retrain.get('flow_run')} after {summary.retrain.get('event_to_start_seconds')} s\n"
+        f"{summary.requests:,} requests, {summary.failed_requests} failed; post-deploy verification: "
+        f"{(summary.verification or {}).get('verdict')}\n"
+        f"Prefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_tracking_uri}\n"
+        + ("Stop everything with: closedloop down" if keep_running else "stack stopped")
     )
-
-
-def _demo_deploy(settings: Settings, contract: Path) -> None:
-    """Deploy the new challenger if training made one; say why not otherwise (the gates decide, not the demo)."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-
-    from closedloop.contract import load_contract
-    from tasks.registry import CHALLENGER, client
-
-    name = load_contract(contract).name
-    try:
-        version = client(settings.mlflow_tracking_uri).get_model_version_by_alias(name, CHALLENGER).version
-    except Exception:
-        typer.echo(f"deploy of {contract.parent.name}: skipped, no eligible challenger (see the model card in MLflow)")
-        return
-    run: FlowRun = run_deployment(  # type: ignore[assignment]
-        "package_deploy/package-deploy",
-        parameters={"params": {"contract": str(contract), "version": str(version), "require_approval": False}},
-        timeout=1800,
-    )
-    state = run.state.name if run.state else "unknown"
-    typer.echo(
-        f"deploy of {contract.parent.name} v{version}: {state} ({settings.prefect_ui_url}/runs/flow-run/{run.id})"
-    )
+    _emit(payload, as_json, text)
 
 
 def main() -> None:  # pragma: no cover - console entry point
