@@ -575,10 +575,11 @@ def demo(
     from closedloop import stack
 
     settings = _settings()
-    _connect(settings)  # before anything imports Prefect
     say = (lambda _: None) if as_json else typer.echo
     known: tuple[type[BaseException], ...] = (*_known_errors(), loop.DemoError)
     try:
+        say(_status_table(stack.up(settings, flows=True)))
+        _connect(settings)  # before anything imports Prefect
         summary = loop.run(settings, customers, say)
     except known as exc:
         _fail(str(exc))

@@ -15,6 +15,7 @@ retrain, and the guards' cool-down turns away the ones that arrive just after it
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -36,6 +37,10 @@ BATCH_SCORE = "batch-score"
 
 HOUR = 3600
 WEEK = 7 * 24 * HOUR
+# schedules tick on the hour, and the safety-net retrain on Sundays at 03:00 UTC, never at the moment
+# `serve-flows` starts (an anchor of "now" would start a run at once)
+ON_THE_HOUR = datetime(2026, 1, 4, 0, 0, tzinfo=UTC)
+SUNDAY_3AM = datetime(2026, 1, 4, 3, 0, tzinfo=UTC)
 
 
 def retrain_on_drift() -> DeploymentEventTrigger:
@@ -81,7 +86,7 @@ def deployments() -> list[Any]:
             name=INGEST,
             description="Validate new landing-zone batches, quarantine bad rows, refresh the feature store.",
             parameters={"params": IngestParams().model_dump()},
-            schedules=[Interval(HOUR, parameters={"params": IngestParams().model_dump()})],
+            schedules=[Interval(HOUR, anchor_date=ON_THE_HOUR, parameters={"params": IngestParams().model_dump()})],
             tags=["closedloop", "ingest"],
         ),
         train_evaluate.to_deployment(
@@ -89,7 +94,7 @@ def deployments() -> list[Any]:
             description="Train a challenger on matured labels, evaluate it against the gates, register it. "
             "Triggered by drift events; a weekly guarded run is the safety net.",
             parameters={"params": TrainParams().model_dump(mode="json")},
-            schedules=[Interval(WEEK, parameters={"params": weekly})],
+            schedules=[Interval(WEEK, anchor_date=SUNDAY_3AM, parameters={"params": weekly})],
             triggers=[retrain_on_drift()],
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             tags=["closedloop", "train"],
@@ -106,7 +111,13 @@ def deployments() -> list[Any]:
             name=MONITOR,
             description="Judge the last hour of served traffic: drift, quality, performance; alert with hysteresis.",
             parameters={"params": MonitorParams(window_minutes=60).model_dump(mode="json")},
-            schedules=[Interval(HOUR, parameters={"params": MonitorParams(window_minutes=60).model_dump(mode="json")})],
+            schedules=[
+                Interval(
+                    HOUR,
+                    anchor_date=ON_THE_HOUR,
+                    parameters={"params": MonitorParams(window_minutes=60).model_dump(mode="json")},
+                )
+            ],
             concurrency_limit=1,
             tags=["closedloop", "monitor"],
         ),
