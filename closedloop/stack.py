@@ -129,7 +129,8 @@ def components(settings: Settings, s3: bool = False, flows: bool = False, servin
                 health_url=f"{settings.prefect_api_url}/deployments/name/batch_score/batch-score",
                 ui_url=f"{settings.prefect_ui_url}/deployments",
                 command=[_bin("closedloop"), "serve-flows"],
-                env={**prefect_env},
+                # a triggered run (drift -> retrain) starts within seconds, not at the next 10 s poll
+                env={**prefect_env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
             )
         )
     if serving:

@@ -43,6 +43,11 @@ ON_THE_HOUR = datetime(2026, 1, 4, 0, 0, tzinfo=UTC)
 SUNDAY_3AM = datetime(2026, 1, 4, 3, 0, tzinfo=UTC)
 
 
+# a plain Jinja template renders to a string; Prefect's shorthand "{{ event.id }}" would pass the id through
+# `tojson`, which cannot serialise a UUID (the automation then fails with InvalidJinja)
+EVENT_ID = {"__prefect_kind": "jinja", "template": "{{ event.id }}"}
+
+
 def retrain_on_drift() -> DeploymentEventTrigger:
     """Drift event -> guarded retrain; the event's payload becomes the run's parameters."""
     return DeploymentEventTrigger(
@@ -52,7 +57,7 @@ def retrain_on_drift() -> DeploymentEventTrigger:
         parameters={
             "params": {
                 "contract": "{{ event.payload.contract }}",
-                "trigger_event_id": "{{ event.id }}",
+                "trigger_event_id": EVENT_ID,
                 "guards": {"enabled": True},
             }
         },
@@ -69,7 +74,7 @@ def deploy_when_eligible() -> DeploymentEventTrigger:
             "params": {
                 "contract": "{{ event.payload.contract }}",
                 "version": "{{ event.payload.version }}",
-                "trigger_event_id": "{{ event.id }}",
+                "trigger_event_id": EVENT_ID,
             }
         },
     )

@@ -21,14 +21,17 @@ from tasks.training import EVENT_TIMESTAMP, TUNED, TrainingConfig, TrainingDataE
 
 TRAINED_EVENT = "closedloop.model.trained"
 DEFERRED_EVENT = "closedloop.retrain.deferred"
+AUTOMATIC_TAG = "closedloop.automatic_retrain"  # on versions registered by a guarded (automatic) run
 
 
 class RetrainGuards(BaseModel):
     """Checks before an automatic retrain; the drift trigger and the weekly schedule turn them on."""
 
     enabled: bool = Field(default=False, description="check the guards before training (off for manual runs)")
-    cooldown_minutes: float = Field(default=60, ge=0, description="no retrain within this long after the last one")
-    max_per_day: int = Field(default=4, ge=1, description="model versions registered in the last 24 hours, at most")
+    cooldown_minutes: float = Field(
+        default=60, ge=0, description="no automatic retrain within this long after the last automatic one"
+    )
+    max_per_day: int = Field(default=4, ge=1, description="automatic retrains in the last 24 hours, at most")
     min_new_labels: int = Field(
         default=200,
         ge=1,
@@ -76,8 +79,12 @@ def check_guards(contract_path: str, guards: RetrainGuards, now: datetime) -> di
     settings = load_settings()
     contract = contract_at(contract_path)
     c = client(settings.mlflow_tracking_uri)
-    try:
-        created = [int(v.creation_timestamp) for v in c.search_model_versions(f"name='{contract.name}'")]
+    try:  # only automatic retrains count: a data scientist's manual run does not start the cool-down
+        created = [
+            int(v.creation_timestamp)
+            for v in c.search_model_versions(f"name='{contract.name}'")
+            if v.tags.get(AUTOMATIC_TAG) == "true"
+        ]
     except Exception:  # no registered model yet
         created = []
     now_ms = now.timestamp() * 1000
@@ -87,13 +94,14 @@ def check_guards(contract_path: str, guards: RetrainGuards, now: datetime) -> di
         out["minutes_since_last_version"] = round(since, 2)
         if since < guards.cooldown_minutes:
             out["deferred"] = (
-                f"cool-down: the last version was registered {since:.1f} min ago (< {guards.cooldown_minutes})"
+                f"cool-down: the last automatic retrain registered its version {since:.1f} min ago "
+                f"(< {guards.cooldown_minutes})"
             )
             return out
     today = sum(1 for t in created if now_ms - t < 86_400_000)
     out["versions_last_24h"] = today
     if today >= guards.max_per_day:
-        out["deferred"] = f"daily budget: {today} versions registered in the last 24 hours (max {guards.max_per_day})"
+        out["deferred"] = f"daily budget: {today} automatic retrains in the last 24 hours (max {guards.max_per_day})"
         return out
     # retraining is only worth it on labels the champion has not seen: with a 90-day label delay a fresh drift
     # has none yet, and a retrain now would learn the old world again
@@ -191,6 +199,8 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     version, card, _ = register_candidate(
         training, model_path, contract_path, settings.mlflow_tracking_uri, evaluation, config, started_by, now
     )
+    if params.guards.enabled:
+        client(settings.mlflow_tracking_uri).set_model_version_tag(contract.name, version, AUTOMATIC_TAG, "true")
     create_markdown_artifact(
         key=f"model-card-{contract.name.replace('_', '-')}", markdown=card, description=f"{contract.name} v{version}"
     )
