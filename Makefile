@@ -15,6 +15,7 @@ lint: setup
 	.venv/bin/lint-imports
 
 test: lint
+	bash .ci/browser
 	.venv/bin/python -m pytest -p no:cacheprovider
 
 down:

@@ -282,10 +282,11 @@ def bench_materialize(rows: int = 100_000) -> list[Measurement]:
     import numpy as np
     import pandas as pd
 
+    from closedloop.contract import contract_at
     from closedloop.settings import PROJECT_ROOT, load_settings
     from feature_repo.definitions import build_repo
     from feature_repo.store import open_store
-    from tasks.ingest import contract_at, materialize_features
+    from tasks.ingest import materialize_features
     from tasks.lake import Lake
     from tasks.synthetic import SyntheticConfig, iter_blocks
 
@@ -341,8 +342,9 @@ def bench_concept_drift(customers: int = 48_000) -> list[Measurement]:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
+    from closedloop.contract import contract_at
     from closedloop.settings import PROJECT_ROOT, load_settings
-    from tasks.ingest import contract_at, earliest_new_events, find_batches, ingest_batch, materialize_features
+    from tasks.ingest import earliest_new_events, find_batches, ingest_batch, materialize_features
     from tasks.lake import Lake
     from tasks.synthetic import Scenario, SyntheticConfig, write_synthetic
     from tasks.train import _load, _model, build_training_set, train_model
@@ -428,13 +430,14 @@ def bench_train(customers: int = 150_000) -> list[Measurement]:
     import numpy as np
 
     from closedloop import stack
+    from closedloop.contract import contract_at
     from closedloop.settings import PROJECT_ROOT, load_settings
     from tasks import plots
-    from tasks.ingest import contract_at, earliest_new_events, find_batches, ingest_batch, materialize_features
+    from tasks.ingest import earliest_new_events, find_batches, ingest_batch, materialize_features
     from tasks.lake import Lake
     from tasks.synthetic import SyntheticConfig, write_synthetic
-    from tasks.train import Gates, _load, build_training_set, evaluate_candidate, register_candidate, train_model
-    from tasks.training import SPLIT, TrainingConfig, fit_model, monotone_constraints
+    from tasks.train import _load, build_training_set, evaluate_candidate, register_candidate, train_model
+    from tasks.training import SPLIT, Gates, TrainingConfig, fit_model, monotone_constraints
 
     contract_path = str(PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml")
     config = TrainingConfig()
@@ -492,13 +495,14 @@ def bench_train(customers: int = 150_000) -> list[Measurement]:
 def _prepared_stack(tmp: str, customers: int) -> tuple[Any, Any, str, str]:
     """A stack in ``tmp`` with ``customers`` ingested and materialized, MLflow up and a champion trained."""
     from closedloop import stack
+    from closedloop.contract import contract_at
     from closedloop.settings import PROJECT_ROOT, load_settings
-    from tasks.ingest import contract_at, earliest_new_events, find_batches, ingest_batch, materialize_features
+    from tasks.ingest import earliest_new_events, find_batches, ingest_batch, materialize_features
     from tasks.lake import Lake
     from tasks.registry import CHAMPION, client
     from tasks.synthetic import SyntheticConfig, write_synthetic
-    from tasks.train import Gates, build_training_set, evaluate_candidate, register_candidate, train_model
-    from tasks.training import TrainingConfig
+    from tasks.train import build_training_set, evaluate_candidate, register_candidate, train_model
+    from tasks.training import Gates, TrainingConfig
 
     contract_path = str(PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml")
     settings = load_settings(state_dir=Path(tmp), mlflow_port=_free_port(), prefect_port=_free_port())

@@ -575,7 +575,11 @@ def demo(
     from closedloop import stack
 
     settings = _settings()
-    say = (lambda _: None) if as_json else typer.echo
+
+    def say(line: str) -> None:
+        if not as_json:
+            typer.echo(line)
+
     known: tuple[type[BaseException], ...] = (*_known_errors(), loop.DemoError)
     try:
         say(_status_table(stack.up(settings, flows=True)))

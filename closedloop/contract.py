@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -314,3 +315,13 @@ def load_contract(path: str | Path) -> Contract:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ContractError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
     return parse_contract(data, origin=str(path))
+
+
+@lru_cache(maxsize=8)
+def _contract(path: str, mtime: float) -> Contract:
+    return load_contract(path)
+
+
+def contract_at(path: str) -> Contract:
+    """Load a contract, cached per file version (its modification time)."""
+    return _contract(path, Path(path).stat().st_mtime)

@@ -312,11 +312,7 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
         "features": {c["column"]: c["score"] for c in alerted["drift"]["columns"] if c["drifted"]},
         "violations": alerted["violations"],
     }
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        events = client.request("POST", "/events/filter", json={"filter": {"id": {"id": [event_id]}}}).json()
-    occurred = datetime.fromisoformat(events["events"][0]["occurred"]) if events.get("events") else None
+    occurred = datetime.fromisoformat(alerted["event_occurred"]) if alerted.get("event_occurred") else None
     retrain = _triggered_run(settings, "train-evaluate", event_id)
     started = _wait("the triggered retrain to start", lambda: _started(retrain.id), timeout=120, every=0.25)
     summary.retrain = {

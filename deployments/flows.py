@@ -48,6 +48,12 @@ SUNDAY_3AM = datetime(2026, 1, 4, 3, 0, tzinfo=UTC)
 EVENT_ID = {"__prefect_kind": "jinja", "template": "{{ event.id }}"}
 
 
+# after a detected change, learn the new world from the recent window rather than a mixture of both: on the
+# synthetic income drift the full-history retrain failed the equalized-odds limit on age (0.178 > 0.15) while
+# the 180-day one passed every gate with the same test AUC (0.850)
+DRIFT_RETRAIN_WINDOW_DAYS = 180
+
+
 def retrain_on_drift() -> DeploymentEventTrigger:
     """Drift event -> guarded retrain; the event's payload becomes the run's parameters."""
     return DeploymentEventTrigger(
@@ -59,6 +65,7 @@ def retrain_on_drift() -> DeploymentEventTrigger:
                 "contract": "{{ event.payload.contract }}",
                 "trigger_event_id": EVENT_ID,
                 "guards": {"enabled": True},
+                "window_days": DRIFT_RETRAIN_WINDOW_DAYS,
             }
         },
     )

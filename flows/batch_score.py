@@ -15,11 +15,12 @@ from prefect import flow, get_run_logger, runtime
 from pydantic import BaseModel, Field
 
 from closedloop import storage
+from closedloop.contract import contract_at
 from closedloop.settings import load_settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
 from tasks import scoring
-from tasks.ingest import contract_at, utc_now
+from tasks.ingest import utc_now
 from tasks.lake import Lake, parquet_bytes
 from tasks.registry import champion_version
 from tasks.training import EVENT_TIMESTAMP

@@ -9,10 +9,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
+from closedloop.contract import contract_at
 from closedloop.settings import Settings, load_settings
 from tasks.ingest import (
     BatchOutcome,
-    contract_at,
     earliest_new_events,
     find_batches,
     ingest_batch,

@@ -17,10 +17,11 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop import storage
+from closedloop.contract import contract_at
 from closedloop.settings import load_settings
 from tasks import monitor as mon
 from tasks.drift import drift_rules, window_drift
-from tasks.ingest import contract_at, utc_now
+from tasks.ingest import utc_now
 from tasks.lake import Lake
 from tasks.registry import champion_version, model_resource
 from tasks.training import feature_names, typed_features
@@ -251,6 +252,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
             },
         )
         result.event_id = record["event_id"] = str(event.id) if event else None
+        record["event_occurred"] = event.occurred.isoformat() if event else None
         logger.warning("drift alert for %s v%s: %s (event %s)", contract.name, champion, decision, result.event_id)
     result.record_uri = mon.write_window(lake, record)
     create_markdown_artifact(

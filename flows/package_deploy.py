@@ -11,9 +11,9 @@ from prefect.events import emit_event
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
+from closedloop.contract import contract_at
 from closedloop.settings import Profile, load_settings
 from tasks import deploy
-from tasks.ingest import contract_at
 from tasks.registry import model_resource
 
 PROMOTED_EVENT = "closedloop.model.promoted"

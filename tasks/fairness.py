@@ -132,3 +132,56 @@ def assess(
         result["failures"] = failures
         out[column.name] = result
     return out
+
+
+def _ranges(weights: np.ndarray, onehot: np.ndarray, numerator: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Per bootstrap round: max - min over groups of the weighted share of ``numerator`` among ``among`` rows."""
+    num = weights @ (onehot * (numerator * among)[:, None])
+    den = weights @ (onehot * among[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = num / den
+    out: np.ndarray = np.nanmax(rates, axis=1) - np.nanmin(rates, axis=1)
+    return out
+
+
+def worsening_bounds(
+    contract: Contract,
+    sensitive: pd.DataFrame,
+    y: np.ndarray,
+    refuse_new: np.ndarray,
+    refuse_old: np.ndarray,
+    new: dict[str, Any],
+    rounds: int = 400,
+    seed: int = 0,
+) -> dict[tuple[str, str], float]:
+    """One-sided 95% lower bounds of (new - champion) disparity, by a paired bootstrap of the test rows.
+
+    Both decisions are judged on the same resampled rows, over the groups the new model was judged on, so a
+    bound above zero means the new model is less fair beyond the noise of a few dozen defaults per group.
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.poisson(1.0, (rounds, len(y))).astype("float64")
+    y = np.asarray(y, dtype="float64")
+    new_d, old_d = np.asarray(refuse_new, dtype="float64"), np.asarray(refuse_old, dtype="float64")
+    bounds: dict[tuple[str, str], float] = {}
+    for column in contract.sensitive:
+        result = new.get(column.name, {})
+        if result.get("verdict") not in ("pass", "fail") or column.name not in sensitive:
+            continue
+        labels = groups_of(sensitive[column.name].reset_index(drop=True), column).astype(str).to_numpy()
+        for measure, groups in (
+            ("demographic_parity_difference", list(result["groups"])),
+            ("equalized_odds_difference", list(result["equalized_odds_groups"])),
+        ):
+            if len(groups) < 2:
+                continue
+            onehot = np.stack([labels == g for g in groups], axis=1).astype("float64")
+            everyone = np.ones_like(y)
+            if measure == "demographic_parity_difference":
+                diff = _ranges(weights, onehot, new_d, everyone) - _ranges(weights, onehot, old_d, everyone)
+            else:
+                worst_new = np.maximum(_ranges(weights, onehot, new_d, y), _ranges(weights, onehot, new_d, 1 - y))
+                worst_old = np.maximum(_ranges(weights, onehot, old_d, y), _ranges(weights, onehot, old_d, 1 - y))
+                diff = worst_new - worst_old
+            bounds[(column.name, measure)] = float(np.nanquantile(diff, 0.05))
+    return bounds

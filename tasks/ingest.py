@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -19,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from closedloop import storage
-from closedloop.contract import Contract, load_contract
+from closedloop.contract import Contract, contract_at
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
 from feature_repo.online_write import materialize_view
@@ -49,16 +47,6 @@ class BatchOutcome(BaseModel):
     quarantine_uri: str | None = None
     first_event: datetime | None = None
     replay_of: str | None = None
-
-
-@lru_cache(maxsize=8)
-def _contract(path: str, mtime: float) -> Contract:
-    return load_contract(path)
-
-
-def contract_at(path: str) -> Contract:
-    """Load (and cache per file version) a contract."""
-    return _contract(path, Path(path).stat().st_mtime)
 
 
 def find_batches(

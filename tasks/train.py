@@ -7,14 +7,15 @@ import logging
 import subprocess
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from closedloop.contract import contract_at
 from closedloop.settings import PROJECT_ROOT, Settings
 from feature_repo.definitions import model_service_name, sensitive_refs
 from feature_repo.store import open_store
@@ -24,14 +25,14 @@ from tasks import mitigation as mit
 from tasks import plots as plots_
 from tasks.behaviour import run_all as run_behaviour
 from tasks.drift import SCORE, expected_auc, profile_frame
-from tasks.fairness import FairnessLimits, assess, groups_of
-from tasks.ingest import contract_at
+from tasks.fairness import FairnessLimits, assess, groups_of, worsening_bounds
 from tasks.lake import Lake, parquet_bytes
 from tasks.registry import ChampionUnavailable, champion_scores, champion_version, log_and_register
 from tasks.training import (
     EVENT_TIMESTAMP,
     SPLIT,
     TUNED,
+    Gates,
     TrainingConfig,
     TrainingDataError,
     assign_splits,
@@ -49,28 +50,6 @@ GOLDEN_ROWS = 50  # test rows kept with each version, re-scored by infra validat
 REFERENCE_PROFILE = "reference_profile.json"  # the monitor's reference: bins and shares of the test window
 REFERENCE_SAMPLE = "reference_sample.parquet"  # test-window rows (features + score) for the Evidently report
 REFERENCE_SAMPLE_ROWS = 5000
-
-
-class Gates(BaseModel):
-    """Promotion thresholds; every gate fails closed."""
-
-    min_roc_auc: float = Field(default=0.65, description="absolute floor on the test window")
-    min_test_rows: int = Field(default=200, description="fewer test rows: the gate cannot decide")
-    min_test_positives: int = Field(default=20)
-    noninferiority_margin: float = Field(
-        default=0.01, description="lower bound of AUC(new)-AUC(champion) above -margin"
-    )
-    max_demographic_parity_difference: float = 0.15
-    max_equalized_odds_difference: float = 0.15
-    min_disparate_impact: float = 0.8
-    min_group_rows: int = 50
-    min_group_outcomes: int = Field(default=30, description="defaults and repayments for a group's TPR/FPR to count")
-    max_fairness_worsening: float = Field(default=0.02, description="vs the champion, per disparity measure")
-    mitigation: Literal["threshold_optimizer", "none"] = Field(
-        default="threshold_optimizer",
-        description="when the fairness gate fails: try group thresholds on an attribute the contract allows",
-    )
-    decision_seed: int = Field(default=7, description="seed of the group-threshold candidate's randomised mix")
 
 
 class TrainingSet(BaseModel):
@@ -280,6 +259,7 @@ def evaluate_candidate(
     fairness = assess(contract, sensitive, yt, p, decision.threshold, limits)
     report["fairness"] = fairness
     champion_fairness: dict[str, Any] | None = None
+    champion_refuse: np.ndarray | None = None
     champion_test_scores: np.ndarray | None = None
     try:
         champ = champion_version(tracking_uri, contract.name)
@@ -308,11 +288,19 @@ def evaluate_candidate(
             old_decision = ev.decision_at(yt, p_old, old_threshold, cost_fn, cost_fp)
             champion_test_scores = p_old
             champion_fairness = assess(contract, sensitive, yt, p_old, old_decision.threshold, limits)
+            champion_refuse = (p_old >= old_decision.threshold).astype(int)
     except ChampionUnavailable as exc:
         verdicts["champion"] = {"verdict": "blocked", "reason": str(exc)}
-    verdicts["fairness"] = _fairness_verdict(fairness, champion_fairness, gates)
+    bounds = (
+        worsening_bounds(contract, sensitive, yt, (p >= decision.threshold).astype(int), champion_refuse, fairness)
+        if champion_refuse is not None
+        else None
+    )
+    verdicts["fairness"] = _fairness_verdict(fairness, champion_fairness, gates, bounds)
     if verdicts["fairness"]["verdict"] == "fail" and gates.mitigation == "threshold_optimizer":
-        mitigated = _mitigate(contract, frame, x, y, model, p, fairness, champion_fairness, gates, limits, decision)
+        mitigated = _mitigate(
+            contract, frame, x, y, model, p, fairness, champion_fairness, gates, limits, decision, champion_refuse
+        )
         report["mitigation"] = mitigated
         if "verdict" in mitigated:
             before = verdicts["fairness"]["reason"]
@@ -367,6 +355,7 @@ def _mitigate(
     gates: Gates,
     limits: FairnessLimits,
     decision: Any,
+    champion_refuse: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The group-threshold candidate, judged on the same test window; ``verdict`` only when it could be judged."""
     allowed = [
@@ -405,11 +394,29 @@ def _mitigate(
         },
         "expected_cost": cost,
         "expected_cost_single_threshold": decision.expected_cost,
-        "verdict": _fairness_verdict(judged, champion_fairness, gates),
+        "verdict": _fairness_verdict(
+            judged,
+            champion_fairness,
+            gates,
+            worsening_bounds(contract, sensitive, yt, refuse, champion_refuse, judged)
+            if champion_refuse is not None
+            else None,
+        ),
     }
 
 
-def _fairness_verdict(new: dict[str, Any], old: dict[str, Any] | None, gates: Gates) -> dict[str, Any]:
+def _fairness_verdict(
+    new: dict[str, Any],
+    old: dict[str, Any] | None,
+    gates: Gates,
+    bounds: dict[tuple[str, str], float] | None = None,
+) -> dict[str, Any]:
+    """Absolute limits on the point estimates; "worse than the champion" needs practical and statistical evidence.
+
+    Worse means: the disparity exceeds the champion's by more than ``max_fairness_worsening`` AND the paired
+    bootstrap's one-sided 95% lower bound of the difference is above zero (``bounds``); without bounds, the point
+    estimates alone decide.
+    """
     problems = []
     for attribute, result in new.items():
         if result.get("verdict") == "fail":
@@ -420,8 +427,12 @@ def _fairness_verdict(new: dict[str, Any], old: dict[str, Any] | None, gates: Ga
             and old.get(attribute, {}).get("verdict") in ("pass", "fail")
         ):
             for measure in ("demographic_parity_difference", "equalized_odds_difference"):
-                if result[measure] > old[attribute][measure] + gates.max_fairness_worsening:
-                    problems.append(f"{attribute}: {measure} worse than the champion's")
+                if not result[measure] > old[attribute][measure] + gates.max_fairness_worsening:
+                    continue
+                lower = (bounds or {}).get((attribute, measure))
+                if lower is None or lower > 0:
+                    evidence = f", 95% lower bound of the increase {lower:+.3f}" if lower is not None else ""
+                    problems.append(f"{attribute}: {measure} worse than the champion's{evidence}")
     skipped = [a for a, r in new.items() if r.get("verdict") == "skipped"]
     reason = "; ".join(problems) or "within limits" + (f" (not judged: {', '.join(skipped)})" if skipped else "")
     return {"verdict": "fail" if problems else "pass", "reason": reason}

@@ -10,10 +10,11 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, Field
 
 from closedloop.contract import ColumnType, Contract
 from tasks.lake import Lake
@@ -191,3 +192,27 @@ def fit_model(
     model.fit(x_train, y_train, eval_set=[(x_val, y_val)], verbose=False)
     logger.info("fitted %d trees (best iteration %d)", model.n_estimators, model.best_iteration)
     return model
+
+
+class Gates(BaseModel):
+    """Promotion thresholds; every gate fails closed."""
+
+    min_roc_auc: float = Field(default=0.65, description="absolute floor on the test window")
+    min_test_rows: int = Field(default=200, description="fewer test rows: the gate cannot decide")
+    min_test_positives: int = Field(default=20)
+    noninferiority_margin: float = Field(
+        default=0.01, description="lower bound of AUC(new)-AUC(champion) above -margin"
+    )
+    max_demographic_parity_difference: float = 0.15
+    max_equalized_odds_difference: float = 0.15
+    min_disparate_impact: float = 0.8
+    min_group_rows: int = 50
+    min_group_outcomes: int = Field(default=30, description="defaults and repayments for a group's TPR/FPR to count")
+    max_fairness_worsening: float = Field(
+        default=0.02, description="vs the champion, per disparity measure, and beyond bootstrap noise"
+    )
+    mitigation: Literal["threshold_optimizer", "none"] = Field(
+        default="threshold_optimizer",
+        description="when the fairness gate fails: try group thresholds on an attribute the contract allows",
+    )
+    decision_seed: int = Field(default=7, description="seed of the group-threshold candidate's randomised mix")

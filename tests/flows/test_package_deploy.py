@@ -17,7 +17,7 @@ from tasks import deploy
 from tasks.lake import Lake
 from tasks.registry import CHALLENGER, CHAMPION, client
 from tasks.synthetic import SyntheticConfig, write_synthetic
-from tasks.train import Gates
+from tasks.training import Gates
 
 pytestmark = pytest.mark.integration
 

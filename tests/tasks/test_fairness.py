@@ -75,3 +75,23 @@ def test_equalized_odds_is_judged_only_between_groups_with_enough_outcomes() -> 
     assert "equalized odds difference" not in judged["failures"]  # ... but 10 defaults decide nothing
     strict = assess(CONTRACT, sensitive, y, p, threshold=0.35, limits=FairnessLimits(min_group_outcomes=5))
     assert "equalized odds difference" in strict["marital_status"]["failures"]
+
+
+def test_worsening_vs_the_champion_needs_evidence_beyond_noise() -> None:
+    from tasks.fairness import worsening_bounds
+
+    sensitive, y, p = _population()
+    fair = (p >= 0.35).astype(int)
+    judged = assess(CONTRACT, sensitive, y, p, threshold=0.35, limits=FairnessLimits())
+    same = worsening_bounds(CONTRACT, sensitive, y, fair, fair, judged)
+    assert same[("sex", "demographic_parity_difference")] == 0.0  # identical decisions: no evidence either way
+    rng = np.random.default_rng(9)
+    jittered = np.where(rng.random(len(y)) < 0.03, 1 - fair, fair)  # a few flipped decisions: noise
+    noisy = worsening_bounds(CONTRACT, sensitive, y, jittered, fair, judged)
+    assert noisy[("sex", "equalized_odds_difference")] <= 0
+    _, _, p_biased = _population(biased=True)
+    unfair = (p_biased >= 0.35).astype(int)
+    judged_unfair = assess(CONTRACT, sensitive, y, p_biased, threshold=0.35, limits=FairnessLimits())
+    worse = worsening_bounds(CONTRACT, sensitive, y, unfair, fair, judged_unfair)
+    assert worse[("sex", "demographic_parity_difference")] > 0.2  # women refused far more often: beyond noise
+    assert worse[("sex", "equalized_odds_difference")] > 0.2

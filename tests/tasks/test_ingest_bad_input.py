@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from closedloop import storage
+from closedloop.contract import contract_at
 from tasks.batches import BatchRef, identify
-from tasks.ingest import BatchOutcome, contract_at, ingest_batch
+from tasks.ingest import BatchOutcome, ingest_batch
 from tasks.lake import Lake
 from tasks.synthetic import SyntheticConfig, generate_block
 

@@ -1,0 +1,213 @@
+"""The monitor flow and the guarded retrain on real servers, with traffic served by the real scoring app.
+
+The data drifts (incomes +40%) from the sixth month on; the first champion knows only the world before it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import prefect_api
+from fastapi.testclient import TestClient
+from prefect.settings import PREFECT_API_URL
+
+from closedloop import storage
+from closedloop.contract import load_contract
+from closedloop.settings import PROJECT_ROOT, Settings, load_settings
+from flows.ingest_validate import IngestParams, ingest_validate
+from flows.monitor import MonitorParams, monitor
+from flows.train_evaluate import AUTOMATIC_TAG, RetrainGuards, TrainParams, train_evaluate
+from serving.app import create_app
+from tasks import deploy
+from tasks.inference_log import InferenceLog, InferenceRecord
+from tasks.lake import Lake
+from tasks.monitor import MonitorPolicy, history
+from tasks.registry import CHAMPION, client
+from tasks.synthetic import Scenario, SyntheticConfig, write_synthetic
+from tasks.training import Gates, feature_names
+
+pytestmark = pytest.mark.integration
+
+SYNTHETIC = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+CONTRACT = load_contract(SYNTHETIC)
+NAME = CONTRACT.name
+TOKEN = "monitor-test-token"
+LENIENT = Gates(max_demographic_parity_difference=1, max_equalized_odds_difference=1, min_disparate_impact=0)
+POLICY = MonitorPolicy(min_rows=100, min_labelled=100)
+
+
+@pytest.fixture(scope="module")
+def world(
+    prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    values = {
+        "CLOSEDLOOP_STATE_DIR": str(tmp_path_factory.mktemp("monitor-state")),
+        "CLOSEDLOOP_MLFLOW_PORT": str(mlflow_server),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        settings = load_settings()
+        config = SyntheticConfig(customers=4_000, scenario=Scenario.COVARIATE_SHIFT)
+        config = SyntheticConfig(
+            customers=4_000, scenario=Scenario.COVARIATE_SHIFT, drift_start=str(config.first_month + 5)
+        )
+        lake = Lake.of(settings.lake_uri, NAME)
+        write_synthetic(config, lake.landing)
+        ingest_validate(IngestParams(contract=SYNTHETIC))
+        drift_at = datetime.fromisoformat(f"{config.drift_start}-01T00:00:00+00:00")
+        first = train_evaluate(
+            TrainParams(contract=SYNTHETIC, cutoff=drift_at + timedelta(days=90), n_estimators=150, gates=LENIENT)
+        )
+        assert first.version is not None
+        client(settings.mlflow_tracking_uri).set_registered_model_alias(NAME, CHAMPION, first.version)
+        apps = lake.read_offline("applications")
+        recent = apps[apps["applied_at"] >= apps["applied_at"].max() - pd.Timedelta(days=45)]
+        inputs = [c.name for c in CONTRACT.columns_of(CONTRACT.prediction) if c.is_model_input]
+        bodies = [
+            {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            for row in recent[["customer_id", *inputs]].to_dict("records")
+        ]
+        yield {"settings": settings, "lake": lake, "first": first.version, "bodies": bodies}
+        client(settings.mlflow_tracking_uri).delete_registered_model(NAME)
+
+
+@pytest.fixture
+def configured(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("CLOSEDLOOP_STATE_DIR", str(world["settings"].state_dir))
+    monkeypatch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(world["settings"].mlflow_port))
+    return world
+
+
+def serve_window(world: dict[str, Any]) -> tuple[datetime, datetime]:
+    """Replay the recent applicants through the scoring app; everything is in the lake when it returns."""
+    settings: Settings = world["settings"]
+    log = InferenceLog(world["lake"])
+    start = datetime.now(UTC)
+    with TestClient(create_app(settings, CONTRACT, TOKEN, inference_log=log)) as http:
+        bodies = world["bodies"]
+        for i in range(0, len(bodies), 200):
+            response = http.post(
+                "/v1/score/batch",
+                json={"applications": bodies[i : i + 200]},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert response.status_code == 200, response.text
+    log.close()
+    return start, datetime.now(UTC) + timedelta(microseconds=1)
+
+
+def judge(start: datetime, end: datetime, **changes: Any) -> Any:
+    minutes = (end - start).total_seconds() / 60
+    return monitor(MonitorParams(contract=SYNTHETIC, window_end=end, window_minutes=minutes, policy=POLICY, **changes))
+
+
+def test_an_empty_window_is_no_data_not_an_error(configured: dict[str, Any]) -> None:
+    result = judge(datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))
+    assert result.status == "no_data" and result.rows == 0 and not result.alert["alert"]
+    assert history(configured["lake"])[-1]["status"] == "no_data"  # recorded, and ignored by the alert policy
+
+
+def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configured: dict[str, Any]) -> None:
+    first = judge(*serve_window(configured))
+    assert first.status == "judged" and first.rows == len(configured["bodies"])
+    assert "income" in first.drifted and "feature_drift" in first.violations
+    assert "loan_term_months" not in first.drifted  # untouched by the scenario
+    assert not first.alert["alert"] and first.event_id is None  # one window is not enough (2 of 3)
+    record = history(configured["lake"])[-1]
+    assert record["performance"]["verdict"] == "no_verdict"  # recent applications: no label has matured
+    assert 0.5 < record["estimated_performance"]["expected_auc"] < 1
+    report = storage.read_bytes(first.report_uri or "").decode()
+    assert "<html" in report.lower()
+    assert first.agreement and first.agreement["compared_columns"] == len(feature_names(CONTRACT))
+    assert "income" in first.agreement["evidently_drifted"]
+
+    second = judge(*serve_window(configured))
+    assert second.alert["alert"] and second.event_id
+    events = prefect_api(
+        "POST", f"{PREFECT_API_URL.value()}/events/filter", json={"filter": {"id": {"id": [second.event_id]}}}
+    ).json()["events"]
+    assert len(events) == 1 and events[0]["event"] == "closedloop.drift.detected"
+    payload = events[0]["payload"]
+    assert payload["champion"] == configured["first"] and "income" in payload["features"]
+    assert payload["contract"] == SYNTHETIC and payload["severity"] in ("medium", "high")
+    assert len(str(payload)) < 4_000  # a small payload: scores, not the report
+
+
+def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str, Any]) -> None:
+    uri = configured["settings"].mlflow_tracking_uri
+    before = {v.version for v in client(uri).search_model_versions(f"name='{NAME}'")}
+    starved = train_evaluate(
+        TrainParams(
+            contract=SYNTHETIC,
+            n_estimators=150,
+            gates=LENIENT,
+            guards=RetrainGuards(enabled=True, min_new_labels=10**6),
+        )
+    )
+    assert starved.version is None and starved.status.startswith("deferred: not enough labels")
+    assert starved.guards and starved.guards["new_labels"] > 0  # labels matured since the champion's window ...
+    trained = train_evaluate(
+        TrainParams(contract=SYNTHETIC, n_estimators=150, gates=LENIENT, guards=RetrainGuards(enabled=True))
+    )
+    assert trained.status == "trained" and trained.version not in before
+    assert client(uri).get_model_version(NAME, trained.version).tags[AUTOMATIC_TAG] == "true"
+    again = train_evaluate(
+        TrainParams(contract=SYNTHETIC, n_estimators=150, gates=LENIENT, guards=RetrainGuards(enabled=True))
+    )
+    assert again.version is None and again.status.startswith("deferred: cool-down")
+    after = {v.version for v in client(uri).search_model_versions(f"name='{NAME}'")}
+    assert after == before | {trained.version}  # deferred runs register nothing
+
+    # the new champion's reference is the drifted world: its first window finds the drift gone
+    deploy.promote(uri, NAME, str(trained.version), configured["first"])
+    verified = judge(*serve_window(configured))
+    assert verified.verification is not None
+    assert verified.verification["earlier_violations"] == ["feature_drift"]
+    assert "income" not in verified.drifted and not verified.alert["alert"]
+    assert verified.verification["comparison"] == "not enough labelled rows yet"
+
+
+def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(configured: dict[str, Any]) -> None:
+    """A new champion whose served scores are noise, on customers whose labels have matured, is rolled back."""
+    uri = configured["settings"].mlflow_tracking_uri
+    good = str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version)
+    deploy.promote(uri, NAME, configured["first"], good)  # champion: the first version; previous: the good one
+    training = sorted((configured["settings"].state_dir / "training" / NAME).glob("training-*.parquet"))
+    labelled = pd.read_parquet(training[-1]).drop_duplicates("customer_id").tail(600)
+    rng = np.random.default_rng(0)
+    names = feature_names(CONTRACT)
+    log = InferenceLog(configured["lake"])
+    start = datetime.now(UTC)
+    for row in labelled.to_dict("records"):
+        log.append(
+            InferenceRecord(
+                request_id=uuid.uuid4().hex,
+                scored_at=datetime.now(UTC),
+                dataset=NAME,
+                model_version=configured["first"],
+                entity_id=int(row["customer_id"]),
+                features={
+                    k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items() if k in names
+                },
+                score=float(rng.random()),  # served by a broken model: no skill at all
+                decision="approve",
+                latency_ms=1.0,
+            )
+        )
+    log.close()
+    result = judge(start, datetime.now(UTC) + timedelta(microseconds=1))
+    check = result.verification
+    assert check is not None and check["verdict"] == "rolled back", check
+    assert check["labelled_rows"] == len(labelled)
+    assert check["comparison"]["champion_auc"] < 0.6 < check["comparison"]["previous_auc"]
+    assert str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version) == good
+    assert check["event_id"]
+    record = history(configured["lake"])[-1]
+    assert record["performance"]["verdict"] == "degraded"  # the labelled window also says so
