@@ -48,3 +48,65 @@ def test_ingest_runs_from_the_ui(served: Settings) -> None:
     assert sum(r["rows_accepted"] for r in ledger) == sum(r["rows_in"] for r in ledger) > 0
     names = {s.name: s.state for s in stack.status(served)}
     assert names == {"prefect": "running", "mlflow": "running", "flows": "running"}
+
+
+def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings) -> None:
+    """Simultaneous triggers collapse: one retrain trains, the rest are cancelled or turned away by the guards."""
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from closedloop.settings import PROJECT_ROOT
+    from tasks.registry import client
+
+    contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    write_synthetic(SyntheticConfig(customers=4_000), Lake.of(served.lake_uri, "credit_synthetic").landing)
+    api = served.prefect_api_url
+    ingest = prefect_api("GET", f"{api}/deployments/name/ingest_validate/ingest-validate").json()
+    run = prefect_api("POST", f"{api}/deployments/{ingest['id']}/create_flow_run", json={}).json()
+    assert _finish(api, run["id"])["type"] == "COMPLETED"
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        ids = {
+            str(
+                emit_event(  # type: ignore[union-attr]
+                    event="closedloop.drift.detected",
+                    resource={"prefect.resource.id": "closedloop.model.credit_synthetic"},
+                    payload={"contract": contract, "features": {"income": 0.5}, "champion": None},
+                ).id
+            )
+            for _ in range(20)
+        }
+    train = prefect_api("GET", f"{api}/deployments/name/train_evaluate/train-evaluate").json()
+
+    def triggered() -> list[dict[str, object]]:
+        runs = prefect_api(
+            "POST", f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [train["id"]]}}, "limit": 100}
+        ).json()
+        return [r for r in runs if (r["parameters"].get("params") or {}).get("trigger_event_id") in ids]
+
+    deadline = time.monotonic() + 600
+    runs = triggered()
+    while time.monotonic() < deadline and not (
+        len(runs) == 20 and all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs)
+    ):
+        time.sleep(2)
+        runs = triggered()
+    assert len(runs) == 20, f"{len(runs)} runs for 20 events"
+    states = sorted(r["state"]["type"] for r in runs)
+    assert "FAILED" not in states and "CRASHED" not in states, states
+    versions = [
+        v
+        for v in client(served.mlflow_tracking_uri).search_model_versions("name='credit_synthetic'")
+        if v.tags.get("started_by", "").removeprefix("event:") in ids
+    ]
+    assert len(versions) == 1, states  # exactly one retrain; the others cancelled (CANCEL_NEW) or deferred
+
+
+def _finish(api: str, run_id: str) -> dict[str, str]:
+    state: dict[str, str] = {}
+    for _ in range(600):
+        state = prefect_api("GET", f"{api}/flow_runs/{run_id}").json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(0.5)
+    return state

@@ -1,0 +1,99 @@
+"""The README's main command, end to end: `closedloop demo` closes the loop, and the UIs show it in a browser.
+
+The demo runs as a user runs it (its own process, its own state folder and ports); the browser is Debian's
+Chromium driven by Playwright (never a downloaded browser). Screenshots go to ``.closedloop/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, prefect_api
+
+from closedloop.settings import PROJECT_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+CLOSEDLOOP = str(Path(sys.executable).parent / "closedloop")
+SCREENSHOTS = PROJECT_ROOT / ".closedloop" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("CLOSEDLOOP_", "PREFECT_"))}
+    env.update(
+        CLOSEDLOOP_STATE_DIR=str(tmp_path_factory.mktemp("demo-state")),
+        CLOSEDLOOP_PREFECT_PORT=str(free_port()),
+        CLOSEDLOOP_MLFLOW_PORT=str(free_port()),
+        CLOSEDLOOP_SERVING_PORT=str(free_port()),
+    )
+    try:
+        done = subprocess.run(
+            [CLOSEDLOOP, "demo", "--customers", "12000", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = json.loads(done.stdout[done.stdout.index("{") :])
+        yield {"summary": summary, "env": env}
+    finally:
+        subprocess.run([CLOSEDLOOP, "down"], env=env, capture_output=True, timeout=120, check=False)
+
+
+def test_the_demo_closes_the_loop(demo: dict[str, Any]) -> None:
+    s = demo["summary"]
+    assert s["rows_ingested"] > 0
+    first, new = s["versions"]["first_champion"], s["versions"]["new_champion"]
+    assert first != new
+    alerted = [w for w in s["windows"] if w["alert"]]
+    assert len(alerted) == 1 and alerted[0]["event_id"] == s["drift"]["event_id"]
+    assert "income" in s["drift"]["features"]  # the injected drift, found by the monitor
+    assert all(w["answered_by"] == [first] for w in s["windows"][:-1])  # served by the first champion ...
+    assert s["windows"][-1]["answered_by"] == [new]  # ... then by the retrained one, after the trigger deployed it
+    assert s["retrain"]["eligible"] == "true" and s["retrain"]["version"] == new
+    assert s["retrain"]["event_to_start_seconds"] is not None
+    assert s["verification"]["verdict"] == "pass", s["verification"]  # the violation is gone
+    assert "income" not in s["windows"][-1]["drifted"]
+    assert s["failed_requests"] == 0 and s["requests"] > 0
+    run = prefect_api("GET", f"{s['prefect_ui']}/api/flow_runs/{s['retrain']['flow_run']}").json()
+    assert run["parameters"]["params"]["trigger_event_id"] == s["drift"]["event_id"]  # started by the event
+
+
+def test_the_uis_show_the_deployments_the_triggered_run_and_the_champion(demo: dict[str, Any]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    s = demo["summary"]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{s['prefect_ui']}/deployments", wait_until="networkidle")
+            for name in ("ingest-validate", "train-evaluate", "package-deploy", "monitor", "batch-score"):
+                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "prefect-deployments.png", full_page=True)
+
+            page.goto(f"{s['prefect_ui']}/runs/flow-run/{s['retrain']['flow_run']}", wait_until="networkidle")
+            page.get_by_text("train_evaluate").first.wait_for(timeout=30_000)
+            page.get_by_text("Completed").first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "prefect-drift-triggered-retrain.png", full_page=True)
+
+            page.goto(f"{s['mlflow_ui']}/#/models/credit_synthetic", wait_until="networkidle")
+            page.get_by_text("champion").first.wait_for(timeout=30_000)
+            page.get_by_text(f"Version {s['versions']['new_champion']}").first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow-champion.png", full_page=True)
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "mlflow-champion.png").stat().st_size > 10_000
