@@ -6,7 +6,7 @@ led to it are gone and, on labelled rows, that it does no worse than ``previous`
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -21,7 +21,6 @@ from closedloop.contract import contract_at
 from closedloop.settings import load_settings
 from tasks import monitor as mon
 from tasks.drift import drift_rules, window_drift
-from tasks.ingest import utc_now
 from tasks.lake import Lake
 from tasks.registry import champion_version, model_resource
 from tasks.training import feature_names, typed_features
@@ -138,7 +137,7 @@ def verify_new_champion(
         out["comparison"] = "no previous champion"
         out["verdict"] = "pass" if not out["still_violated"] else "violations remain"
         return out
-    rows = mon.attach_outcomes(lake, contract, frame, utc_now())
+    rows = mon.attach_outcomes(lake, contract, frame, datetime.now(UTC))
     known = rows[contract.label.column].notna().to_numpy()
     y = (rows.loc[known, contract.label.column] == contract.label.positive).to_numpy(dtype=int)
     out["labelled_rows"] = int(known.sum())
@@ -197,7 +196,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
     contract_path = str(params.contract or settings.contract)
     contract = contract_at(contract_path)
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    end = (params.window_end or utc_now()).astimezone(utc_now().tzinfo)
+    end = (params.window_end or datetime.now(UTC)).astimezone(UTC)
     start = end - timedelta(minutes=params.window_minutes)
     window = {"start": start.isoformat(), "end": end.isoformat()}
     champion = champion_version(settings.mlflow_tracking_uri, contract.name)
@@ -214,7 +213,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         result.status = record["status"] = "too_few_rows"
     else:
         result.status = record["status"] = "judged"
-        record.update(judge_window(contract_path, frame, champion, params.policy, utc_now()))
+        record.update(judge_window(contract_path, frame, champion, params.policy, datetime.now(UTC)))
         record["violations"] = result.violations = mon.violations(record, params.policy)
         result.drifted = record["drift"]["drifted"]
     previous_records = mon.history(lake, before=end)
