@@ -5,6 +5,7 @@ The data drifts (incomes +40%) from the sixth month on; the first champion knows
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -130,9 +131,14 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
 
     second = judge(*serve_window(configured))
     assert second.alert["alert"] and second.event_id
-    events = prefect_api(
-        "POST", f"{PREFECT_API_URL.value()}/events/filter", json={"filter": {"id": {"id": [second.event_id]}}}
-    ).json()["events"]
+    events: list[dict[str, Any]] = []
+    for _ in range(60):  # events reach the server through a background worker and are persisted in batches
+        events = prefect_api(
+            "POST", f"{PREFECT_API_URL.value()}/events/filter", json={"filter": {"id": {"id": [second.event_id]}}}
+        ).json()["events"]
+        if events:
+            break
+        time.sleep(0.5)
     assert len(events) == 1 and events[0]["event"] == "closedloop.drift.detected"
     payload = events[0]["payload"]
     assert payload["champion"] == configured["first"] and "income" in payload["features"]
