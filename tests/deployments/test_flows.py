@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import prefect_api
+from conftest import free_port, prefect_api
 
 from closedloop import stack
-from closedloop.settings import Settings
+from closedloop.settings import Settings, load_settings
 from tasks.lake import Lake
 from tasks.synthetic import SyntheticConfig, write_synthetic
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def served(settings: Settings) -> Iterator[Settings]:
-    stack.up(settings, flows=True)
-    try:
-        yield settings
-    finally:
-        stack.down(settings)
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One served stack (Prefect, MLflow, the flow runner) for the module's tests, in their order."""
+    state = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.upper().startswith("CLOSEDLOOP_")]:
+            patch.delenv(key)
+        patch.setenv("CLOSEDLOOP_STATE_DIR", str(state / "state"))
+        patch.setenv("CLOSEDLOOP_PREFECT_PORT", str(free_port()))
+        patch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(free_port()))
+        settings = load_settings()
+        stack.up(settings, flows=True)
+        try:
+            yield settings
+        finally:
+            stack.down(settings)
 
 
 def test_ingest_runs_from_the_ui(served: Settings) -> None:
     lake = Lake.of(served.lake_uri, "credit_synthetic")
-    write_synthetic(SyntheticConfig(customers=1_000, months=5), lake.landing)
+    write_synthetic(SyntheticConfig(customers=4_000), lake.landing)  # the next test retrains on it
     api = served.prefect_api_url
     deployment = prefect_api("GET", f"{api}/deployments/name/ingest_validate/ingest-validate").json()
     assert set(deployment["parameter_openapi_schema"]["properties"]) == {"params"}  # the UI's run form
@@ -59,12 +69,7 @@ def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings)
     from tasks.registry import client
 
     contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
-    write_synthetic(SyntheticConfig(customers=4_000), Lake.of(served.lake_uri, "credit_synthetic").landing)
-    api = served.prefect_api_url
-    ingest = prefect_api("GET", f"{api}/deployments/name/ingest_validate/ingest-validate").json()
-    run = prefect_api("POST", f"{api}/deployments/{ingest['id']}/create_flow_run", json={}).json()
-    assert _finish(api, run["id"])["type"] == "COMPLETED"
-
+    api = served.prefect_api_url  # the data: ingested by the previous test, through its deployment
     with temporary_settings({PREFECT_API_URL: api}):
         ids = {
             str(
@@ -101,12 +106,3 @@ def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings)
     ]
     assert len(versions) == 1, states  # exactly one retrain; the others cancelled (CANCEL_NEW) or deferred
 
-
-def _finish(api: str, run_id: str) -> dict[str, str]:
-    state: dict[str, str] = {}
-    for _ in range(600):
-        state = prefect_api("GET", f"{api}/flow_runs/{run_id}").json()["state"]
-        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(0.5)
-    return state
