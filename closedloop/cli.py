@@ -65,6 +65,9 @@ def _status_table(rows: list[Any]) -> str:
 def up(
     s3: Annotated[bool, typer.Option("--s3", help="also start a local in-memory S3 endpoint (moto)")] = False,
     flows: Annotated[bool, typer.Option("--flows", help="also serve the flows (run them from the Prefect UI)")] = False,
+    serving: Annotated[
+        bool, typer.Option("--serving", help="also run the scoring service (needs CLOSEDLOOP_SERVING_TOKEN)")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start the Prefect and MLflow servers in the background (idempotent) and print their addresses."""
@@ -72,7 +75,7 @@ def up(
 
     settings = _settings()
     try:
-        rows = stack.up(settings, s3=s3, flows=flows)
+        rows = stack.up(settings, s3=s3, flows=flows, serving=serving)
     except _known_errors() as exc:
         _fail(str(exc))
     text = _status_table(rows) + f"\n\nstate: {settings.state_dir}\nprofile: {settings.profile.value}"

@@ -223,6 +223,20 @@ def _finished(run_id: Any, timeout: float = 1800) -> Any:
     return _wait(f"flow run {run_id} to finish", done, timeout=timeout)
 
 
+def _refused(settings: Settings, name: str) -> bool:
+    """Fail fast when the newest version is not eligible: no trigger will deploy it, waiting is pointless."""
+    from tasks.registry import client
+
+    versions = client(settings.mlflow_tracking_uri).search_model_versions(f"name='{name}'")
+    if not versions:
+        return False
+    newest = max(versions, key=lambda v: int(v.version))
+    if newest.tags.get("eligible") == "false":
+        failed = {k.removeprefix("gate."): v for k, v in newest.tags.items() if k.startswith("gate.") and v != "pass"}
+        raise DemoError(f"v{newest.version} is not eligible (gates: {failed}): its model card in MLflow says why")
+    return False
+
+
 def _version_started_by(settings: Settings, name: str, event_id: str) -> dict[str, str] | None:
     from tasks.registry import client
 
@@ -283,7 +297,7 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
         summary.runs["first_training"] = str(run_.id)
         champion = _wait(
             "the first champion (trained event -> package-deploy trigger)",
-            lambda: _champion(settings, name),
+            lambda: _champion(settings, name) or _refused(settings, name),
             timeout=900,
         )
         say(f"first champion: v{champion} (trained on applications before {config.drift_start})")

@@ -105,4 +105,3 @@ def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings)
         if v.tags.get("started_by", "").removeprefix("event:") in ids
     ]
     assert len(versions) == 1, states  # exactly one retrain; the others cancelled (CANCEL_NEW) or deferred
-

@@ -20,7 +20,9 @@ from conftest import free_port, prefect_api
 
 from closedloop.settings import PROJECT_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+# the demo's own size: with fewer customers the test windows are small enough for a fairness gate to flip on
+# noise (12,000 customers: the first model's disparate impact on age came out 0.798, under the 0.8 limit)
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(1800)]
 
 CLOSEDLOOP = str(Path(sys.executable).parent / "closedloop")
 SCREENSHOTS = PROJECT_ROOT / ".closedloop" / "screenshots"
@@ -38,7 +40,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     try:
         done = subprocess.run(
-            [CLOSEDLOOP, "demo", "--customers", "12000", "--json"],
+            [CLOSEDLOOP, "demo", "--customers", "20000", "--json"],
             env=env,
             capture_output=True,
             text=True,
