@@ -16,7 +16,7 @@ lint: setup
 
 test: lint
 	bash .ci/browser
-	.venv/bin/python -m pytest -p no:cacheprovider
+	.venv/bin/python -m pytest -p no:cacheprovider --durations=25
 
 down:
 	.venv/bin/closedloop down
