@@ -397,6 +397,12 @@ def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
     return stopped
 
 
+def restart(settings: Settings, name: str) -> list[ComponentStatus]:
+    """Stop one component by its recorded pid and start it again (the others keep running)."""
+    _stop(settings, name)
+    return up(settings, only=(name,))
+
+
 def _group_alive(pgid: int) -> bool:
     """True while any process of the group (the server or a worker it forked) is still running."""
     for entry in Path("/proc").iterdir():

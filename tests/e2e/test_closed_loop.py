@@ -89,6 +89,7 @@ def test_the_uis_show_the_deployments_the_triggered_run_and_the_champion(demo: d
 
             page.goto(f"{s['prefect_ui']}/runs/flow-run/{s['retrain']['flow_run']}", wait_until="networkidle")
             page.get_by_text("train_evaluate").first.wait_for(timeout=30_000)
+            page.get_by_text("retrain-on-drift").first.wait_for(timeout=30_000)  # started by the drift trigger
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.screenshot(path=SCREENSHOTS / "prefect-drift-triggered-retrain.png", full_page=True)
 
