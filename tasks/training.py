@@ -101,8 +101,9 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
     frame = apps.merge(matured, on=keys, how="inner", validate="one_to_one")
     latest = cutoff - timedelta(days=label.delay_days)
     frame = frame[frame[spec.event_time] <= latest]
-    if window_days is not None:
-        frame = frame[frame[spec.event_time] > latest - timedelta(days=window_days)]
+    if window_days is not None and len(frame):  # counted back from the last matured application, not from now:
+        newest = frame[spec.event_time].max()  # a table whose data ends long ago keeps its own recent window
+        frame = frame[frame[spec.event_time] > newest - timedelta(days=window_days)]
     frame = frame.rename(columns={spec.event_time: EVENT_TIMESTAMP})
     columns = list(dict.fromkeys([contract.entity.join_key, *keys, EVENT_TIMESTAMP, *request, label.column]))
     frame = frame[columns].sort_values([EVENT_TIMESTAMP, *keys]).reset_index(drop=True)

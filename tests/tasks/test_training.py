@@ -57,6 +57,18 @@ def test_only_matured_labels_enter_the_entity_frame(tmp_path: Path) -> None:
     assert "defaulted" in frame and "loan_amount" in frame
 
 
+def test_a_window_counts_back_from_the_last_matured_application(tmp_path: Path) -> None:
+    lake = _lake(
+        tmp_path,
+        [0, 1, 1, 0],
+        ["2024-01-10", "2024-05-01", "2024-06-20", "2024-06-25"],  # a table whose data ends long before now
+        ["2024-04-15", "2024-08-01", "2024-09-20", "2024-09-25"],
+    )
+    recent = entity_frame(lake, CONTRACT, NOW, window_days=60)
+    assert recent["application_id"].tolist() == [12, 13, 14]  # 60 days back from 2024-06-25, not from now
+    assert len(entity_frame(lake, CONTRACT, NOW)) == 4
+
+
 def test_a_single_class_label_is_refused(tmp_path: Path) -> None:
     lake = _lake(tmp_path, [0, 0], ["2025-01-10", "2025-02-10"], ["2025-04-15", "2025-05-20"])
     with pytest.raises(TrainingDataError, match="the label has a single class in the 2 matured rows"):
