@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from conftest import free_port, prefect_api
@@ -64,22 +66,13 @@ def test_a_retrain_killed_halfway_registers_nothing(served: Settings) -> None:
     """The flow run's process is killed once its training set is built: no version, no alias moves, no hang."""
     import signal
 
-    from prefect.events import emit_event
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from closedloop.settings import PROJECT_ROOT
     from tasks.registry import client
 
     api = served.prefect_api_url
     contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
-    with temporary_settings({PREFECT_API_URL: api}):
-        event = emit_event(
-            event="closedloop.drift.detected",
-            resource={"prefect.resource.id": "closedloop.model.credit_synthetic"},
-            payload={"contract": contract, "features": {"income": 0.5}, "champion": None},
-        )
-    assert event is not None
-    run = _triggered(api, {str(event.id)}, count=1, final=False)[0]
+    event = _drift_event(api, contract)
+    run = _triggered(api, {event}, count=1, final=False)[0]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # halfway: the training set is built, the model not yet registered
         tasks = prefect_api("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
@@ -88,11 +81,34 @@ def test_a_retrain_killed_halfway_registers_nothing(served: Settings) -> None:
         time.sleep(0.2)
     pid = int(str(prefect_api("GET", f"{api}/flow_runs/{run['id']}").json()["infrastructure_pid"]).split(":")[-1])
     os.kill(pid, signal.SIGKILL)
-    (final,) = _triggered(api, {str(event.id)}, count=1, final=True, seconds=120)
+    (final,) = _triggered(api, {event}, count=1, final=True, seconds=120)
     assert final["state"]["type"] in ("CRASHED", "FAILED"), final["state"]
     mlflow = client(served.mlflow_tracking_uri)
     assert not [v for v in mlflow.search_model_versions("name='credit_synthetic'")]  # nothing half-registered
     # the next trigger works: the next test sends twenty and expects exactly one version
+
+
+def _drift_event(api: str, contract: str) -> str:
+    """POST one drift event to the served stack's Prefect API; returns its id.
+
+    Through the REST API rather than ``emit_event``: Prefect's in-process events worker is a process-wide
+    singleton that would keep sending to this stack after it stops, and the later modules' events would be lost.
+    """
+    event_id = str(uuid.uuid4())
+    prefect_api(
+        "POST",
+        f"{api}/events",
+        json=[
+            {
+                "id": event_id,
+                "occurred": datetime.now(UTC).isoformat(),
+                "event": "closedloop.drift.detected",
+                "resource": {"prefect.resource.id": "closedloop.model.credit_synthetic"},
+                "payload": {"contract": contract, "features": {"income": 0.5}, "champion": None},
+            }
+        ],
+    )
+    return event_id
 
 
 def _triggered(
@@ -120,25 +136,12 @@ def _triggered(
 
 def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings) -> None:
     """Simultaneous triggers collapse: one retrain trains, the rest are cancelled or turned away by the guards."""
-    from prefect.events import emit_event
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from closedloop.settings import PROJECT_ROOT
     from tasks.registry import client
 
     contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
     api = served.prefect_api_url  # the data: ingested by the previous test, through its deployment
-    with temporary_settings({PREFECT_API_URL: api}):
-        ids = {
-            str(
-                emit_event(  # type: ignore[union-attr]
-                    event="closedloop.drift.detected",
-                    resource={"prefect.resource.id": "closedloop.model.credit_synthetic"},
-                    payload={"contract": contract, "features": {"income": 0.5}, "champion": None},
-                ).id
-            )
-            for _ in range(20)
-        }
+    ids = {_drift_event(api, contract) for _ in range(20)}
     runs = _triggered(api, ids, count=20, final=True)
     assert len(runs) == 20, f"{len(runs)} runs for 20 events"
     states = sorted(r["state"]["type"] for r in runs)
@@ -152,9 +155,6 @@ def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings)
 
 
 def test_a_prefect_server_restart_keeps_schedules_and_triggers(served: Settings) -> None:
-    from prefect.events import emit_event
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from closedloop.settings import PROJECT_ROOT
 
     api = served.prefect_api_url
@@ -175,12 +175,6 @@ def test_a_prefect_server_restart_keeps_schedules_and_triggers(served: Settings)
             break
         time.sleep(0.5)
     assert scheduled, "no scheduled monitor run after the restart"
-    with temporary_settings({PREFECT_API_URL: api}):
-        event = emit_event(
-            event="closedloop.drift.detected",
-            resource={"prefect.resource.id": "closedloop.model.credit_synthetic"},
-            payload={"contract": str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"), "champion": None},
-        )
-    assert event is not None
-    (run,) = _triggered(api, {str(event.id)}, count=1, final=True, seconds=300)  # the runner reconnected too
+    event = _drift_event(api, str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
+    (run,) = _triggered(api, {event}, count=1, final=True, seconds=300)  # the runner reconnected too
     assert run["state"]["type"] == "COMPLETED"  # deferred by the cool-down of the previous test's retrain
