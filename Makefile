@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` runs closedloop on the embedded default, `make test` tests it.
 # Both install everything first (.ci/setup: uv + the committed lock), so they work on a fresh clone.
-.PHONY: setup demo test lint down bench
+.PHONY: setup demo test e2e lint down bench
 
 setup:
 	bash .ci/setup
@@ -16,7 +16,12 @@ lint: setup
 
 test: lint
 	bash .ci/browser
-	.venv/bin/python -m pytest -p no:cacheprovider --durations=25
+	.venv/bin/python -m pytest -p no:cacheprovider --durations=25 -m "not e2e"
+
+# the closed loop as a user runs it, with the UIs in a browser (10 minutes; see the README's Status)
+e2e: setup
+	bash .ci/browser
+	.venv/bin/python -m pytest -p no:cacheprovider -m e2e
 
 down:
 	.venv/bin/closedloop down

@@ -1,6 +1,7 @@
 """``closedloop demo``: the closed loop on the embedded default, end to end, through the served deployments.
 
-The story, on synthetic credit data whose incomes inflate by 40% from the sixth month on (``covariate_shift``):
+The story, on synthetic credit data in which, from the sixth month on, incomes inflate by 40% and a downturn raises
+defaults (``inflation_downturn``): the monitor sees the first in the features, a retrain learns the second.
 
 1. the stack comes up with the flows served; a year of batches lands; the ingest deployment validates it;
 2. the first champion is trained on the world before the drift (labels matured by drift start + label delay);
@@ -266,10 +267,10 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
     contract = load_contract(Path(contract_path))
     name = contract.name
 
-    config = SyntheticConfig(customers=customers, scenario=Scenario.COVARIATE_SHIFT)
+    config = SyntheticConfig(customers=customers, scenario=Scenario.INFLATION_DOWNTURN)
     config = SyntheticConfig(
         customers=customers,
-        scenario=Scenario.COVARIATE_SHIFT,
+        scenario=Scenario.INFLATION_DOWNTURN,
         drift_start=str(config.first_month + DRIFT_MONTH),
     )
     landing = settings.landing_uri(name)

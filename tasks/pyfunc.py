@@ -62,7 +62,11 @@ class ApplicationScorer(PythonModel):
             return pd.DataFrame(
                 {
                     "probability": probabilities,
-                    "decision": scoring.decisions(self.model, probabilities),
+                    # a group-threshold policy needs the application (its key and group): ready feature rows
+                    # get a score and reasons, and no decision
+                    "decision": scoring.decisions(self.model, probabilities)
+                    if self.model.policy is None
+                    else [None] * len(probabilities),
                     "model_version": self.model.version,
                     "reasons": [json.dumps(explain.top_reasons(row, self.model.columns)) for row in contributions],
                 }

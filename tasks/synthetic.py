@@ -57,6 +57,7 @@ class Scenario(StrEnum):
     CONCEPT_DRIFT = "concept_drift"  # a downturn: defaults rise, most in the south and in business loans
     QUALITY_BUG = "quality_bug"  # utilisation reported in percent (x100) by a broken upstream job
     DELAYED_LABELS = "delayed_labels"  # outcomes arrive 150 days later than usual
+    INFLATION_DOWNTURN = "inflation_downturn"  # both: incomes inflate by 40% and the downturn raises defaults
 
 
 class FileFormat(StrEnum):
@@ -175,7 +176,7 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
         + rng.normal(0, 0.35, n)
     )
     income = np.round(np.exp(log_income), 2)
-    if scenario is Scenario.COVARIATE_SHIFT:
+    if scenario in (Scenario.COVARIATE_SHIFT, Scenario.INFLATION_DOWNTURN):
         income = np.where(drifted, np.round(income * 1.4, 2), income)
     postcode = rng.integers(1000, 10000, n)
     profile_at = _months_us(app_month - HISTORY_MONTHS) + rng.integers(0, 27 * US_PER_DAY, n)
@@ -222,7 +223,7 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
         + 0.012 * (term - 36) / 12
         + 0.6 * latent
     )
-    if scenario is Scenario.CONCEPT_DRIFT:
+    if scenario in (Scenario.CONCEPT_DRIFT, Scenario.INFLATION_DOWNTURN):
         downturn = 0.5 + 1.0 * (region == 1) + 0.9 * (purpose == 5) - 0.5 * (home == 1)
         logit = np.where(drifted, logit + downturn, logit)
     defaulted = (rng.random(n) < _sigmoid(logit)).astype(np.int64)

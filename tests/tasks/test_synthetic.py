@@ -210,6 +210,16 @@ def test_concept_drift_changes_who_defaults(tmp_path: Path, drift_start: pd.Time
     assert (early["defaulted_x"] == early["defaulted_y"]).all()
 
 
+def test_inflation_downturn_is_both_the_income_shift_and_the_downturn(
+    tmp_path: Path, drift_start: pd.Timestamp
+) -> None:
+    both = _generate(tmp_path, "d1", customers=20_000, scenario=Scenario.INFLATION_DOWNTURN)
+    incomes = _generate(tmp_path, "d2", customers=20_000, scenario=Scenario.COVARIATE_SHIFT)
+    downturn = _generate(tmp_path, "d3", customers=20_000, scenario=Scenario.CONCEPT_DRIFT)
+    pd.testing.assert_frame_equal(both["profiles"], incomes["profiles"])  # the same inflated incomes
+    pd.testing.assert_frame_equal(both["outcomes"], downturn["outcomes"])  # the same downturn defaults
+
+
 def test_delayed_labels_arrive_150_days_late(
     tmp_path: Path, clean: dict[str, pd.DataFrame], drift_start: pd.Timestamp
 ) -> None:
