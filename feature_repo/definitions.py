@@ -3,10 +3,13 @@
 For every feature table of the contract (a table that is neither the prediction table nor the label table):
 - ``<table>``: a feature view of its model inputs (online);
 - ``<table>_sensitive``: its sensitive attributes, offline only (fairness analysis, never served, never an input);
+- ``<table>_policy``: the sensitive attributes marked ``group_thresholds`` (online, never a model input): what a
+  group-threshold decision policy reads to place an applicant in a group when the request does not say;
 - ``<table>_history``: the contract's aggregates over the entity's recent rows (computed at ingest).
 The prediction table's inputs arrive with each request (a RequestSource, and the entity frame in training); an
 on-demand view computes the contract's ratios from request and stored values with :mod:`feature_repo.transforms`.
-The model reads everything through one versioned FeatureService, ``<dataset>_model_v<contract version>``.
+The model reads everything through one versioned FeatureService, ``<dataset>_model_v<contract version>``; the
+decision policy's group attributes have their own, ``<dataset>_policy_v<contract version>``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ class FeatureRepo:
         return self.services[0]
 
     @property
+    def policy_service(self) -> FeatureService | None:
+        return self.services[1] if len(self.services) > 1 else None
+
+    @property
     def online_views(self) -> list[FeatureView]:
         return [v for v in self.views if v.online]
 
@@ -67,6 +74,20 @@ def history_table(table: str) -> str:
 
 def model_service_name(contract: Contract) -> str:
     return f"{contract.name}_model_v{contract.version}"
+
+
+def policy_service_name(contract: Contract) -> str:
+    return f"{contract.name}_policy_v{contract.version}"
+
+
+def policy_columns(contract: Contract) -> list[Column]:
+    """Stored sensitive attributes a group-threshold policy may read online (never model inputs)."""
+    return [
+        c
+        for table in feature_tables(contract)
+        for c in contract.columns_of(table)
+        if c.sensitive and c.group_thresholds and not c.is_model_input
+    ]
 
 
 def sensitive_refs(contract: Contract) -> list[str]:
@@ -105,6 +126,7 @@ def build_repo(contract: Contract, offline_root: str) -> FeatureRepo:
     )
     repo = FeatureRepo(contract=contract, entity=entity)
     model_refs: list[Any] = []
+    policy_refs: list[Any] = []
     stored_inputs: list[Column] = []
     for table in feature_tables(contract):
         spec = contract.tables[table]
@@ -129,6 +151,15 @@ def build_repo(contract: Contract, offline_root: str) -> FeatureRepo:
                 )
             )
             repo.view_tables[name] = table
+        policy = [c for c in sensitive if c.group_thresholds]
+        if policy:
+            name = f"{table}_policy"
+            view = FeatureView(
+                name=name, entities=[entity], ttl=ttl, schema=_fields(policy), source=source, online=True
+            )
+            repo.views.append(view)
+            repo.view_tables[name] = table
+            policy_refs.append(view)
         aggregates = contract.aggregates_of(table)
         if aggregates:
             hist_source = _source(history_table(table), f"{offline_root}/{history_table(table)}", spec.event_time)
@@ -172,6 +203,15 @@ def build_repo(contract: Contract, offline_root: str) -> FeatureRepo:
             tags={"contract": contract.name, "contract_fingerprint": contract.fingerprint},
         )
     )
+    if policy_refs:
+        repo.services.append(
+            FeatureService(
+                name=policy_service_name(contract),
+                features=policy_refs,
+                description=f"group attributes of {contract.name}'s decision policy (not model inputs)",
+                tags={"contract": contract.name, "contract_fingerprint": contract.fingerprint},
+            )
+        )
     return repo
 
 

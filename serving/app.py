@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -236,7 +235,11 @@ def request_model(contract: Contract) -> type[BaseModel]:
         if column.group_thresholds:  # only read when the champion's decision policy needs it
             fields[column.name] = (
                 float | str | None,
-                Field(default=None, description=f"{column.name}: needed only by a group-threshold decision policy"),
+                Field(
+                    default=None,
+                    description=f"{column.name}: read only by a group-threshold decision policy, which takes the "
+                    "stored value when the request leaves it out",
+                ),
             )
     return create_model(
         f"{contract.name.title().replace('_', '')}Application",
@@ -419,7 +422,7 @@ def create_app(
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def group_of(name: str, value: Any) -> str:
-        return _group(contract, name, value)
+        return scoring.policy_group(contract, name, value)
 
     def candidate_scores(rollout: Rollout, items: list[dict[str, Any]]) -> list[scoring.Scored] | None:
         """The candidate's answers, or None when it failed (counted against its budget; the champion answers)."""
@@ -553,13 +556,6 @@ def _score(item: scoring.Scored, version: str, request_id: str) -> Score:
         model_version=version,
         reasons=[Reason(**r) for r in item.reasons],
     )
-
-
-def _group(contract: Contract, attribute: str, value: Any) -> str:
-    from tasks.fairness import groups_of
-
-    label = groups_of(pd.Series([value]), contract.column(attribute)).iloc[0]
-    return "unknown" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
 
 
 def _record(contract: Contract, score: Score, features: dict[str, Any], seconds: float, variant: str) -> Any:

@@ -10,6 +10,7 @@ matrix, one DMatrix, one prediction and one SHAP pass.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections.abc import Sequence
@@ -148,15 +149,31 @@ class FeatureSource:
     _reader: Any = field(init=False, default=None)
     _service: Any = field(init=False, default=None)
     _plans: dict[tuple[str, ...], Any] = field(init=False, default_factory=dict)
+    _policy_service: Any = field(init=False, default=None)
+    _policy_reader: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        from feast.errors import FeatureServiceNotFoundException
+
         from feature_repo import online_read
-        from feature_repo.definitions import model_service_name
+        from feature_repo.definitions import model_service_name, policy_columns, policy_service_name
 
         contract = self.contract
         self._service = self.store.get_feature_service(model_service_name(contract))
         if self.fast and online_read.supported(self.store, self._service):
             self._reader = online_read.OnlineReader(self.store, self._service)
+        self.policy_fields = {c.name for c in policy_columns(contract)}
+        if self.policy_fields:
+            try:  # a registry applied before the policy view existed has none until the next ingest
+                self._policy_service = self.store.get_feature_service(policy_service_name(contract))
+            except FeatureServiceNotFoundException:
+                self._policy_service = None
+            if (
+                self._policy_service is not None
+                and self.fast
+                and online_read.supported(self.store, self._policy_service)
+            ):
+                self._policy_reader = online_read.OnlineReader(self.store, self._policy_service)
         self.join_key = contract.entity.join_key
         self.request_fields = {c.name for c in contract.columns_of(contract.prediction) if c.is_model_input}
         self.names = feature_names(contract)
@@ -181,6 +198,18 @@ class FeatureSource:
         from feature_repo.online_read import feast_rows
 
         return feast_rows(self.store, self._service, self.join_key, keys)
+
+    def policy_values(self, attribute: str, keys: Sequence[Any]) -> list[Any]:
+        """The stored value of a decision policy's group attribute per key (None where the store has none)."""
+        if attribute not in self.policy_fields or self._policy_service is None:
+            return [None] * len(keys)
+        if self._policy_reader is not None:
+            rows = self._policy_reader.read(keys)
+        else:
+            from feature_repo.online_read import feast_rows
+
+            rows = feast_rows(self.store, self._policy_service, self.join_key, keys)
+        return [None if row is None else row.get(attribute) for row in rows]
 
     def matrix(self, applications: Sequence[dict[str, Any]], columns: Sequence[str]) -> np.ndarray:
         """The model matrix (rows = applications, ``columns`` in the model's order); raises UnknownEntities."""
@@ -285,16 +314,10 @@ def score(
     """Probability, decision, top reasons and served features of each application, in order."""
     matrix = source.matrix(applications, model.columns)
     probabilities, contributions = model.predict(matrix)
+    groups = _policy_groups(model, source, applications, group_of)
     out = []
     for i, application in enumerate(applications):
-        group = None
-        if model.policy_attribute:
-            value = application.get(model.policy_attribute)
-            if value is None:
-                raise ScoringInputError(
-                    f"model v{model.version} decides with group thresholds: '{model.policy_attribute}' needed"
-                )
-            group = group_of(model.policy_attribute, value) if group_of else str(value)
+        group = groups[i]
         probability = float(probabilities[i])
         out.append(
             Scored(
@@ -306,3 +329,42 @@ def score(
             )
         )
     return out
+
+
+def _policy_groups(
+    model: ScoringModel, source: FeatureSource, applications: Sequence[dict[str, Any]], group_of: Any
+) -> list[str | None]:
+    """Each application's group under the model's decision policy: from the request, else from the online store."""
+    attribute = model.policy_attribute
+    if not attribute:
+        return [None] * len(applications)
+    values = [a.get(attribute) for a in applications]
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        stored = source.policy_values(attribute, [applications[i][source.join_key] for i in missing])
+        for i, value in zip(missing, stored, strict=True):
+            values[i] = value
+    unplaced = [applications[i][source.join_key] for i, v in enumerate(values) if v is None]
+    if unplaced:
+        raise ScoringInputError(
+            f"model v{model.version} decides with group thresholds on '{attribute}', which neither the request "
+            f"nor the online store gives for {source.join_key} {unplaced[:10]}"
+        )
+    place = group_of or (lambda name, value: policy_group(source.contract, name, value))
+    return [place(attribute, v) for v in values]
+
+
+def policy_group(contract: Contract, attribute: str, value: Any) -> str:
+    """The fairness group of one value (``tasks.fairness.groups_of`` for a single application, without pandas)."""
+    column = contract.column(attribute)
+    if not column.bands:
+        return "unknown" if value is None else str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "unknown"
+    edges = column.bands
+    if not edges[0] <= number < edges[-1]:  # also NaN
+        return "unknown"
+    i = bisect.bisect_right(edges, number) - 1
+    return f"{edges[i]:g}-{edges[i + 1]:g}"

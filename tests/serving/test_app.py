@@ -373,6 +373,51 @@ def _plan(strategy: str, **changes: Any) -> dict[str, Any]:
     return plan
 
 
+def test_a_group_threshold_policy_places_applicants_by_their_stored_age(served: dict[str, Any]) -> None:
+    """A champion whose fairness gate chose group thresholds decides requests that do not carry the age."""
+    import dataclasses
+
+    from feature_repo.store import open_store
+    from tasks.fairness import groups_of
+    from tasks.scoring import FeatureSource, ScoringInputError, load_version, policy_group, score
+
+    settings = served["settings"]
+    model = load_version(settings.mlflow_tracking_uri, CONTRACT.name, served["version"])
+    refuse, approve = (
+        {"p0": 1.0, "threshold0": -1.0, "threshold1": -1.0},
+        {"p0": 1.0, "threshold0": 2.0, "threshold1": 2.0},
+    )
+    bands = ["18-25", "25-35", "35-50", "50-65", "65-101"]
+    # refuse the young, approve everyone else: the decision shows which group the service placed each applicant in
+    policy = {band: refuse if band == "18-25" else approve for band in bands}
+    grouped = dataclasses.replace(model, policy=policy, policy_attribute="age")
+    source = FeatureSource(open_store(settings, CONTRACT), CONTRACT)
+    assert source.policy_fields == {"age"}
+
+    profiles = Lake.of(settings.lake_uri, CONTRACT.name).read_offline("profiles")
+    latest = profiles.sort_values("profile_at").groupby("customer_id").last()
+    customers = served["customers"][:300]
+    expected = groups_of(latest.loc[customers, "age"], CONTRACT.column("age")).tolist()
+    assert "18-25" in expected and len(set(expected)) > 2  # the check below can tell groups apart
+    applications = [_application(c) for c in customers]
+    for application in applications:
+        del application["age"]  # what a request replayed from the applications table looks like
+    scored = score(grouped, source, applications)
+    assert [s.decision for s in scored] == ["refuse" if g == "18-25" else "approve" for g in expected]
+
+    # the age a request gives wins over the stored one; the banding matches the fairness analysis'
+    young = next(c for c, g in zip(customers, expected, strict=True) if g != "18-25")
+    assert score(grouped, source, [_application(young, age=19)])[0].decision == "refuse"
+    for age in (17, 18, 24.9, 25, 64, 65, 100, 101, None, "n/a"):
+        label = groups_of(pd.Series([age]), CONTRACT.column("age")).iloc[0]
+        assert policy_group(CONTRACT, "age", age) == (label if isinstance(label, str) else "unknown")
+
+    # a store without the policy view (applied before it existed) cannot place anyone: a clear error
+    source.policy_fields = set()
+    with pytest.raises(ScoringInputError, match="neither the request nor the online store"):
+        score(grouped, source, applications[:2])
+
+
 def test_a_canary_answers_a_sticky_share_of_customers_logged_as_canary(served: dict[str, Any], twin: str) -> None:
     from tasks.deploy import end_rollout, start_rollout
 
