@@ -16,9 +16,9 @@ lint: setup
 
 test: lint
 	bash .ci/browser
-	.venv/bin/python -m pytest -p no:cacheprovider --durations=25 -m "not e2e"
+	.venv/bin/python -m pytest -p no:cacheprovider --durations=25
 
-# the closed loop as a user runs it, with the UIs in a browser (10 minutes; see the README's Status)
+# only the closed loop as a user runs it, with the UIs in a browser (about 6 minutes; part of `make test` too)
 e2e: setup
 	bash .ci/browser
 	.venv/bin/python -m pytest -p no:cacheprovider -m e2e

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(default=None, description="any S3-compatible endpoint; None means AWS")
     s3_bucket: str = Field(default="closedloop", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     aws_region: str = "us-east-1"
+    dask_address: str | None = Field(
+        default=None, description="Dask scheduler for engine=dask training; unset: a LocalCluster started per run"
+    )
+    dask_workers: int = Field(default=2, ge=1, description="worker processes of that LocalCluster")
 
     @field_validator("state_dir", "contract")
     @classmethod

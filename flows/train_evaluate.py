@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, runtime, task, unmapped
 from prefect.artifacts import create_markdown_artifact
@@ -13,7 +13,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop.contract import contract_at
-from closedloop.settings import load_settings
+from closedloop.settings import Settings, load_settings
 from tasks.lake import Lake
 from tasks.registry import champion_version, client, model_resource, read_evidence
 from tasks.training import (
@@ -67,6 +67,36 @@ class TrainParams(BaseModel):
         default=0, ge=0, le=64, description="random-search trials (mapped tasks) before the final fit; 0: none"
     )
     guards: RetrainGuards = Field(default_factory=RetrainGuards)
+    engine: Literal["local", "dask"] = Field(
+        default="local",
+        description="local: XGBoost in the flow's process; dask: xgboost.dask on CLOSEDLOOP_DASK_ADDRESS "
+        "(or a LocalCluster) for a training set one worker cannot hold",
+    )
+
+
+@flow(name="tuning_search")
+def tuning_search(training: Any, contract_path: str, configs: list[TrainingConfig]) -> list[dict[str, Any]]:
+    """The random search's trials as mapped tasks, each judged by AUC on the validation split."""
+    from tasks.train import tuning_trial
+
+    return [f.result() for f in tuning_trial.map(unmapped(training), unmapped(contract_path), configs)]
+
+
+def dask_runner(settings: Settings) -> Any:
+    """prefect-dask's task runner on CLOSEDLOOP_DASK_ADDRESS, or on a LocalCluster of worker processes."""
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": settings.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "host": "127.0.0.1",
+        }
+    )
 
 
 class TrainResult(BaseModel):
@@ -175,7 +205,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
                 status=f"deferred: {verdict['deferred']}",
                 guards=verdict,
             )
-    from tasks.train import build_training_set, evaluate_candidate, register_candidate, train_model, tuning_trial
+    from tasks.train import build_training_set, evaluate_candidate, register_candidate, train_model
 
     config = TrainingConfig(
         n_estimators=params.n_estimators,
@@ -183,6 +213,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         learning_rate=params.learning_rate,
         seed=params.seed,
         window_days=params.window_days,
+        engine=params.engine,
     )
     training = build_training_set(settings, contract_path, params.cutoff or now, config)
     logger.info(
@@ -195,7 +226,10 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     tuning: list[dict[str, Any]] = []
     if params.tuning_trials > 1:
         configs = search_space(config, params.tuning_trials, params.seed)
-        tuning = [f.result() for f in tuning_trial.map(unmapped(training), unmapped(contract_path), configs)]
+        search = tuning_search
+        if params.engine == "dask":  # the trials run on the Dask cluster's workers, side by side
+            search = tuning_search.with_options(task_runner=dask_runner(settings))
+        tuning = search(training, contract_path, configs)
         best = max(range(len(tuning)), key=lambda i: tuning[i]["validation_auc"])
         config = replace(config, **tuning[best]["params"])
         logger.info(
@@ -204,7 +238,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
             tuning[best]["validation_auc"],
             tuning[best]["params"],
         )
-    model_path = train_model(training, contract_path, config)
+    model_path = train_model(training, contract_path, config, settings)
     evaluation = evaluate_candidate(training, model_path, contract_path, settings.mlflow_tracking_uri, params.gates)
     if tuning:
         evaluation["report"]["tuning"] = {"trials": tuning, "chosen": {k: getattr(config, k) for k in TUNED}}

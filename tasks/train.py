@@ -140,10 +140,26 @@ def _fit(training: TrainingSet, contract_path: str, config: TrainingConfig) -> A
 
 
 @task(name="fit_model", cache_policy=NO_CACHE)
-def train_model(training: TrainingSet, contract_path: str, config: TrainingConfig) -> str:
-    """Fit XGBoost on the train split with early stopping on the validation split; returns the model file."""
-    model = _fit(training, contract_path, config)
+def train_model(
+    training: TrainingSet, contract_path: str, config: TrainingConfig, settings: Settings | None = None
+) -> str:
+    """Fit XGBoost on the train split with early stopping on the validation split; returns the model file.
+
+    ``engine="dask"``: the same fit across a Dask cluster (``settings.dask_address``, else a LocalCluster).
+    """
     path = Path(training.uri[7:]).with_suffix(".ubj")
+    if config.engine == "dask":
+        from tasks.distributed import cluster, fit_dask
+
+        contract = contract_at(contract_path)
+        address, workers = (settings.dask_address, settings.dask_workers) if settings else (None, 2)
+        with cluster(address, workers) as client:
+            model = fit_dask(
+                client, training.uri[7:], contract, feature_names(contract), config, monotone_constraints(contract)
+            )
+            model.save_model(path)
+        return str(path)
+    model = _fit(training, contract_path, config)
     model.save_model(path)
     return str(path)
 

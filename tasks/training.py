@@ -47,6 +47,7 @@ class TrainingConfig:
     subsample: float = 1.0
     colsample_bytree: float = 1.0
     window_days: int | None = None  # train on the most recent matured applications only
+    engine: str = "local"  # "dask": xgboost.dask across a Dask cluster (tasks.distributed)
 
 
 TUNED = ("max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree")

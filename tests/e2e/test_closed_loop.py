@@ -1,7 +1,8 @@
 """The README's main command, end to end: `closedloop demo` closes the loop, and the UIs show it in a browser.
 
 The demo runs as a user runs it (its own process, its own state folder and ports); the browser is Debian's
-Chromium driven by Playwright (never a downloaded browser). Screenshots go to ``.closedloop/screenshots/``.
+Chromium driven by Playwright (never a downloaded browser). Screenshots go to ``.closedloop/screenshots/``,
+the demo's summary to ``.closedloop/demo-summary.json``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         summary = json.loads(done.stdout[done.stdout.index("{") :])
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # the run's figures, for the README's Status
+        (SCREENSHOTS.parent / "demo-summary.json").write_text(json.dumps(summary, indent=2))
         yield {"summary": summary, "env": env}
     finally:
         subprocess.run([CLOSEDLOOP, "down"], env=env, capture_output=True, timeout=120, check=False)
@@ -104,7 +107,8 @@ def browse(s: dict[str, Any], folder: str) -> None:
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "prefect-drift-triggered-retrain.png", full_page=True)
 
-            page.goto(f"{s['mlflow_ui']}/#/models/credit_synthetic", wait_until="networkidle")
+            # MLflow's UI keeps polling the server: the network never idles, the page is ready when the text shows
+            page.goto(f"{s['mlflow_ui']}/#/models/credit_synthetic", wait_until="domcontentloaded")
             page.get_by_text("champion").first.wait_for(timeout=30_000)
             page.get_by_text(f"Version {s['versions']['new_champion']}").first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "mlflow-champion.png", full_page=True)

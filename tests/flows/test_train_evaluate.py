@@ -111,17 +111,21 @@ def _event_arrives(api: str, event_id: str | None, version: str) -> bool:
 def test_a_challenger_is_compared_with_the_champion_on_the_same_rows(configured: str) -> None:
     first = train_evaluate(TrainParams(contract=SYNTHETIC))
     client(configured).set_registered_model_alias("credit_synthetic", CHAMPION, first.version)
-    second = train_evaluate(TrainParams(contract=SYNTHETIC, seed=8, tuning_trials=3))
+    # on the Dask engine: trials through prefect-dask's task runner, the final fit through xgboost.dask, both on
+    # a LocalCluster of two worker processes
+    second = train_evaluate(TrainParams(contract=SYNTHETIC, seed=8, tuning_trials=3, engine="dask"))
     gate = second.gates["champion"]
     assert gate["compared_with"] == first.version and gate["verdict"] in ("pass", "fail")
     evidence = read_evidence(configured, "credit_synthetic", second.version)
-    # the search ran as three mapped tasks, judged on validation; the final fit used the winner's parameters
+    # the search ran as three mapped tasks (on the Dask workers), judged on validation; the final fit used the
+    # winner's parameters
     trials = evidence["report"]["tuning"]["trials"]
     assert len(trials) == 3 and len({str(t["params"]) for t in trials}) == 3
     best = max(trials, key=lambda t: t["validation_auc"])
     assert evidence["report"]["tuning"]["chosen"] == best["params"]
     logged = client(configured).get_run(client(configured).get_model_version("credit_synthetic", second.version).run_id)
     assert logged.data.params["max_depth"] == str(best["params"]["max_depth"])
+    assert logged.data.params["engine"] == "dask"
     assert evidence["report"]["champion"]["version"] == first.version
     assert evidence["report"]["champion"]["lower"] <= evidence["report"]["champion"]["difference"]
 

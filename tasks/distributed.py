@@ -1,0 +1,122 @@
+"""Training on a Dask cluster with ``xgboost.dask``: for a training set that does not fit one worker.
+
+The workers read the training set's parquet themselves, partition by partition, and type it with the same
+``typed_features`` the single-process path uses; XGBoost builds one histogram model across them (its quantile
+sketch and gradient sums are all-reduced through Rabit), so the flow's process never holds the frame. The result
+is saved with the scikit-learn metadata, so evaluation, SHAP, registration and serving load it as the
+``XGBClassifier`` a single-process fit gives: nothing downstream knows where it was trained.
+
+``cluster`` connects to ``CLOSEDLOOP_DASK_ADDRESS`` (a Dask scheduler: the Helm chart in infra/, or any other)
+or, without one, starts a ``LocalCluster`` of worker processes on this machine and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from closedloop.contract import Contract
+from tasks.training import SPLIT, TrainingConfig, typed_features
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def cluster(address: str | None, workers: int = 2, threads_per_worker: int = 1) -> Iterator[Any]:
+    """A ``distributed.Client`` on ``address``, or on a LocalCluster of ``workers`` processes started here."""
+    from distributed import Client, LocalCluster
+
+    if address:
+        with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call]
+            yield client
+        return
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,  # no web server nobody asked for
+            host="127.0.0.1",
+        ) as local,
+        Client(local) as client,  # type: ignore[no-untyped-call]
+    ):
+        yield client
+
+
+def _typed(part: Any, contract: Contract, columns: list[str], label: str, positive: Any) -> Any:
+    out = typed_features(part, contract)[columns]
+    out[SPLIT] = part[SPLIT].to_numpy()
+    out["__label__"] = (part[label] == positive).astype("int8").to_numpy()
+    return out
+
+
+def fit_dask(
+    client: Any,
+    path: str,
+    contract: Contract,
+    columns: list[str],
+    config: TrainingConfig,
+    constraints: dict[str, int] | None = None,
+    partitions: int | None = None,
+) -> Any:
+    """XGBoost (hist, early stopping on the validation split) across the cluster from the training parquet.
+
+    Returns the fitted ``DaskXGBClassifier``; ``save_model`` writes a file ``XGBClassifier.load_model`` reads.
+    """
+    import dask.dataframe as dd
+    from xgboost import dask as dxgb
+
+    frame = dd.read_parquet(path)
+    if partitions:
+        frame = frame.repartition(npartitions=partitions)
+    meta = _typed(frame._meta, contract, columns, contract.label.column, contract.label.positive)
+    typed = frame.map_partitions(
+        _typed, contract, columns, contract.label.column, contract.label.positive, meta=meta
+    ).persist()
+    train = typed[typed[SPLIT] == "train"]
+    validation = typed[typed[SPLIT] == "validation"]
+    model = dxgb.DaskXGBClassifier(
+        monotone_constraints=constraints or None,
+        n_estimators=config.n_estimators,
+        max_depth=config.max_depth,
+        learning_rate=config.learning_rate,
+        min_child_weight=config.min_child_weight,
+        subsample=config.subsample,
+        colsample_bytree=config.colsample_bytree,
+        tree_method="hist",
+        enable_categorical=True,
+        early_stopping_rounds=config.early_stopping_rounds,
+        eval_metric="auc",
+        random_state=config.seed,
+    )
+    model.client = client
+    model.fit(
+        train[columns],
+        train["__label__"],
+        eval_set=[(validation[columns], validation["__label__"])],
+        verbose=False,
+    )
+    logger.info(
+        "fitted %d trees on %d Dask workers (best iteration %d)",
+        model.n_estimators,
+        worker_count(client),
+        model.best_iteration,
+    )
+    return model
+
+
+def worker_count(client: Any) -> int:
+    return len(client.scheduler_info()["workers"])
+
+
+def predict_local(model_path: str, x: Any) -> np.ndarray:
+    """Probabilities from a saved model, loaded as the single-process classifier (what serving does)."""
+    import xgboost as xgb
+
+    model = xgb.XGBClassifier()
+    model.load_model(model_path)
+    return np.asarray(model.predict_proba(x)[:, 1])
