@@ -16,6 +16,7 @@ lint: setup
 
 test: lint
 	bash .ci/browser
+	bash .ci/tools
 	.venv/bin/python -m pytest -p no:cacheprovider --durations=25
 
 # only the closed loop as a user runs it, with the UIs in a browser (about 6 minutes; part of `make test` too)

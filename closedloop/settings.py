@@ -37,6 +37,9 @@ class Profile(StrEnum):
     PRODUCTION = "production"
 
 
+SECRETS_DIR = "CLOSEDLOOP_SECRETS_DIR"
+
+
 class SettingsError(ValueError):
     """Raised when the environment does not describe a usable configuration."""
 
@@ -62,6 +65,13 @@ class Settings(BaseSettings):
         default=None, description="bearer token the scoring service requires; unset: it refuses to start"
     )
     startup_timeout_s: float = Field(default=120.0, gt=0)
+    prefect_url: str | None = Field(
+        default=None,
+        description="a Prefect server run elsewhere (its UI address, e.g. in Kubernetes); unset: host:port",
+    )
+    mlflow_url: str | None = Field(
+        default=None, description="an MLflow tracking server run elsewhere; unset: the one at host:mlflow_port"
+    )
 
     # production services
     postgres_url: str = Field(
@@ -86,15 +96,15 @@ class Settings(BaseSettings):
     # --- derived addresses -------------------------------------------------------------------
     @property
     def prefect_api_url(self) -> str:
-        return f"http://{self.host}:{self.prefect_port}/api"
+        return f"{self.prefect_ui_url}/api"
 
     @property
     def prefect_ui_url(self) -> str:
-        return f"http://{self.host}:{self.prefect_port}"
+        return (self.prefect_url or f"http://{self.host}:{self.prefect_port}").rstrip("/")
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return f"http://{self.host}:{self.mlflow_port}"
+        return (self.mlflow_url or f"http://{self.host}:{self.mlflow_port}").rstrip("/")
 
     @property
     def serving_url(self) -> str:
@@ -204,12 +214,17 @@ def disable_telemetry() -> None:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; name the offending variable when one is wrong or unknown."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {SECRETS_DIR}
     unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    secrets = os.environ.get(SECRETS_DIR)
+    if secrets and not Path(secrets).is_dir():
+        raise SettingsError(f"{SECRETS_DIR}={secrets}: no such directory")
     try:
-        return Settings(**overrides)
+        # a setting may also come from a file named like its variable in CLOSEDLOOP_SECRETS_DIR (a mounted
+        # Kubernetes Secret); the environment wins over the file
+        return Settings(**overrides, _secrets_dir=secrets)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()

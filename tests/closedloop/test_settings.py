@@ -36,6 +36,18 @@ def test_production_profile_points_at_postgres_redis_and_s3(monkeypatch: pytest.
     env = s.server_environment()
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["DO_NOT_TRACK"] == "true"
+    assert s.mlflow_tracking_uri == f"http://127.0.0.1:{s.mlflow_port}"  # started here: host and port
+
+
+def test_servers_run_elsewhere_are_reached_by_their_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In Kubernetes the pods bind 0.0.0.0 and reach Prefect and MLflow through their Services."""
+    monkeypatch.setenv("CLOSEDLOOP_HOST", "0.0.0.0")
+    monkeypatch.setenv("CLOSEDLOOP_MLFLOW_URL", "http://mlflow.closedloop.svc.cluster.local:5000/")
+    monkeypatch.setenv("CLOSEDLOOP_PREFECT_URL", "http://prefect-server.closedloop.svc.cluster.local:4200")
+    s = load_settings()
+    assert s.mlflow_tracking_uri == "http://mlflow.closedloop.svc.cluster.local:5000"
+    assert s.prefect_api_url == "http://prefect-server.closedloop.svc.cluster.local:4200/api"
+    assert s.serving_url == f"http://0.0.0.0:{s.serving_port}"
 
 
 def test_settings_are_frozen(settings: Settings) -> None:
@@ -62,3 +74,20 @@ def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
 def test_unknown_constructor_keys_are_rejected() -> None:
     with pytest.raises(SettingsError, match="STAT_DIR: Extra inputs are not permitted"):
         load_settings(stat_dir=Path("/tmp"))
+
+
+def test_credentials_can_come_from_mounted_secret_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A Kubernetes Secret mounted as files (infra/k8s): one file per variable, read when the variable is unset."""
+    (tmp_path / "CLOSEDLOOP_SERVING_TOKEN").write_text("from-a-file\n")
+    (tmp_path / "CLOSEDLOOP_POSTGRES_URL").write_text("postgresql://ml:pw@db.internal:5432")
+    monkeypatch.setenv("CLOSEDLOOP_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("CLOSEDLOOP_SERVING_TOKEN", raising=False)
+    monkeypatch.delenv("CLOSEDLOOP_POSTGRES_URL", raising=False)
+    s = load_settings()
+    assert s.serving_token is not None and s.serving_token.get_secret_value() == "from-a-file"
+    assert s.postgres_url == "postgresql://ml:pw@db.internal:5432"
+    monkeypatch.setenv("CLOSEDLOOP_SERVING_TOKEN", "from-the-environment")
+    assert load_settings().serving_token.get_secret_value() == "from-the-environment"  # type: ignore[union-attr]
+    monkeypatch.setenv("CLOSEDLOOP_SECRETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="CLOSEDLOOP_SECRETS_DIR"):
+        load_settings()
