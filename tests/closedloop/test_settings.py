@@ -41,7 +41,7 @@ def test_production_profile_points_at_postgres_redis_and_s3(monkeypatch: pytest.
 
 def test_servers_run_elsewhere_are_reached_by_their_address(monkeypatch: pytest.MonkeyPatch) -> None:
     """In Kubernetes the pods bind 0.0.0.0 and reach Prefect and MLflow through their Services."""
-    monkeypatch.setenv("CLOSEDLOOP_HOST", "0.0.0.0")
+    monkeypatch.setenv("CLOSEDLOOP_HOST", "0.0.0.0")  # noqa: S104 (what a pod binds)
     monkeypatch.setenv("CLOSEDLOOP_MLFLOW_URL", "http://mlflow.closedloop.svc.cluster.local:5000/")
     monkeypatch.setenv("CLOSEDLOOP_PREFECT_URL", "http://prefect-server.closedloop.svc.cluster.local:4200")
     s = load_settings()
