@@ -53,7 +53,7 @@ def test_a_year_of_synthetic_data_with_a_mixed_batch(prefect_server: str, settin
     assert result.rows_quarantined == 2
     mixed = next(b for b in result.batches if b.uri.endswith("applications-partner.csv"))
     assert (mixed.status, mixed.rows_accepted, mixed.rows_quarantined) == ("partial", 23, 2)
-    assert set(result.materialized_views) == {"profiles", "credit_history", "credit_history_history"}
+    assert set(result.materialized_views) == {"profiles", "profiles_policy", "credit_history", "credit_history_history"}
     ledger = lake.ledger_records()
     assert sum(r["rows_in"] for r in ledger) == result.rows_in
 
