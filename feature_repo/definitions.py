@@ -117,7 +117,8 @@ def _source(name: str, path: str, event_time: str) -> FileSource:
 def build_repo(contract: Contract, offline_root: str) -> FeatureRepo:
     """Generate the Feast definitions of ``contract`` reading offline tables under ``offline_root``.
 
-    ``offline_root`` is a local path (the DuckDB offline store reads it) holding ``<table>/event_date=*/...``.
+    ``offline_root`` is a local path or an ``s3://`` prefix (the DuckDB offline store reads it; see
+    ``feature_repo.store.read_lake_on_s3``) holding ``<table>/event_date=*/...``.
     """
     value_type = ValueType.INT64 if contract.key_type == "int" else ValueType.STRING
     key = contract.entity.join_key

@@ -1,12 +1,21 @@
-"""Open the Feast feature store of a dataset for the active profile, from ``feature_store.<profile>.yaml``."""
+"""Open the Feast feature store of a dataset for the active profile, from ``feature_store.<profile>.yaml``.
+
+On the production profile the lake (and with it the offline store's tables) is on S3. Feast's DuckDB offline
+store reads files through ibis' default DuckDB connection; :func:`read_lake_on_s3` gives that connection DuckDB's
+``httpfs`` extension (installed from its PyPI wheel, never downloaded at run time) and an S3 secret with the
+credentials boto3 resolves (environment, profile, or the pod's IRSA role) and the configured endpoint.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from string import Template
+from urllib.parse import urlparse
 
 from feast import FeatureStore
 
+from closedloop import storage
 from closedloop.contract import Contract
 from closedloop.settings import Settings
 
@@ -36,4 +45,50 @@ def render_config(settings: Settings, contract: Contract) -> Path:
 
 def open_store(settings: Settings, contract: Contract) -> FeatureStore:
     """The FeatureStore of ``contract`` under ``settings`` (the registry may still be empty)."""
+    if settings.lake_uri.startswith("s3://"):
+        read_lake_on_s3(settings)
     return FeatureStore(fs_yaml_file=render_config(settings, contract))
+
+
+def offline_root(settings: Settings, contract: Contract) -> str:
+    """Where the offline store's tables of ``contract`` live: a local folder, or an ``s3://`` prefix."""
+    root = storage.parse(storage.join(settings.lake_uri, contract.name, "offline"))
+    return str(root.path) if root.scheme == "file" else str(root)
+
+
+def read_lake_on_s3(settings: Settings) -> None:
+    """Let DuckDB, through ibis' default connection (what Feast's offline store uses), read ``s3://`` files."""
+    import boto3
+    import duckdb
+    import duckdb_extension_httpfs
+    import ibis
+
+    con = ibis.get_backend().con
+    extensions = settings.state_dir / "duckdb" / "extensions"
+    extensions.mkdir(parents=True, exist_ok=True)
+    con.execute(f"SET extension_directory = '{extensions}'")
+    wheel = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    binary = wheel / "httpfs.duckdb_extension"
+    if not binary.exists():
+        raise RuntimeError(
+            f"duckdb-extension-httpfs has no build for DuckDB {duckdb.__version__}: pin the same version"
+        )
+    con.execute(f"INSTALL '{binary}'")  # a local file: later INSTALL httpfs (ibis does one) finds it installed
+    con.execute("LOAD httpfs")
+    credentials = boto3.Session(region_name=settings.aws_region).get_credentials()
+    if credentials is None:
+        raise RuntimeError("no AWS credentials for the S3 lake (environment, profile or instance role)")
+    frozen = credentials.get_frozen_credentials()
+    options = {
+        "TYPE": "s3",
+        "KEY_ID": frozen.access_key,
+        "SECRET": frozen.secret_key,
+        "REGION": os.environ.get("AWS_DEFAULT_REGION", settings.aws_region),
+    }
+    if frozen.token:
+        options["SESSION_TOKEN"] = frozen.token
+    if settings.s3_endpoint_url:  # an S3-compatible endpoint (moto here, MinIO, ...): path-style addressing
+        endpoint = urlparse(settings.s3_endpoint_url)
+        options.update(ENDPOINT=endpoint.netloc, URL_STYLE="path", USE_SSL=str(endpoint.scheme == "https").lower())
+    body = ", ".join(f"{k} {v}" if k in ("TYPE", "USE_SSL") else f"{k} '{v}'" for k, v in options.items())
+    con.execute(f"CREATE OR REPLACE SECRET closedloop_lake ({body})")

@@ -21,7 +21,7 @@ from closedloop.contract import Contract, contract_at
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
 from feature_repo.online_write import materialize_view
-from feature_repo.store import open_store
+from feature_repo.store import offline_root, open_store
 from feature_repo.transforms import compute_aggregates
 from tasks.batches import BatchRef, UnusableBatch, batch_id, identify, read_frame
 from tasks.lake import Lake, parquet_bytes
@@ -262,13 +262,7 @@ def materialize_features(
     ``materialize_incremental`` only moves forward from its last end date and would miss it).
     """
     contract = contract_at(contract_path)
-    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    root = storage.parse(storage.join(lake.root, "offline"))
-    if root.scheme != "file":
-        raise storage.StorageError(
-            f"{root}: the DuckDB offline store reads a local lake; an S3 lake is not supported yet"
-        )
-    repo = build_repo(contract, str(root.path))
+    repo = build_repo(contract, offline_root(settings, contract))
     store = open_store(settings, contract)
     store.apply(repo.objects)
     done = []
