@@ -183,8 +183,11 @@ def test_the_demo_closes_the_loop_on_the_production_profile(production_demo: dic
     s3 = boto3.client(
         "s3", endpoint_url=env["CLOSEDLOOP_S3_ENDPOINT_URL"], aws_access_key_id="test", aws_secret_access_key="test"
     )
-    listed = s3.list_objects_v2(Bucket="closedloop", Prefix="lake/credit_synthetic/inference/")
-    assert listed.get("KeyCount", 0) > 0
+    for area in ("landing", "offline/profiles", "ledger", "inference", "monitor/windows"):
+        listed = s3.list_objects_v2(Bucket="closedloop", Prefix=f"lake/credit_synthetic/{area}/")
+        assert listed.get("KeyCount", 0) > 0, area
+    assert s3.list_objects_v2(Bucket="closedloop", Prefix="mlflow/").get("KeyCount", 0) > 0
+    assert not (Path(env["CLOSEDLOOP_STATE_DIR"]) / "lake").exists()  # the lake is only in the bucket
     # approvals: production asks for one before every promotion; the demo's own is recorded like a person's
     from tasks.deploy import history
 
