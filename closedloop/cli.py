@@ -549,6 +549,28 @@ def serve_flows() -> None:
     serve(*deployments(), limit=2)
 
 
+@app.command("deploy-flows")
+def deploy_flows(
+    pool: Annotated[str, typer.Option(help="work pool to register the deployments on")] = "closedloop-process",
+    kind: Annotated[str, typer.Option("--type", help="process (a local worker) or kubernetes (Jobs)")] = "process",
+    image: Annotated[str | None, typer.Option(help="kubernetes: closedloop's image (infra/Dockerfile)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register every flow's deployment on a work pool; a worker (`prefect worker start --pool POOL`) runs them."""
+    settings = _settings()
+    _connect(settings)
+    from deployments.flows import register_on_pool
+
+    try:
+        registered = register_on_pool(pool, kind, image)
+    except ValueError as exc:
+        _fail(str(exc))
+    text = "\n".join(f"{name:<16} {ident}" for name, ident in registered.items()) + (
+        f"\n\non work pool {pool!r} ({kind}); start its worker: prefect worker start --pool {pool}"
+    )
+    _emit({"pool": pool, "type": kind, "deployments": registered}, as_json, text)
+
+
 @app.command()
 def bench(
     names: Annotated[list[str] | None, typer.Argument(help="benchmarks to run (default: all)")] = None,

@@ -15,7 +15,9 @@ retrain, and the guards' cool-down turns away the ones that arrive just after it
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -139,3 +141,52 @@ def deployments() -> list[Any]:
             tags=["closedloop", "score"],
         ),
     ]
+
+
+PROJECT_FOLDER = Path(__file__).resolve().parents[1]
+KUBERNETES_JOB_TEMPLATE = PROJECT_FOLDER / "infra" / "helm" / "base-job-template.json"
+
+
+def register_on_pool(pool: str, kind: str = "process", image: str | None = None) -> dict[str, str]:
+    """Register every deployment on a work pool, whose worker runs their flow runs; returns name -> id.
+
+    ``process``: a worker on a machine with this project (``prefect worker start --pool POOL``) runs each flow run
+    in a subprocess in the project folder. ``kubernetes``: the pool is created with infra's Job template and each
+    flow run becomes a Job of closedloop's ``image``. Schedules, triggers and concurrency limits are those
+    ``serve-flows`` serves; a missing pool is created.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    if kind not in ("process", "kubernetes"):
+        raise ValueError(f"work pool type {kind!r}: use 'process' or 'kubernetes'")
+    if kind == "kubernetes" and not image:
+        raise ValueError("a Kubernetes work pool runs flow runs in closedloop's image: give --image")
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(pool)
+        except ObjectNotFound:
+            existing = None
+        if existing is not None and existing.type != kind:
+            raise ValueError(f"work pool {pool!r} exists with type {existing.type!r}, not {kind!r}")
+        if existing is None:
+            if kind == "process":
+                from prefect.workers.process import ProcessWorker
+
+                template = ProcessWorker.get_default_base_job_template()
+            else:
+                template = json.loads(KUBERNETES_JOB_TEMPLATE.read_text())
+            client.create_work_pool(WorkPoolCreate(name=pool, type=kind, base_job_template=template))
+    from prefect.runner.storage import LocalStorage
+
+    # where the worker's flow-run process finds the code: this project here, the image's /app in a Job
+    code = LocalStorage("/app" if kind == "kubernetes" else str(PROJECT_FOLDER))
+    registered = {}
+    for deployment in deployments():
+        deployment.work_pool_name = pool
+        deployment.storage = code
+        if image:
+            deployment.job_variables = {**deployment.job_variables, "image": image}
+        registered[deployment.name] = str(deployment.apply())
+    return registered

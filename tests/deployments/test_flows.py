@@ -190,3 +190,68 @@ def test_a_prefect_server_restart_keeps_schedules_and_triggers(served: Settings)
     event = _drift_event(api, str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
     (run,) = _triggered(api, {event}, count=1, final=True, seconds=300)  # the runner reconnected too
     assert run["state"]["type"] == "COMPLETED"  # deferred by the cool-down of the previous test's retrain
+
+
+def test_the_deployments_run_on_a_process_work_pool_through_a_worker(served: Settings) -> None:
+    """`closedloop deploy-flows` puts the deployments on a work pool; a Prefect worker, not the runner, runs them.
+
+    Last in the module: registering moves the served deployments onto the pool.
+    """
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    api = served.prefect_api_url
+    env = {**os.environ, **served.server_environment()}
+    closedloop = str(Path(sys.executable).parent / "closedloop")
+    done = subprocess.run(
+        [closedloop, "deploy-flows", "--pool", "closedloop-process", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    registered = json.loads(done.stdout[done.stdout.index("{") :])["deployments"]
+    assert set(registered) == {"ingest-validate", "train-evaluate", "package-deploy", "monitor", "batch-score"}
+    pool = prefect_api("GET", f"{api}/work_pools/closedloop-process").json()
+    assert pool["type"] == "process"
+    train = prefect_api("GET", f"{api}/deployments/name/train_evaluate/train-evaluate").json()
+    assert train["work_pool_name"] == "closedloop-process"
+    # what the pool's deployments keep from the served ones: triggers (automations) and concurrency
+    assert train["global_concurrency_limit"]["limit"] == 1
+
+    log = (served.state_dir / "logs" / "worker.log").open("ab")
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "closedloop-process"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        monitor = prefect_api("GET", f"{api}/deployments/name/monitor/monitor").json()
+        run = prefect_api("POST", f"{api}/deployments/{monitor['id']}/create_flow_run", json={}).json()
+        state: dict[str, str] = {}
+        for _ in range(480):
+            current = prefect_api("GET", f"{api}/flow_runs/{run['id']}").json()
+            state = current["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(0.5)
+        worker_log = (served.state_dir / "logs" / "worker.log").read_text()[-3000:]
+        assert state["type"] == "COMPLETED", (state.get("message"), worker_log)
+        assert current["work_pool_name"] == "closedloop-process"
+        workers = prefect_api("POST", f"{api}/work_pools/closedloop-process/workers/filter", json={}).json()
+        assert workers and workers[0]["status"] == "ONLINE"  # the worker polled the pool and ran it
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)  # the worker and the flow-run processes it started, by pid
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+        log.close()
