@@ -19,7 +19,7 @@ test: lint
 	bash .ci/tools
 	.venv/bin/python -m pytest -p no:cacheprovider --durations=25
 
-# only the closed loop as a user runs it, with the UIs in a browser (about 6 minutes; part of `make test` too)
+# only the closed loop as a user runs it, on both profiles, with the UIs in a browser (about 17 minutes; part of `make test` too)
 e2e: setup
 	bash .ci/browser
 	.venv/bin/python -m pytest -p no:cacheprovider -m e2e
