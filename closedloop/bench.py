@@ -1071,7 +1071,7 @@ def _evidently_full(reference: Any, current: Any, contract: Any, names: list[str
     return time.perf_counter() - started
 
 
-def _scale_training_set(rows: int, path: str, chunk: int = 1_000_000) -> dict[str, float]:
+def scale_training_set(rows: int, path: str, chunk: int = 1_000_000) -> dict[str, float]:
     """A training set shaped as the point-in-time retrieval writes it, made chunk by chunk (never all rows)."""
     import numpy as np
     import pandas as pd
@@ -1185,7 +1185,7 @@ def bench_scale(rows: int = 10_000_000, trees: int = 200, workers: int = 2) -> l
 
     with tempfile.TemporaryDirectory(prefix="closedloop-scale-") as folder:
         path = str(Path(folder) / "training.parquet")
-        _in_child(_scale_training_set, rows, path)
+        _in_child(scale_training_set, rows, path)
         one = _in_child(_scale_one_process, path, trees)
         dask_side = _in_parent_process(_scale_dask, path, trees, workers)
     return [

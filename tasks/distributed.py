@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from closedloop.contract import Contract
-from tasks.training import SPLIT, TrainingConfig, typed_features
+from tasks.training import SPLIT, TrainingConfig, typed_features, xgboost_params
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +79,7 @@ def fit_dask(
     ).persist()
     train = typed[typed[SPLIT] == "train"]
     validation = typed[typed[SPLIT] == "validation"]
-    model = dxgb.DaskXGBClassifier(
-        monotone_constraints=constraints or None,
-        n_estimators=config.n_estimators,
-        max_depth=config.max_depth,
-        learning_rate=config.learning_rate,
-        min_child_weight=config.min_child_weight,
-        subsample=config.subsample,
-        colsample_bytree=config.colsample_bytree,
-        tree_method="hist",
-        enable_categorical=True,
-        early_stopping_rounds=config.early_stopping_rounds,
-        eval_metric="auc",
-        random_state=config.seed,
-    )
+    model = dxgb.DaskXGBClassifier(**xgboost_params(config, constraints))
     model.client = client
     model.fit(
         train[columns],

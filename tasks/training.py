@@ -165,6 +165,24 @@ def monotone_constraints(contract: Contract) -> dict[str, int]:
     return {c.name: 1 if c.risk_direction == "increasing" else -1 for c in contract.model_inputs if c.risk_direction}
 
 
+def xgboost_params(config: TrainingConfig, constraints: dict[str, int] | None = None) -> dict[str, Any]:
+    """The estimator's parameters, the same for a fit in this process and one across a Dask cluster."""
+    return {
+        "monotone_constraints": constraints or None,
+        "n_estimators": config.n_estimators,
+        "max_depth": config.max_depth,
+        "learning_rate": config.learning_rate,
+        "min_child_weight": config.min_child_weight,
+        "subsample": config.subsample,
+        "colsample_bytree": config.colsample_bytree,
+        "tree_method": "hist",
+        "enable_categorical": True,
+        "early_stopping_rounds": config.early_stopping_rounds,
+        "eval_metric": "auc",
+        "random_state": config.seed,
+    }
+
+
 def fit_model(
     x_train: pd.DataFrame,
     y_train: np.ndarray,
@@ -176,21 +194,7 @@ def fit_model(
     """XGBoost (hist) with early stopping on the validation split and the contract's monotone constraints."""
     import xgboost as xgb
 
-    model = xgb.XGBClassifier(
-        monotone_constraints=constraints or None,
-        n_estimators=config.n_estimators,
-        max_depth=config.max_depth,
-        learning_rate=config.learning_rate,
-        min_child_weight=config.min_child_weight,
-        subsample=config.subsample,
-        colsample_bytree=config.colsample_bytree,
-        tree_method="hist",
-        enable_categorical=True,
-        early_stopping_rounds=config.early_stopping_rounds,
-        eval_metric="auc",
-        n_jobs=config.n_jobs,
-        random_state=config.seed,
-    )
+    model = xgb.XGBClassifier(**xgboost_params(config, constraints), n_jobs=config.n_jobs)
     model.fit(x_train, y_train, eval_set=[(x_val, y_val)], verbose=False)
     logger.info("fitted %d trees (best iteration %d)", model.n_estimators, model.best_iteration)
     return model
