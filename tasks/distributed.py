@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
 from closedloop.contract import Contract
 from tasks.training import SPLIT, TrainingConfig, typed_features, xgboost_params
 
@@ -98,12 +96,3 @@ def fit_dask(
 
 def worker_count(client: Any) -> int:
     return len(client.scheduler_info()["workers"])
-
-
-def predict_local(model_path: str, x: Any) -> np.ndarray:
-    """Probabilities from a saved model, loaded as the single-process classifier (what serving does)."""
-    import xgboost as xgb
-
-    model = xgb.XGBClassifier()
-    model.load_model(model_path)
-    return np.asarray(model.predict_proba(x)[:, 1])

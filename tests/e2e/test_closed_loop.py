@@ -31,6 +31,23 @@ SCREENSHOTS = PROJECT_ROOT / ".closedloop" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def _run_demo(env: dict[str, str], keep_as: str) -> dict[str, Any]:
+    """`closedloop demo --json` as a user runs it; its summary is kept in .closedloop/ for the README's figures."""
+    done = subprocess.run(
+        [CLOSEDLOOP, "demo", "--customers", "20000", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS.parent / keep_as).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("CLOSEDLOOP_", "PREFECT_"))}
@@ -41,19 +58,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         CLOSEDLOOP_SERVING_PORT=str(free_port()),
     )
     try:
-        done = subprocess.run(
-            [CLOSEDLOOP, "demo", "--customers", "20000", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1500,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        summary = json.loads(done.stdout[done.stdout.index("{") :])
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # the run's figures, for the README's Status
-        (SCREENSHOTS.parent / "demo-summary.json").write_text(json.dumps(summary, indent=2))
-        yield {"summary": summary, "env": env}
+        yield {"summary": _run_demo(env, "demo-summary.json"), "env": env}
     finally:
         subprocess.run([CLOSEDLOOP, "down"], env=env, capture_output=True, timeout=120, check=False)
 
@@ -149,18 +154,7 @@ def production_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     try:
         up = subprocess.run([CLOSEDLOOP, "up", "--s3"], env=env, capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-        done = subprocess.run(
-            [CLOSEDLOOP, "demo", "--customers", "20000", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1500,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        summary = json.loads(done.stdout[done.stdout.index("{") :])
-        (SCREENSHOTS.parent / "demo-summary-production.json").write_text(json.dumps(summary, indent=2))
-        yield {"summary": summary, "env": env}
+        yield {"summary": _run_demo(env, "demo-summary-production.json"), "env": env}
     finally:
         subprocess.run([CLOSEDLOOP, "down"], env=env, capture_output=True, timeout=120, check=False)
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
