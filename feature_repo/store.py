@@ -9,11 +9,14 @@ credentials boto3 resolves (environment, profile, or the pod's IRSA role) and th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from string import Template
 from urllib.parse import urlparse
 
-from feast import FeatureStore
+import pyarrow as pa
+from feast import FeatureService, FeatureStore
+from feast.infra.offline_stores.offline_store import RetrievalJob
 
 from closedloop import storage
 from closedloop.contract import Contract
@@ -92,3 +95,63 @@ def read_lake_on_s3(settings: Settings) -> None:
         options.update(ENDPOINT=endpoint.netloc, URL_STYLE="path", USE_SSL=str(endpoint.scheme == "https").lower())
     body = ", ".join(f"{k} {v}" if k in ("TYPE", "USE_SSL") else f"{k} '{v}'" for k, v in options.items())
     con.execute(f"CREATE OR REPLACE SECRET closedloop_lake ({body})")
+
+
+def service_refs(service: FeatureService) -> list[str]:
+    """The ``view:feature`` references a FeatureService names, as the registry holds it."""
+    return [
+        f"{projection.name_to_use()}:{feature.name}"  # type: ignore[no-untyped-call]
+        for projection in service.feature_view_projections
+        for feature in projection.features
+    ]
+
+
+def write_retrieval(
+    job: RetrievalJob,
+    path: Path,
+    order_by: list[str],
+    extra: Callable[[pa.Table, int], pa.Table] | None = None,
+    batch_rows: int = 250_000,
+) -> list[str]:
+    """Write a point-in-time retrieval to one parquet file, sorted by ``order_by``, without holding it in memory.
+
+    On the DuckDB offline store the job's ibis expression runs in DuckDB (which sorts out of core) and its result
+    streams as Arrow record batches; each batch gets the on-demand features from Feast's own transformation (the
+    one that serves them online) and then ``extra(batch, first_row_offset)``, and is appended to the file as a
+    row group. Other offline stores: Feast's ``to_arrow``, sorted, written in the same row groups. Returns the
+    file's column names.
+    """
+    import pyarrow.parquet as pq
+
+    requested = {ref.split(":", 1)[1] for ref in (job.metadata.features if job.metadata else [])}
+    table = getattr(job, "table", None)
+    if table is not None and hasattr(table, "to_pyarrow_batches"):
+        batches: Iterator[pa.RecordBatch] = iter(table.order_by(order_by).to_pyarrow_batches(chunk_size=batch_rows))
+        odfvs = list(job.on_demand_feature_views)
+    else:
+        whole = job.to_arrow().sort_by([(c, "ascending") for c in order_by])
+        batches, odfvs = iter(whole.to_batches(max_chunksize=batch_rows)), []
+    writer: pq.ParquetWriter | None = None
+    offset = 0
+    try:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            chunk = pa.Table.from_batches([batch])
+            for odfv in odfvs:
+                transformed = odfv.transform_arrow(chunk, job.full_feature_names)
+                for name in transformed.column_names:
+                    if name in requested and name not in chunk.column_names:
+                        chunk = chunk.append_column(name, transformed[name])
+            if extra is not None:
+                chunk = extra(chunk, offset)
+            offset += chunk.num_rows
+            if writer is None:
+                writer = pq.ParquetWriter(path, chunk.schema)
+            writer.write_table(chunk.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("the retrieval returned no rows")
+    return list(writer.schema.names)

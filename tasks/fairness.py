@@ -83,32 +83,48 @@ def assess(
             }
             continue
         mask = known & groups.isin(judged).to_numpy()
+        labels = groups[mask].to_numpy()
+        y_in, refuse_in = y[mask], refuse[mask]
+        # Fairlearn sees one weighted row per (group, outcome, decision): the same rates and differences as on
+        # every test row, in a few dozen rows instead of hundreds of thousands (its metrics walk rows in Python)
+        cells, weight = _cells(labels, y_in, refuse_in)
         frame = MetricFrame(
             metrics={"approval_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate},
-            y_true=y[mask],
-            y_pred=refuse[mask],
-            sensitive_features=groups[mask].to_numpy(),
+            y_true=cells["y"],
+            y_pred=cells["refuse"],
+            sensitive_features=cells["group"],
+            sample_params={name: {"sample_weight": weight} for name in ("approval_rate", "tpr", "fpr")},
         )
         by_group = frame.by_group.to_dict(orient="index")
         for g in by_group:
-            sel = groups[mask].to_numpy() == g
+            sel = labels == g
             by_group[g]["approval_rate"] = float(approve[mask][sel].mean())
-            by_group[g]["roc_auc"] = _auc(y[mask][sel], p[mask][sel])
+            by_group[g]["roc_auc"] = _auc(y_in[sel], p[mask][sel])
             by_group[g]["rows"] = int(sel.sum())
         rates = [v["approval_rate"] for v in by_group.values()]
-        dp = float(demographic_parity_difference(y[mask], refuse[mask], sensitive_features=groups[mask].to_numpy()))
+        dp = float(
+            demographic_parity_difference(
+                cells["y"], cells["refuse"], sensitive_features=cells["group"], sample_weight=weight
+            )
+        )
         # a TPR over a dozen defaults moves by 0.1 with one applicant: equalized odds is judged only between
         # groups with enough defaults and repayments, the others are reported and flagged
-        labels = groups[mask].to_numpy()
         counted = [
             g
             for g in judged
-            if min(int((y[mask][labels == g] == 1).sum()), int((y[mask][labels == g] == 0).sum()))
+            if min(int((y_in[labels == g] == 1).sum()), int((y_in[labels == g] == 0).sum()))
             >= limits.min_group_outcomes
         ]
-        eo_mask = known & groups.isin(counted).to_numpy()
+        among = np.isin(cells["group"], counted)
         eo = (
-            float(equalized_odds_difference(y[eo_mask], refuse[eo_mask], sensitive_features=groups[eo_mask].to_numpy()))
+            float(
+                equalized_odds_difference(
+                    cells["y"][among],
+                    cells["refuse"][among],
+                    sensitive_features=cells["group"][among],
+                    sample_weight=weight[among],
+                )
+            )
             if len(counted) >= 2
             else float("nan")
         )
@@ -132,6 +148,18 @@ def assess(
         result["failures"] = failures
         out[column.name] = result
     return out
+
+
+def _cells(*columns: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Distinct rows of (group, y, refuse, ...) and how many test rows each stands for."""
+    frame = pd.DataFrame({f"c{i}": np.asarray(c) for i, c in enumerate(columns)})
+    counted = frame.groupby(list(frame.columns), sort=True, dropna=False).size().reset_index(name="n")
+    names = ["group", "y", "refuse", "other"]
+    cells = {names[i]: counted[f"c{i}"].to_numpy() for i in range(len(columns))}
+    for name in ("y", "refuse", "other"):
+        if name in cells:
+            cells[name] = cells[name].astype(int)
+    return cells, counted["n"].to_numpy(dtype="float64")
 
 
 def _ranges(weights: np.ndarray, onehot: np.ndarray, numerator: np.ndarray, among: np.ndarray) -> np.ndarray:
@@ -160,28 +188,37 @@ def worsening_bounds(
     bound above zero means the new model is less fair beyond the noise of a few dozen defaults per group.
     """
     rng = np.random.default_rng(seed)
-    weights = rng.poisson(1.0, (rounds, len(y))).astype("float64")
-    y = np.asarray(y, dtype="float64")
-    new_d, old_d = np.asarray(refuse_new, dtype="float64"), np.asarray(refuse_old, dtype="float64")
+    y = np.asarray(y, dtype=int)
+    new_d, old_d = np.asarray(refuse_new, dtype=int), np.asarray(refuse_old, dtype=int)
     bounds: dict[tuple[str, str], float] = {}
     for column in contract.sensitive:
         result = new.get(column.name, {})
         if result.get("verdict") not in ("pass", "fail") or column.name not in sensitive:
             continue
         labels = groups_of(sensitive[column.name].reset_index(drop=True), column).astype(str).to_numpy()
+        # resampling every row with a Poisson(1) weight gives each (group, y, new, old) cell a Poisson(count)
+        # weight: the same bootstrap, drawn per cell instead of per row
+        cells, count = _cells(labels, y, new_d, old_d)
+        weights = rng.poisson(count, (rounds, len(count))).astype("float64")
+        cy = cells["y"].astype("float64")
+        cell_new, cell_old = cells["refuse"].astype("float64"), cells["other"].astype("float64")
         for measure, groups in (
             ("demographic_parity_difference", list(result["groups"])),
             ("equalized_odds_difference", list(result["equalized_odds_groups"])),
         ):
             if len(groups) < 2:
                 continue
-            onehot = np.stack([labels == g for g in groups], axis=1).astype("float64")
-            everyone = np.ones_like(y)
+            onehot = np.stack([cells["group"] == g for g in groups], axis=1).astype("float64")
+            everyone = np.ones_like(cy)
             if measure == "demographic_parity_difference":
-                diff = _ranges(weights, onehot, new_d, everyone) - _ranges(weights, onehot, old_d, everyone)
+                diff = _ranges(weights, onehot, cell_new, everyone) - _ranges(weights, onehot, cell_old, everyone)
             else:
-                worst_new = np.maximum(_ranges(weights, onehot, new_d, y), _ranges(weights, onehot, new_d, 1 - y))
-                worst_old = np.maximum(_ranges(weights, onehot, old_d, y), _ranges(weights, onehot, old_d, 1 - y))
+                worst_new = np.maximum(
+                    _ranges(weights, onehot, cell_new, cy), _ranges(weights, onehot, cell_new, 1 - cy)
+                )
+                worst_old = np.maximum(
+                    _ranges(weights, onehot, cell_old, cy), _ranges(weights, onehot, cell_old, 1 - cy)
+                )
                 diff = worst_new - worst_old
             bounds[(column.name, measure)] = float(np.nanquantile(diff, 0.05))
     return bounds

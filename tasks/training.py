@@ -92,12 +92,13 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
     label_spec = contract.tables[label.source]
     request = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
     apps = lake.read_offline(contract.prediction)
-    outcomes = lake.read_offline(label.source)
+    keys = [k for k in label_spec.primary_key if k != label_spec.event_time]
+    needed = list(dict.fromkeys([*keys, label_spec.event_time, label.column]))
+    outcomes = lake.read_offline(label.source, columns=needed)
     if apps.empty:
         raise TrainingDataError(f"no {contract.prediction} rows in the offline store: ingest data first")
     if outcomes.empty:
         raise TrainingDataError(f"no {label.source} rows (labels) in the offline store: ingest outcomes first")
-    keys = [k for k in label_spec.primary_key if k != label_spec.event_time]
     matured = outcomes[outcomes[label_spec.event_time] <= cutoff][[*keys, label.column]]
     frame = apps.merge(matured, on=keys, how="inner", validate="one_to_one")
     latest = cutoff - timedelta(days=label.delay_days)
@@ -146,6 +147,11 @@ def typed_features(frame: pd.DataFrame, contract: Contract) -> pd.DataFrame:
 
 def assign_splits(frame: pd.DataFrame, contract: Contract, config: TrainingConfig) -> pd.Series:
     """Split rows into train / validation / test, by time (the test window is the latest) unless unordered."""
+    return pd.Series(split_labels(frame, contract, config), index=frame.index, name=SPLIT)
+
+
+def split_labels(frame: pd.DataFrame, contract: Contract, config: TrainingConfig) -> np.ndarray:
+    """:func:`assign_splits` as a plain array of "train" / "validation" / "test", in the frame's row order."""
     n = len(frame)
     n_test = max(round(n * config.test_share), 1)
     n_val = max(round(n * config.validation_share), 1)
@@ -157,7 +163,7 @@ def assign_splits(frame: pd.DataFrame, contract: Contract, config: TrainingConfi
     labels[order[: n - n_test - n_val]] = "train"
     labels[order[n - n_test - n_val : n - n_test]] = "validation"
     labels[order[n - n_test :]] = "test"
-    return pd.Series(labels, index=frame.index, name=SPLIT)
+    return labels
 
 
 def monotone_constraints(contract: Contract) -> dict[str, int]:
