@@ -32,6 +32,7 @@ from tasks.registry import ChampionUnavailable, champion_scores, champion_versio
 from tasks.training import (
     EVENT_TIMESTAMP,
     SPLIT,
+    SPLITS,
     TUNED,
     Gates,
     TrainingConfig,
@@ -41,7 +42,7 @@ from tasks.training import (
     fit_model,
     frame_hash,
     monotone_constraints,
-    split_labels,
+    split_codes,
     typed_features,
 )
 
@@ -87,7 +88,7 @@ def build_training_set(settings: Settings, contract_path: str, cutoff: datetime,
     digest = frame_hash(entities)
     keys = _row_keys(contract)
     entities = entities.sort_values([EVENT_TIMESTAMP, *keys]).reset_index(drop=True)  # the file's row order
-    splits = pa.array(split_labels(entities, contract, config))
+    splits = pa.DictionaryArray.from_arrays(split_codes(entities, contract, config), list(SPLITS))
     folder = settings.state_dir / "training" / contract.name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"training-{digest}.parquet"

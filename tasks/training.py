@@ -150,8 +150,11 @@ def assign_splits(frame: pd.DataFrame, contract: Contract, config: TrainingConfi
     return pd.Series(split_labels(frame, contract, config), index=frame.index, name=SPLIT)
 
 
-def split_labels(frame: pd.DataFrame, contract: Contract, config: TrainingConfig) -> np.ndarray:
-    """:func:`assign_splits` as a plain array of "train" / "validation" / "test", in the frame's row order."""
+SPLITS = np.array(["train", "validation", "test"], dtype=object)
+
+
+def split_codes(frame: pd.DataFrame, contract: Contract, config: TrainingConfig) -> np.ndarray:
+    """Per row, in the frame's order: 0 train, 1 validation, 2 test (:data:`SPLITS`); the test window is the latest."""
     n = len(frame)
     n_test = max(round(n * config.test_share), 1)
     n_val = max(round(n * config.validation_share), 1)
@@ -159,11 +162,17 @@ def split_labels(frame: pd.DataFrame, contract: Contract, config: TrainingConfig
         order = np.argsort(frame[EVENT_TIMESTAMP].to_numpy(), kind="stable")
     else:
         order = np.random.default_rng(config.seed).permutation(n)
-    labels = np.empty(n, dtype=object)
-    labels[order[: n - n_test - n_val]] = "train"
-    labels[order[n - n_test - n_val : n - n_test]] = "validation"
-    labels[order[n - n_test :]] = "test"
-    return labels
+    codes = np.empty(n, dtype=np.int8)
+    codes[order[: n - n_test - n_val]] = 0
+    codes[order[n - n_test - n_val : n - n_test]] = 1
+    codes[order[n - n_test :]] = 2
+    return codes
+
+
+def split_labels(frame: pd.DataFrame, contract: Contract, config: TrainingConfig) -> np.ndarray:
+    """:func:`assign_splits` as a plain array of "train" / "validation" / "test", in the frame's row order."""
+    out: np.ndarray = SPLITS[split_codes(frame, contract, config)]
+    return out
 
 
 def monotone_constraints(contract: Contract) -> dict[str, int]:
