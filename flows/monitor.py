@@ -7,8 +7,9 @@ led to it are gone and, on labelled rows, that it does no worse than ``previous`
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -17,10 +18,11 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop import storage
-from closedloop.contract import contract_at
+from closedloop.contract import Drift, contract_at
 from closedloop.settings import load_settings
 from tasks import monitor as mon
-from tasks.drift import drift_rules, window_drift
+from tasks.distributed import dask_runner
+from tasks.drift import column_drift, drift_rules, judged_rules, window_drift, window_summary
 from tasks.lake import Lake
 from tasks.registry import champion_version, model_resource
 from tasks.training import feature_names, typed_features
@@ -39,6 +41,12 @@ class MonitorParams(BaseModel):
     rollback_margin: float = Field(
         default=0.01, ge=0, description="post-deploy: roll back if the new champion's AUC trails previous by more"
     )
+    engine: Literal["local", "dask"] = Field(
+        default="local",
+        description="local: drift in the flow's process; dask: drift by column chunks on CLOSEDLOOP_DASK_ADDRESS "
+        "(or a LocalCluster), for windows of many columns",
+    )
+    column_chunks: int = Field(default=4, ge=1, le=256, description="engine dask: column chunks (mapped tasks)")
 
 
 class MonitorResult(BaseModel):
@@ -59,9 +67,17 @@ class MonitorResult(BaseModel):
 
 @task(name="judge_window", cache_policy=NO_CACHE)
 def judge_window(
-    contract_path: str, frame: pd.DataFrame, champion: str, policy: mon.MonitorPolicy, now: datetime
+    contract_path: str,
+    frame: pd.DataFrame,
+    champion: str,
+    policy: mon.MonitorPolicy,
+    now: datetime,
+    drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Drift of every feature and of the score, data quality, performance (labelled and estimated)."""
+    """Drift of every feature and of the score, data quality, performance (labelled and estimated).
+
+    ``drift``: the window's drift record when it was already computed on a cluster (:func:`drift_by_chunks`).
+    """
     settings = load_settings()
     contract = contract_at(contract_path)
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
@@ -70,11 +86,36 @@ def judge_window(
     scores = frame["score"].to_numpy(dtype="float64")
     rows = mon.attach_outcomes(lake, contract, frame, now)
     return {
-        "drift": window_drift(profile, frame, drift_rules(contract, features), scores),
+        "drift": drift if drift is not None else window_drift(profile, frame, drift_rules(contract, features), scores),
         "quality": mon.data_quality(contract, frame, features),
         "performance": mon.performance(contract, rows, profile, policy),
         "estimated_performance": mon.estimated_performance(scores, profile, policy),
     }
+
+
+@task(name="column_drift_chunk", cache_policy=NO_CACHE)
+def column_drift_chunk(
+    reference: dict[str, Any], window: pd.DataFrame, rules: dict[str, Drift]
+) -> list[dict[str, Any]]:
+    """Drift verdicts of one chunk of columns; the worker gets only its columns and their reference bins."""
+    return [column_drift(name, reference[name], window[name], rule).to_dict() for name, rule in rules.items()]
+
+
+@flow(name="drift_by_chunks")
+def drift_by_chunks(contract_path: str, frame: pd.DataFrame, champion: str, chunks: int) -> dict[str, Any]:
+    """The window's drift with its columns split into ``chunks`` mapped tasks (run on Dask by the monitor)."""
+    settings = load_settings()
+    contract = contract_at(contract_path)
+    profile, _ = mon.reference(settings.mlflow_tracking_uri, contract.name, champion)
+    rules = judged_rules(profile, frame, drift_rules(contract, feature_names(contract)))
+    parts = [list(p) for p in np.array_split(np.array(list(rules), dtype=object), min(chunks, len(rules))) if len(p)]
+    futures = column_drift_chunk.map(
+        [{n: profile["columns"][n] for n in part} for part in parts],
+        [frame[part] for part in parts],
+        [{n: rules[n] for n in part} for part in parts],
+    )
+    columns = [column for future in futures for column in future.result()]
+    return window_summary(profile, len(frame), columns, frame["score"].to_numpy(dtype="float64"))
 
 
 @task(name="evidently_report", cache_policy=NO_CACHE)
@@ -213,7 +254,12 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         result.status = record["status"] = "too_few_rows"
     else:
         result.status = record["status"] = "judged"
-        record.update(judge_window(contract_path, frame, champion, params.policy, datetime.now(UTC)))
+        drift = None
+        if params.engine == "dask":  # the column chunks run on the cluster's workers, side by side
+            runner = dask_runner(settings.dask_address, settings.dask_workers)
+            chunked = drift_by_chunks.with_options(task_runner=runner)
+            drift = chunked(contract_path, frame, champion, params.column_chunks)
+        record.update(judge_window(contract_path, frame, champion, params.policy, datetime.now(UTC), drift))
         record["violations"] = result.violations = mon.violations(record, params.policy)
         result.drifted = record["drift"]["drifted"]
     previous_records = mon.history(lake, before=end)

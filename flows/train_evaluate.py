@@ -13,7 +13,8 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop.contract import contract_at
-from closedloop.settings import Settings, load_settings
+from closedloop.settings import load_settings
+from tasks.distributed import dask_runner
 from tasks.lake import Lake
 from tasks.registry import champion_version, client, model_resource, read_evidence
 from tasks.training import (
@@ -80,23 +81,6 @@ def tuning_search(training: Any, contract_path: str, configs: list[TrainingConfi
     from tasks.train import tuning_trial
 
     return [f.result() for f in tuning_trial.map(unmapped(training), unmapped(contract_path), configs)]
-
-
-def dask_runner(settings: Settings) -> Any:
-    """prefect-dask's task runner on CLOSEDLOOP_DASK_ADDRESS, or on a LocalCluster of worker processes."""
-    from prefect_dask.task_runners import DaskTaskRunner
-
-    if settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": settings.dask_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "host": "127.0.0.1",
-        }
-    )
 
 
 class TrainResult(BaseModel):
@@ -228,7 +212,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         configs = search_space(config, params.tuning_trials, params.seed)
         search = tuning_search
         if params.engine == "dask":  # the trials run on the Dask cluster's workers, side by side
-            search = tuning_search.with_options(task_runner=dask_runner(settings))
+            search = tuning_search.with_options(task_runner=dask_runner(settings.dask_address, settings.dask_workers))
         tuning = search(training, contract_path, configs)
         best = max(range(len(tuning)), key=lambda i: tuning[i]["validation_auc"])
         config = replace(config, **tuning[best]["params"])

@@ -45,6 +45,27 @@ def cluster(address: str | None, workers: int = 2, threads_per_worker: int = 1) 
         yield client
 
 
+def dask_runner(address: str | None, workers: int = 2) -> Any:
+    """prefect-dask's task runner on ``address`` (a Dask scheduler), or on a LocalCluster of worker processes.
+
+    A flow or subflow given this runner runs its mapped tasks on the cluster's workers, side by side: tuning
+    trials, drift column chunks, scoring segments.
+    """
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "host": "127.0.0.1",
+        }
+    )
+
+
 def _typed(part: Any, contract: Contract, columns: list[str], label: str, positive: Any) -> Any:
     out = typed_features(part, contract)[columns]
     out[SPLIT] = part[SPLIT].to_numpy()

@@ -198,11 +198,22 @@ def window_drift(
     """Drift of every profiled feature present in the window, and of the score."""
     columns = [
         column_drift(name, profile["columns"][name], window[name], rule).to_dict()
-        for name, rule in rules.items()
-        if name in window and name in profile["columns"]
+        for name, rule in judged_rules(profile, window, rules).items()
     ]
+    return window_summary(profile, len(window), columns, scores)
+
+
+def judged_rules(profile: dict[str, Any], window: pd.DataFrame, rules: dict[str, Drift]) -> dict[str, Drift]:
+    """The rules of the features both the window and the reference profile have."""
+    return {name: rule for name, rule in rules.items() if name in window and name in profile["columns"]}
+
+
+def window_summary(
+    profile: dict[str, Any], rows: int, columns: list[dict[str, Any]], scores: np.ndarray | None
+) -> dict[str, Any]:
+    """A window's drift record from its columns' verdicts (computed here or on a cluster's workers)."""
     out: dict[str, Any] = {
-        "rows": len(window),
+        "rows": rows,
         "columns": columns,
         "drifted": [c["column"] for c in columns if c["drifted"]],
         "share": (sum(c["drifted"] for c in columns) / len(columns)) if columns else 0.0,

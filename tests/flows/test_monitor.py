@@ -146,6 +146,28 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
     assert len(str(payload)) < 4_000  # a small payload: scores, not the report
 
 
+def test_drift_by_column_chunks_on_dask_workers_matches_the_flow_process(configured: dict[str, Any]) -> None:
+    """The monitor's ``engine: dask`` path: the same verdicts and scores, computed by two worker processes."""
+    from flows.monitor import drift_by_chunks
+    from tasks.distributed import dask_runner
+    from tasks.drift import drift_rules, window_drift
+    from tasks.monitor import read_window_frame, reference
+
+    start, end = serve_window(configured)
+    frame = read_window_frame(configured["lake"], start, end)
+    uri = configured["settings"].mlflow_tracking_uri
+    champion = str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version)
+    profile, _ = reference(uri, NAME, champion)
+    here = window_drift(profile, frame, drift_rules(CONTRACT, feature_names(CONTRACT)), frame["score"].to_numpy())
+    chunked = drift_by_chunks.with_options(task_runner=dask_runner(None, workers=2))
+    there = chunked(SYNTHETIC, frame, champion, chunks=3)
+    assert len(there["columns"]) == len(feature_names(CONTRACT)) == len(here["columns"])
+    assert [c["column"] for c in there["columns"]] == [c["column"] for c in here["columns"]]  # the contract's order
+    assert there["drifted"] == here["drifted"] and "income" in there["drifted"]
+    assert [c["score"] for c in there["columns"]] == pytest.approx([c["score"] for c in here["columns"]], abs=1e-12)
+    assert there["score"] == here["score"] and there["rows"] == here["rows"] == len(frame)
+
+
 def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str, Any]) -> None:
     uri = configured["settings"].mlflow_tracking_uri
     before = {v.version for v in client(uri).search_model_versions(f"name='{NAME}'")}
