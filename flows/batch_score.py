@@ -2,16 +2,19 @@
 
 Features come through the model's FeatureService with ``get_historical_features`` (point-in-time at each
 application's own time, the training code path); decisions use the version's threshold. The scores land in
-``<lake>/<dataset>/scores/scored_date=YYYY-MM-DD/<flow run>.parquet``, one atomic object per run.
+``<lake>/<dataset>/scores/scored_date=YYYY-MM-DD/<flow run>[-<segment>].parquet``, one atomic object per
+segment. The window's applications are cut, in time order, into segments of ``segment_rows``; each segment is a
+mapped task (retrieval, predict, write), run side by side on a Dask cluster's workers with ``engine: dask``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow, get_run_logger, runtime
+from prefect import flow, get_run_logger, runtime, task, unmapped
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from closedloop import storage
@@ -20,6 +23,7 @@ from closedloop.settings import load_settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
 from tasks import scoring
+from tasks.distributed import dask_runner
 from tasks.ingest import utc_now
 from tasks.lake import Lake, parquet_bytes
 from tasks.registry import champion_version
@@ -32,6 +36,12 @@ class BatchScoreParams(BaseModel):
     contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
     start: datetime = Field(description="first application time (UTC, inclusive)")
     end: datetime = Field(description="last application time (UTC, exclusive)")
+    segment_rows: int = Field(default=500_000, ge=1, description="applications per segment (one task and object each)")
+    engine: Literal["local", "dask"] = Field(
+        default="local",
+        description="local: segments in the flow's process; dask: segments on CLOSEDLOOP_DASK_ADDRESS's workers "
+        "(or a LocalCluster's), side by side",
+    )
 
 
 class BatchScoreResult(BaseModel):
@@ -39,7 +49,44 @@ class BatchScoreResult(BaseModel):
     model_version: str
     rows: int
     refused: int
-    uri: str | None
+    uri: str | None  # the first segment's object (the only one for a window within one segment)
+    uris: list[str] = []
+
+
+@task(name="score_segment", cache_policy=NO_CACHE)
+def score_segment(contract_path: str, version: str, entities: pd.DataFrame, uri: str) -> dict[str, Any]:
+    """Point-in-time features of one segment through the FeatureService, the champion's scores, one object."""
+    settings = load_settings()
+    contract = contract_at(contract_path)
+    model = scoring.load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0)
+    spec = contract.tables[contract.prediction]
+    keys = [k for k in spec.primary_key if k != spec.event_time]
+    store = open_store(settings, contract)
+    frame = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(model_service_name(contract))
+    ).to_df()
+    scores = model.predict_batch(scoring.frame_matrix(frame, contract, model.columns))
+    out: dict[str, Any] = {k: frame[k].to_numpy() for k in dict.fromkeys([contract.entity.join_key, *keys])}
+    out.update(
+        {
+            "applied_at": frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]").to_numpy(),
+            "probability": scores,
+            "decision": scoring.decisions(model, scores),
+            "model_version": version,
+            "scored_at": pd.Timestamp(utc_now()).as_unit("us"),
+        }
+    )
+    table = pd.DataFrame(out)
+    table["applied_at"] = pd.to_datetime(table["applied_at"], utc=True).astype("datetime64[us, UTC]")
+    storage.write_bytes(uri, parquet_bytes(table), settings.s3_endpoint_url)
+    return {"rows": len(table), "refused": int((table["decision"] == "refuse").sum()), "uri": uri}
+
+
+@flow(name="score_segments")
+def score_segments(contract_path: str, version: str, segments: list[pd.DataFrame], uris: list[str]) -> list[Any]:
+    """Every segment as a mapped task (the batch_score flow gives this subflow a Dask task runner for ``dask``)."""
+    futures = score_segment.map(unmapped(contract_path), unmapped(version), segments, uris)
+    return [f.result() for f in futures]
 
 
 @flow(name="batch_score")
@@ -47,7 +94,8 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
     """Score every application of the window with the champion; the scores go to the lake."""
     logger = get_run_logger()
     settings = load_settings()
-    contract = contract_at(str(params.contract or settings.contract))
+    contract_path = str(params.contract or settings.contract)
+    contract = contract_at(contract_path)
     if params.start >= params.end:
         raise ValueError(f"empty window: start {params.start} is not before end {params.end}")
     version = champion_version(settings.mlflow_tracking_uri, contract.name)
@@ -71,30 +119,25 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
         return BatchScoreResult(dataset=contract.name, model_version=version, rows=0, refused=0, uri=None)
     keys = [k for k in spec.primary_key if k != spec.event_time]
     request = [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
-    entities = window[list(dict.fromkeys([contract.entity.join_key, *keys, spec.event_time, *request]))].rename(
-        columns={spec.event_time: EVENT_TIMESTAMP}
+    entities = (
+        window[list(dict.fromkeys([contract.entity.join_key, *keys, spec.event_time, *request]))]
+        .rename(columns={spec.event_time: EVENT_TIMESTAMP})
+        .sort_values([EVENT_TIMESTAMP, *keys])
+        .reset_index(drop=True)
     )
-    store = open_store(settings, contract)
-    frame = store.get_historical_features(
-        entity_df=entities, features=store.get_feature_service(model_service_name(contract))
-    ).to_df()
-    scores = model.predict_batch(scoring.frame_matrix(frame, contract, model.columns))
-    now = utc_now()
-    out: dict[str, Any] = {k: frame[k].to_numpy() for k in dict.fromkeys([contract.entity.join_key, *keys])}
-    out.update(
-        {
-            "applied_at": frame[EVENT_TIMESTAMP].astype("datetime64[us, UTC]").to_numpy(),
-            "probability": scores,
-            "decision": scoring.decisions(model, scores),
-            "model_version": version,
-            "scored_at": pd.Timestamp(now).as_unit("us"),
-        }
-    )
-    table = pd.DataFrame(out)
-    table["applied_at"] = pd.to_datetime(table["applied_at"], utc=True).astype("datetime64[us, UTC]")
+    segments = [entities.iloc[i : i + params.segment_rows] for i in range(0, len(entities), params.segment_rows)]
     run = str(runtime.flow_run.id or "local")
-    uri = storage.join(lake.root, "scores", f"scored_date={now:%Y-%m-%d}", f"{run}.parquet")
-    storage.write_bytes(uri, parquet_bytes(table), settings.s3_endpoint_url)
-    refused = int((table["decision"] == "refuse").sum())
-    logger.info("scored %d applications with v%s (%d refused): %s", len(table), version, refused, uri)
-    return BatchScoreResult(dataset=contract.name, model_version=version, rows=len(table), refused=refused, uri=uri)
+    folder = storage.join(lake.root, "scores", f"scored_date={utc_now():%Y-%m-%d}")
+    names = [run] if len(segments) == 1 else [f"{run}-{i:04d}" for i in range(len(segments))]
+    uris = [storage.join(folder, f"{name}.parquet") for name in names]
+    scorer = score_segments
+    if params.engine == "dask":
+        scorer = score_segments.with_options(task_runner=dask_runner(settings.dask_address, settings.dask_workers))
+    parts = scorer(contract_path, version, segments, uris)
+    rows, refused = sum(p["rows"] for p in parts), sum(p["refused"] for p in parts)
+    logger.info(
+        "scored %d applications with v%s in %d segment(s) (%d refused): %s", rows, version, len(parts), refused, folder
+    )
+    return BatchScoreResult(
+        dataset=contract.name, model_version=version, rows=rows, refused=refused, uri=uris[0], uris=uris
+    )

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from closedloop import storage
@@ -196,5 +197,15 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     assert len(scores) == expected and scores["application_id"].is_unique
     assert scores["probability"].between(0, 1).all() and set(scores["decision"]) <= {"approve", "refuse"}
     assert (scores["decision"] == "refuse").sum() == result.refused
+    # per-segment scoring on two Dask worker processes: the same scores, one object per segment
+    segmented = batch_score(
+        BatchScoreParams(contract=SYNTHETIC, start=start, end=end, segment_rows=expected // 3 + 1, engine="dask")
+    )
+    assert len(segmented.uris) == 3 and segmented.rows == expected and segmented.refused == result.refused
+    parts = pd.concat([pd.read_parquet(storage.parse(uri).path) for uri in segmented.uris], ignore_index=True)
+    both = scores.merge(parts, on="application_id", suffixes=("", "_segmented"), validate="one_to_one")
+    assert len(both) == expected
+    assert np.allclose(both["probability"], both["probability_segmented"], rtol=0, atol=1e-7)
+    assert (both["decision"] == both["decision_segmented"]).all()
     with pytest.raises(ValueError, match="empty window"):
         batch_score(BatchScoreParams(contract=SYNTHETIC, start=end, end=start))
