@@ -575,6 +575,9 @@ def deploy_flows(
 def bench(
     names: Annotated[list[str] | None, typer.Argument(help="benchmarks to run (default: all)")] = None,
     rows: Annotated[int, typer.Option(help="generator: rows to write")] = 1_000_000,
+    customers: Annotated[
+        int | None, typer.Option(min=1000, help="train: synthetic customers ingested first (1,400,000: ~1M rows)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="folder for the JSON and markdown results")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -583,7 +586,10 @@ def bench(
 
     settings = _settings()
     try:
-        report, path = harness.run(list(names or []), out or settings.state_dir / "bench", generator={"rows": rows})
+        options: dict[str, dict[str, int]] = {"generator": {"rows": rows}}
+        if customers is not None:
+            options["train"] = {"customers": customers}
+        report, path = harness.run(list(names or []), out or settings.state_dir / "bench", **options)
     except KeyError as exc:
         _fail(str(exc.args[0]))
     _emit(report.to_dict(), as_json, report.markdown() + f"\nresults: {path} (+ .md)")
