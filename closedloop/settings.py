@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         default=None, description="Dask scheduler for engine=dask training; unset: a LocalCluster started per run"
     )
     dask_workers: int = Field(default=2, ge=1, description="worker processes of that LocalCluster")
+    duckdb_memory_limit: str | None = Field(
+        default=None,
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="memory the offline store's DuckDB may use before it spills to $STATE/duckdb/spill "
+        "(e.g. 4GB); unset: DuckDB's default, 80% of the machine's memory",
+    )
 
     @field_validator("state_dir", "contract")
     @classmethod

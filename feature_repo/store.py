@@ -50,6 +50,14 @@ def open_store(settings: Settings, contract: Contract) -> FeatureStore:
     """The FeatureStore of ``contract`` under ``settings`` (the registry may still be empty)."""
     if settings.lake_uri.startswith("s3://"):
         read_lake_on_s3(settings)
+    if settings.duckdb_memory_limit:
+        import ibis
+
+        spill = settings.state_dir / "duckdb" / "spill"
+        spill.mkdir(parents=True, exist_ok=True)
+        con = ibis.get_backend().con  # the connection Feast's DuckDB offline store runs its queries on
+        con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
+        con.execute(f"SET temp_directory = '{spill}'")
     return FeatureStore(fs_yaml_file=render_config(settings, contract))
 
 

@@ -91,3 +91,28 @@ def test_credentials_can_come_from_mounted_secret_files(monkeypatch: pytest.Monk
     monkeypatch.setenv("CLOSEDLOOP_SECRETS_DIR", str(tmp_path / "missing"))
     with pytest.raises(SettingsError, match="CLOSEDLOOP_SECRETS_DIR"):
         load_settings()
+
+
+def test_the_offline_stores_memory_limit_is_given_to_duckdb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With a limit, DuckDB spills the point-in-time join to the state folder instead of growing past it."""
+    import ibis
+
+    from closedloop.contract import load_contract
+    from feature_repo.store import open_store
+
+    monkeypatch.setenv("CLOSEDLOOP_DUCKDB_MEMORY_LIMIT", "1.5 GB")
+    monkeypatch.setenv("CLOSEDLOOP_STATE_DIR", str(tmp_path))
+    settings = load_settings()
+    contract = load_contract(Path(__file__).resolve().parents[2] / "datasets/credit_synthetic/contract.yaml")
+    con = ibis.get_backend().con
+    before = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    try:
+        open_store(settings, contract)
+        query = "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        limit, spill = con.execute(query).fetchone()
+        assert limit in ("1.3 GiB", "1.4 GiB") and spill == str(tmp_path / "duckdb" / "spill")
+    finally:
+        con.execute(f"SET memory_limit = '{before[0]}'")
+    monkeypatch.setenv("CLOSEDLOOP_DUCKDB_MEMORY_LIMIT", "lots")
+    with pytest.raises(SettingsError, match="CLOSEDLOOP_DUCKDB_MEMORY_LIMIT"):
+        load_settings()
