@@ -67,11 +67,13 @@ class TrainingSet(BaseModel):
 
 
 @task(name="build_training_set", cache_policy=NO_CACHE)
-def build_training_set(settings: Settings, contract_path: str, cutoff: datetime, config: TrainingConfig) -> TrainingSet:
+def build_training_set(
+    settings: Settings, contract_path: str, cutoff: datetime, config: TrainingConfig, batch_rows: int = 250_000
+) -> TrainingSet:
     """Point-in-time features for every matured application, through the model's FeatureService.
 
     The retrieval runs in the offline store's engine and streams to one parquet file in time order, with the
-    split of each row; the training set is never a pandas frame here (10M rows fit in no worker twice).
+    split of each row, ``batch_rows`` rows per row group; the training set is never a pandas frame here.
     """
     contract = contract_at(contract_path)
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
@@ -102,6 +104,7 @@ def build_training_set(settings: Settings, contract_path: str, cutoff: datetime,
             path,
             [EVENT_TIMESTAMP, *keys],
             lambda chunk, offset: chunk.append_column(SPLIT, splits.slice(offset, chunk.num_rows)),
+            batch_rows,
         )
     except Exception as exc:  # a feature the service names but the store lacks, an unapplied repo, ...
         raise TrainingDataError(f"cannot build the training set through FeatureService {service!r}: {exc}") from exc

@@ -95,6 +95,32 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     assert _event_arrives(prefect_server, result.event_id, result.version)
 
 
+def test_the_training_set_streams_to_parquet_in_time_order(configured: str) -> None:
+    """Several row groups (record batches appended), time order, splits by time, every feature and attribute."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from closedloop.contract import load_contract
+    from tasks.train import build_training_set
+    from tasks.training import EVENT_TIMESTAMP, SPLIT, TrainingConfig, feature_names
+
+    contract = load_contract(SYNTHETIC)
+    settings = load_settings()
+    training = build_training_set.fn(settings, SYNTHETIC, datetime.now(UTC), TrainingConfig())
+    stream = build_training_set.fn(settings, SYNTHETIC, datetime.now(UTC), TrainingConfig(), batch_rows=1_000)
+    assert stream.uri == training.uri and stream.rows == training.rows  # the same entity frame, the same file
+    file = pq.ParquetFile(training.uri[7:])
+    assert file.metadata.num_row_groups == -(-training.rows // 1_000) > 1
+    frame = file.read().to_pandas()
+    assert len(frame) == training.rows and frame[EVENT_TIMESTAMP].is_monotonic_increasing
+    assert set(feature_names(contract)) | {"age", "sex", "marital_status"} <= set(frame.columns)
+    times = {name: frame.loc[frame[SPLIT] == name, EVENT_TIMESTAMP] for name in ("train", "validation", "test")}
+    assert times["train"].max() <= times["validation"].min() and times["validation"].max() <= times["test"].min()
+    ratio = frame["debt_to_income"].to_numpy()  # Feast's on-demand view, applied batch by batch
+    expected = frame["loan_amount"].to_numpy() / frame["income"].replace(0, np.nan).to_numpy()
+    assert np.allclose(ratio, expected, equal_nan=True)
+
+
 def _event_arrives(api: str, event_id: str | None, version: str) -> bool:
     """Events reach the server through a background worker: poll for a little while."""
     import time
