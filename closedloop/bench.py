@@ -503,7 +503,7 @@ def bench_train(customers: int = 150_000) -> list[Measurement]:
     return [
         Measurement(
             "train",
-            f"train path on {training.rows:,} matured applications x {x.shape[1]} features (s)",
+            f"train path on {training.rows:,} matured applications x {x.shape[1]} features",
             "s",
             ours,
             bare,
