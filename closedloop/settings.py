@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         default=None, description="Dask scheduler for engine=dask training; unset: a LocalCluster started per run"
     )
     dask_workers: int = Field(default=2, ge=1, description="worker processes of that LocalCluster")
+    retrieval_rows: int = Field(
+        default=2_000_000,
+        ge=1000,
+        description="entity rows per point-in-time query: a larger training set is retrieved slice by slice "
+        "(time order) into the same file, so the offline store's join never holds more than this many",
+    )
     duckdb_memory_limit: str | None = Field(
         default=None,
         pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",

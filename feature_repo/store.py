@@ -9,7 +9,7 @@ credentials boto3 resolves (environment, profile, or the pod's IRSA role) and th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from string import Template
 from urllib.parse import urlparse
@@ -115,15 +115,17 @@ def service_refs(service: FeatureService) -> list[str]:
 
 
 def write_retrieval(
-    job: RetrievalJob,
+    jobs: Iterable[RetrievalJob],
     path: Path,
     order_by: list[str],
     extra: Callable[[pa.Table, int], pa.Table] | None = None,
     batch_rows: int = 250_000,
 ) -> list[str]:
-    """Write a point-in-time retrieval to one parquet file, sorted by ``order_by``, without holding it in memory.
+    """Write point-in-time retrievals to one parquet file, each sorted by ``order_by``, without holding them in memory.
 
-    On the DuckDB offline store the job's ibis expression runs in DuckDB (which sorts out of core) and its result
+    ``jobs`` are retrievals of consecutive slices of one entity frame sorted by ``order_by`` (created lazily: one
+    query at a time), so the file is sorted as a whole and the offline store never joins more than one slice.
+    On the DuckDB offline store a job's ibis expression runs in DuckDB (which sorts out of core) and its result
     streams as Arrow record batches; each batch gets the on-demand features from Feast's own transformation (the
     one that serves them online) and then ``extra(batch, first_row_offset)``, and is appended to the file as a
     row group. Other offline stores: Feast's ``to_arrow``, sorted, written in the same row groups. Returns the
@@ -131,6 +133,27 @@ def write_retrieval(
     """
     import pyarrow.parquet as pq
 
+    writer: pq.ParquetWriter | None = None
+    offset = 0
+    try:
+        for job in jobs:
+            for chunk in _retrieved(job, order_by, batch_rows):
+                if extra is not None:
+                    chunk = extra(chunk, offset)
+                offset += chunk.num_rows
+                if writer is None:
+                    writer = pq.ParquetWriter(path, chunk.schema)
+                writer.write_table(chunk.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("the retrieval returned no rows")
+    return list(writer.schema.names)
+
+
+def _retrieved(job: RetrievalJob, order_by: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """One job's rows in ``order_by`` order, ``batch_rows`` at a time, with the on-demand features requested."""
     requested = {ref.split(":", 1)[1] for ref in (job.metadata.features if job.metadata else [])}
     table = getattr(job, "table", None)
     if table is not None and hasattr(table, "to_pyarrow_batches"):
@@ -139,27 +162,13 @@ def write_retrieval(
     else:
         whole = job.to_arrow().sort_by([(c, "ascending") for c in order_by])
         batches, odfvs = iter(whole.to_batches(max_chunksize=batch_rows)), []
-    writer: pq.ParquetWriter | None = None
-    offset = 0
-    try:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            chunk = pa.Table.from_batches([batch])
-            for odfv in odfvs:
-                transformed = odfv.transform_arrow(chunk, job.full_feature_names)
-                for name in transformed.column_names:
-                    if name in requested and name not in chunk.column_names:
-                        chunk = chunk.append_column(name, transformed[name])
-            if extra is not None:
-                chunk = extra(chunk, offset)
-            offset += chunk.num_rows
-            if writer is None:
-                writer = pq.ParquetWriter(path, chunk.schema)
-            writer.write_table(chunk.cast(writer.schema))
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError("the retrieval returned no rows")
-    return list(writer.schema.names)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        chunk = pa.Table.from_batches([batch])
+        for odfv in odfvs:
+            transformed = odfv.transform_arrow(chunk, job.full_feature_names)
+            for name in transformed.column_names:
+                if name in requested and name not in chunk.column_names:
+                    chunk = chunk.append_column(name, transformed[name])
+        yield chunk

@@ -98,9 +98,13 @@ def build_training_set(
     service = model_service_name(contract)
     try:  # the service's features and the sensitive attributes (for the fairness analysis) in one retrieval
         refs = [*service_refs(store.get_feature_service(service)), *sensitive_refs(contract)]
-        job = store.get_historical_features(entity_df=entities, features=refs)
+        step = settings.retrieval_rows
+        jobs = (  # one query per slice of the sorted entity frame, each started when the previous one is written
+            store.get_historical_features(entity_df=entities.iloc[i : i + step].copy(), features=refs)
+            for i in range(0, len(entities), step)
+        )
         columns = write_retrieval(
-            job,
+            jobs,
             path,
             [EVENT_TIMESTAMP, *keys],
             lambda chunk, offset: chunk.append_column(SPLIT, splits.slice(offset, chunk.num_rows)),
