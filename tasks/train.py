@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
@@ -107,11 +108,14 @@ def build_training_set(
             jobs,
             path,
             [EVENT_TIMESTAMP, *keys],
-            lambda chunk, offset: chunk.append_column(SPLIT, splits.slice(offset, chunk.num_rows)),
+            lambda chunk, offset: chunk.append_column(SPLIT, _split_slice(splits, offset, chunk.num_rows)),
             batch_rows,
         )
     except Exception as exc:  # a feature the service names but the store lacks, an unapplied repo, ...
         raise TrainingDataError(f"cannot build the training set through FeatureService {service!r}: {exc}") from exc
+    written = pq.ParquetFile(path).metadata.num_rows
+    if written != len(entities):  # fail closed: the splits are assigned by row position
+        raise TrainingDataError(f"the retrieval returned {written} rows for {len(entities)} entity rows")
     missing = [f for f in feature_names(contract) if f not in columns]
     if missing:
         raise TrainingDataError(f"the feature store returned no column(s) {missing} for FeatureService {service!r}")
@@ -125,6 +129,12 @@ def build_training_set(
         feature_service=service,
         contract_fingerprint=contract.fingerprint,
     )
+
+
+def _split_slice(splits: pa.Array, offset: int, rows: int) -> pa.Array:
+    if offset + rows > len(splits):
+        raise TrainingDataError(f"the retrieval returned more than the {len(splits)} entity rows it was given")
+    return splits.slice(offset, rows)
 
 
 def _row_keys(contract: Any) -> list[str]:
