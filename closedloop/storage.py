@@ -154,6 +154,18 @@ def exists(uri: str, endpoint_url: str | None = None) -> bool:
     return True
 
 
+def delete(uri: str, endpoint_url: str | None = None) -> None:
+    """Remove one object or file; a missing one is not an error."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        loc.path.unlink(missing_ok=True)
+        return
+    try:
+        s3_client(endpoint_url).delete_object(Bucket=loc.bucket, Key=loc.key)
+    except Exception as exc:
+        raise _s3_error(exc, uri, "delete") from exc
+
+
 def list_objects(prefix_uri: str, endpoint_url: str | None = None) -> list[str]:
     """Every object below a prefix, sorted, as URIs (hidden and temporary files skipped)."""
     loc = parse(prefix_uri)

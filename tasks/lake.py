@@ -100,7 +100,7 @@ class Lake:
             for u in uris
         ]
         # one conversion of the whole table: a pandas frame per partition, then a concat, costs twice as much
-        return pa.concat_tables(tables, promote_options="default").to_pandas()
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()  # int64 + float64 -> float64
 
     # --- quarantine --------------------------------------------------------------------------------
     def write_quarantine(

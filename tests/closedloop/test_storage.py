@@ -91,3 +91,29 @@ def test_ensure_bucket_is_idempotent(s3_endpoint: str) -> None:
     storage.ensure_bucket("twice", s3_endpoint)
     names = [b["Name"] for b in boto3.client("s3", endpoint_url=s3_endpoint).list_buckets()["Buckets"]]
     assert names.count("twice") == 1
+
+
+def test_delete_removes_one_object_and_a_missing_one_is_fine(root: str, request: pytest.FixtureRequest) -> None:
+    ep = _endpoint(root, request)
+    keep, gone = storage.join(root, "scores", "a.parquet"), storage.join(root, "scores", "b.parquet")
+    storage.write_bytes(keep, b"a", ep)
+    storage.write_bytes(gone, b"b", ep)
+    storage.delete(gone, ep)
+    storage.delete(gone, ep)
+    assert storage.exists(keep, ep) and not storage.exists(gone, ep)
+
+
+def test_an_offline_table_reads_across_files_whose_int_column_became_float(tmp_path: Path) -> None:
+    """A batch with a missing value stores an integer column as float64, a clean one as int64: one table."""
+    import pandas as pd
+
+    from tasks.lake import Lake, parquet_bytes
+
+    lake = Lake.of(tmp_path.as_uri(), "credit_synthetic")
+    clean = pd.DataFrame({"customer_id": [1, 2], "loan_term_months": pd.Series([12, 24], dtype="int64")})
+    gappy = pd.DataFrame({"customer_id": [3, 4], "loan_term_months": [36.0, None]})
+    for day, frame in (("2025-01-01", clean), ("2025-01-02", gappy)):
+        uri = storage.join(lake.offline("applications"), f"event_date={day}", "b.parquet")
+        storage.write_bytes(uri, parquet_bytes(frame))
+    table = lake.read_offline("applications")
+    assert table["loan_term_months"].dtype == "float64" and table["loan_term_months"].tolist()[:3] == [12, 24, 36]
