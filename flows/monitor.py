@@ -6,12 +6,15 @@ led to it are gone and, on labelled rows, that it does no worse than ``previous`
 
 from __future__ import annotations
 
+import io
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, task
+import pyarrow.parquet as pq
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -23,7 +26,7 @@ from closedloop.settings import load_settings
 from tasks import monitor as mon
 from tasks.distributed import dask_runner
 from tasks.drift import column_drift, drift_rules, judged_rules, window_drift, window_summary
-from tasks.lake import Lake
+from tasks.lake import Lake, parquet_bytes
 from tasks.registry import champion_version, model_resource
 from tasks.training import feature_names, typed_features
 
@@ -93,29 +96,55 @@ def judge_window(
     }
 
 
+def _read_columns(uri: str, columns: list[str]) -> pd.DataFrame:
+    settings = load_settings()
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri, settings.s3_endpoint_url)), columns=columns).to_pandas()
+
+
 @task(name="column_drift_chunk", cache_policy=NO_CACHE)
-def column_drift_chunk(
-    reference: dict[str, Any], window: pd.DataFrame, rules: dict[str, Drift]
-) -> list[dict[str, Any]]:
-    """Drift verdicts of one chunk of columns; the worker gets only its columns and their reference bins."""
+def column_drift_chunk(window_uri: str, reference: dict[str, Any], rules: dict[str, Drift]) -> list[dict[str, Any]]:
+    """Drift verdicts of one chunk of columns; the worker reads only its columns of the staged window."""
+    window = _read_columns(window_uri, list(rules))
     return [column_drift(name, reference[name], window[name], rule).to_dict() for name, rule in rules.items()]
 
 
 @flow(name="drift_by_chunks")
-def drift_by_chunks(contract_path: str, frame: pd.DataFrame, champion: str, chunks: int) -> dict[str, Any]:
-    """The window's drift with its columns split into ``chunks`` mapped tasks (run on Dask by the monitor)."""
+def drift_by_chunks(contract_path: str, window_uri: str, champion: str, chunks: int) -> dict[str, Any]:
+    """The window's drift with its columns split into ``chunks`` mapped tasks (run on Dask by the monitor).
+
+    The window is staged as parquet (``window_uri``): a subflow's parameters are recorded by Prefect, so the
+    frame itself never is one.
+    """
     settings = load_settings()
     contract = contract_at(contract_path)
     profile, _ = mon.reference(settings.mlflow_tracking_uri, contract.name, champion)
-    rules = judged_rules(profile, frame, drift_rules(contract, feature_names(contract)))
+    staged = pq.read_schema(io.BytesIO(storage.read_bytes(window_uri, settings.s3_endpoint_url))).names
+    scores = _read_columns(window_uri, ["score"])["score"].to_numpy(dtype="float64")
+    rules = judged_rules(profile, pd.DataFrame(columns=staged), drift_rules(contract, feature_names(contract)))
+    if not rules:
+        return window_summary(profile, len(scores), [], scores)
     parts = [list(p) for p in np.array_split(np.array(list(rules), dtype=object), min(chunks, len(rules))) if len(p)]
     futures = column_drift_chunk.map(
+        unmapped(window_uri),
         [{n: profile["columns"][n] for n in part} for part in parts],
-        [frame[part] for part in parts],
         [{n: rules[n] for n in part} for part in parts],
     )
     columns = [column for future in futures for column in future.result()]
-    return window_summary(profile, len(frame), columns, frame["score"].to_numpy(dtype="float64"))
+    return window_summary(profile, len(scores), columns, scores)
+
+
+def _drift_on_dask(settings: Any, contract_path: str, frame: pd.DataFrame, champion: str, chunks: int) -> Any:
+    """Stage the window's features and scores in the lake, judge them by column chunks on Dask, drop the stage."""
+    contract = contract_at(contract_path)
+    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
+    columns = [c for c in [*feature_names(contract), "score"] if c in frame]
+    uri = storage.join(lake.root, "monitor", "staging", f"{uuid.uuid4().hex}.parquet")
+    storage.write_bytes(uri, parquet_bytes(frame[columns].reset_index(drop=True)), lake.endpoint_url)
+    try:
+        runner = dask_runner(settings.dask_address, settings.dask_workers)
+        return drift_by_chunks.with_options(task_runner=runner)(contract_path, uri, champion, chunks)
+    finally:
+        storage.delete(uri, lake.endpoint_url)
 
 
 @task(name="evidently_report", cache_policy=NO_CACHE)
@@ -256,9 +285,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         result.status = record["status"] = "judged"
         drift = None
         if params.engine == "dask":  # the column chunks run on the cluster's workers, side by side
-            runner = dask_runner(settings.dask_address, settings.dask_workers)
-            chunked = drift_by_chunks.with_options(task_runner=runner)
-            drift = chunked(contract_path, frame, champion, params.column_chunks)
+            drift = _drift_on_dask(settings, contract_path, frame, champion, params.column_chunks)
         record.update(judge_window(contract_path, frame, champion, params.policy, datetime.now(UTC), drift))
         record["violations"] = result.violations = mon.violations(record, params.policy)
         result.drifted = record["drift"]["drifted"]

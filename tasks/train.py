@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
+import threading
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,10 +94,17 @@ def build_training_set(
     digest = frame_hash(entities)
     keys = _row_keys(contract)
     entities = entities.sort_values([EVENT_TIMESTAMP, *keys]).reset_index(drop=True)  # the file's row order
-    splits = pa.DictionaryArray.from_arrays(split_codes(entities, contract, config), list(SPLITS))
+    # text columns as strings, not objects: a slice where one is all missing would otherwise reach DuckDB untyped
+    text = [c for c in entities.columns if entities[c].dtype == object]
+    entities = entities.astype(dict.fromkeys(text, "string"))
+    codes = split_codes(entities, contract, config)
+    splits = pa.DictionaryArray.from_arrays(codes, list(SPLITS))
     folder = settings.state_dir / "training" / contract.name
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"training-{digest}.parquet"
+    # named by its content (entities and their splits), written aside and moved into place whole: a run never
+    # reads a half-written file, and runs with other splits never share one
+    path = folder / f"training-{digest}-{hashlib.sha256(codes.tobytes()).hexdigest()[:8]}.parquet"
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     store = open_store(settings, contract)
     service = model_service_name(contract)
     try:  # the service's features and the sensitive attributes (for the fairness analysis) in one retrieval
@@ -106,16 +116,20 @@ def build_training_set(
         )
         columns = write_retrieval(
             jobs,
-            path,
+            staging,
             [EVENT_TIMESTAMP, *keys],
             lambda chunk, offset: chunk.append_column(SPLIT, _split_slice(splits, offset, chunk.num_rows)),
             batch_rows,
         )
+        written = pq.ParquetFile(staging).metadata.num_rows
+        if written != len(entities):  # fail closed: the splits are assigned by row position
+            raise TrainingDataError(f"the retrieval returned {written} rows for {len(entities)} entity rows")
+        staging.replace(path)
     except Exception as exc:  # a feature the service names but the store lacks, an unapplied repo, ...
+        staging.unlink(missing_ok=True)
+        if isinstance(exc, TrainingDataError):
+            raise
         raise TrainingDataError(f"cannot build the training set through FeatureService {service!r}: {exc}") from exc
-    written = pq.ParquetFile(path).metadata.num_rows
-    if written != len(entities):  # fail closed: the splits are assigned by row position
-        raise TrainingDataError(f"the retrieval returned {written} rows for {len(entities)} entity rows")
     missing = [f for f in feature_names(contract) if f not in columns]
     if missing:
         raise TrainingDataError(f"the feature store returned no column(s) {missing} for FeatureService {service!r}")
@@ -144,6 +158,7 @@ def _row_keys(contract: Any) -> list[str]:
 
 
 _loaded: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame, np.ndarray]] = {}
+_loading = threading.Lock()
 
 
 def _load(training: TrainingSet, contract_path: str) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
@@ -154,14 +169,15 @@ def _load(training: TrainingSet, contract_path: str) -> tuple[pd.DataFrame, pd.D
     """
     stat = Path(training.uri[7:]).stat()  # a rebuilt file at the same path is read again
     key = (f"{training.uri}@{stat.st_mtime_ns}:{stat.st_size}", contract_path)
-    if key not in _loaded:
-        contract = contract_at(contract_path)
-        frame = pd.read_parquet(training.uri[7:])
-        features = typed_features(frame, contract)
-        y = (frame[contract.label.column] == contract.label.positive).astype(int).to_numpy()
-        _loaded.clear()
-        _loaded[key] = (frame, features, y)
-    return _loaded[key]
+    with _loading:
+        if key not in _loaded:
+            contract = contract_at(contract_path)
+            frame = pd.read_parquet(training.uri[7:])
+            features = typed_features(frame, contract)
+            y = (frame[contract.label.column] == contract.label.positive).astype(int).to_numpy()
+            _loaded.clear()
+            _loaded[key] = (frame, features, y)
+        return _loaded[key]
 
 
 def _fit(training: TrainingSet, contract_path: str, config: TrainingConfig) -> Any:

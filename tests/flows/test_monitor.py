@@ -148,8 +148,7 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
 
 def test_drift_by_column_chunks_on_dask_workers_matches_the_flow_process(configured: dict[str, Any]) -> None:
     """The monitor's ``engine: dask`` path: the same verdicts and scores, computed by two worker processes."""
-    from flows.monitor import drift_by_chunks
-    from tasks.distributed import dask_runner
+    from flows.monitor import _drift_on_dask
     from tasks.drift import drift_rules, window_drift
     from tasks.monitor import read_window_frame, reference
 
@@ -159,8 +158,8 @@ def test_drift_by_column_chunks_on_dask_workers_matches_the_flow_process(configu
     champion = str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version)
     profile, _ = reference(uri, NAME, champion)
     here = window_drift(profile, frame, drift_rules(CONTRACT, feature_names(CONTRACT)), frame["score"].to_numpy())
-    chunked = drift_by_chunks.with_options(task_runner=dask_runner(None, workers=2))
-    there = chunked(SYNTHETIC, frame, champion, chunks=3)
+    there = _drift_on_dask(configured["settings"], SYNTHETIC, frame, champion, chunks=3)  # staged, 2 workers
+    assert not storage.list_objects(storage.join(configured["lake"].root, "monitor", "staging"))  # stage dropped
     assert len(there["columns"]) == len(feature_names(CONTRACT)) == len(here["columns"])
     assert [c["column"] for c in there["columns"]] == [c["column"] for c in here["columns"]]  # the contract's order
     assert there["drifted"] == here["drifted"] and "income" in there["drifted"]
