@@ -9,12 +9,17 @@ mapped task (retrieval, predict, write), run side by side on a Dask cluster's wo
 
 from __future__ import annotations
 
+import io
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, runtime, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from closedloop import storage
@@ -54,10 +59,17 @@ class BatchScoreResult(BaseModel):
 
 
 @task(name="score_segment", cache_policy=NO_CACHE)
-def score_segment(contract_path: str, version: str, entities: pd.DataFrame, uri: str) -> dict[str, Any]:
-    """Point-in-time features of one segment through the FeatureService, the champion's scores, one object."""
+def score_segment(contract_path: str, version: str, entities_uri: str, segment: int, uri: str) -> dict[str, Any]:
+    """Point-in-time features of one segment through the FeatureService, the champion's scores, one object.
+
+    The segment is row group ``segment`` of the staged entity frame (``entities_uri``).
+    """
     settings = load_settings()
     contract = contract_at(contract_path)
+    staged = pq.ParquetFile(io.BytesIO(storage.read_bytes(entities_uri, settings.s3_endpoint_url)))
+    entities = staged.read_row_group(segment).to_pandas()
+    text = [c for c in entities.columns if entities[c].dtype == object]  # typed even when a segment has no value
+    entities = entities.astype(dict.fromkeys(text, "string"))
     model = scoring.load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0)
     spec = contract.tables[contract.prediction]
     keys = [k for k in spec.primary_key if k != spec.event_time]
@@ -83,9 +95,25 @@ def score_segment(contract_path: str, version: str, entities: pd.DataFrame, uri:
 
 
 @flow(name="score_segments")
-def score_segments(contract_path: str, version: str, segments: list[pd.DataFrame], uris: list[str]) -> list[Any]:
-    """Every segment as a mapped task (the batch_score flow gives this subflow a Dask task runner for ``dask``)."""
-    futures = score_segment.map(unmapped(contract_path), unmapped(version), segments, uris)
+def score_segments(contract_path: str, version: str, entities_uri: str, uris: list[str]) -> list[dict[str, Any]]:
+    """Every segment as a mapped task; all or nothing: when one fails, the segments written are removed.
+
+    The entity frame is staged as parquet, one row group per segment: a subflow's parameters are recorded by
+    Prefect, so no frame is one. The batch_score flow gives this subflow a Dask task runner for ``engine: dask``.
+    """
+    futures = score_segment.map(
+        unmapped(contract_path), unmapped(version), unmapped(entities_uri), list(range(len(uris))), uris
+    )
+    futures.wait()
+    failed = [f for f in futures if f.state.is_failed() or f.state.is_crashed()]
+    if failed:
+        endpoint = load_settings().s3_endpoint_url
+        for uri in uris:
+            try:
+                storage.delete(uri, endpoint)
+            except (storage.StorageError, OSError) as exc:  # the one that failed may not even be deletable
+                get_run_logger().warning("could not remove segment %s: %s", uri, exc)
+        failed[0].result()  # raises the first segment's error
     return [f.result() for f in futures]
 
 
@@ -125,15 +153,23 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
         .sort_values([EVENT_TIMESTAMP, *keys])
         .reset_index(drop=True)
     )
-    segments = [entities.iloc[i : i + params.segment_rows] for i in range(0, len(entities), params.segment_rows)]
-    run = str(runtime.flow_run.id or "local")
+    run = str(runtime.flow_run.id or uuid.uuid4().hex)
+    segments = -(-len(entities) // params.segment_rows)
+    staged = storage.join(lake.root, "scores", "staging", f"{run}.parquet")
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(entities, preserve_index=False), buffer, row_group_size=params.segment_rows)
+    storage.write_bytes(staged, buffer.getvalue(), settings.s3_endpoint_url)
     folder = storage.join(lake.root, "scores", f"scored_date={utc_now():%Y-%m-%d}")
-    names = [run] if len(segments) == 1 else [f"{run}-{i:04d}" for i in range(len(segments))]
+    names = [run] if segments == 1 else [f"{run}-{i:04d}" for i in range(segments)]
     uris = [storage.join(folder, f"{name}.parquet") for name in names]
-    scorer = score_segments
+    # one segment at a time in this process (the offline store's connection is shared); side by side on Dask
+    runner: Any = ThreadPoolTaskRunner(max_workers=1)
     if params.engine == "dask":
-        scorer = score_segments.with_options(task_runner=dask_runner(settings.dask_address, settings.dask_workers))
-    parts = scorer(contract_path, version, segments, uris)
+        runner = dask_runner(settings.dask_address, settings.dask_workers)
+    try:
+        parts = score_segments.with_options(task_runner=runner)(contract_path, version, staged, uris)
+    finally:
+        storage.delete(staged, settings.s3_endpoint_url)
     rows, refused = sum(p["rows"] for p in parts), sum(p["refused"] for p in parts)
     logger.info(
         "scored %d applications with v%s in %d segment(s) (%d refused): %s", rows, version, len(parts), refused, folder

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from closedloop import storage
 from closedloop.settings import PROJECT_ROOT, load_settings
@@ -207,5 +208,27 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     assert len(both) == expected
     assert np.allclose(both["probability"], both["probability_segmented"], rtol=0, atol=1e-7)
     assert (both["decision"] == both["decision_segmented"]).all()
+    assert not storage.list_objects(storage.join(lake.root, "scores", "staging"))  # the staged entities are gone
+    # all or nothing: when one segment cannot be written, the segments that were are removed
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.batch_score import score_segments
+
+    window = apps[(apps["applied_at"] >= start) & (apps["applied_at"] < end)]
+    entities = window.rename(columns={"applied_at": "event_timestamp"}).sort_values("event_timestamp")
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(entities, preserve_index=False), buffer, row_group_size=expected // 3 + 1)
+    staged = storage.write_bytes(storage.join(lake.root, "scores", "staging", "failing.parquet"), buffer.getvalue())
+    blocker = storage.parse(lake.root).path / "not-a-folder"
+    blocker.write_text("a file where a folder would be")
+    good = [storage.join(lake.root, "scores", "failing", f"{i}.parquet") for i in (0, 2)]
+    uris = [good[0], (blocker / "1.parquet").as_uri(), good[1]]
+    with pytest.raises(Exception, match="not-a-folder"):
+        one_at_a_time = score_segments.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+        one_at_a_time(SYNTHETIC, segmented.model_version, staged, uris)
+    assert not any(storage.exists(uri) for uri in good)
     with pytest.raises(ValueError, match="empty window"):
         batch_score(BatchScoreParams(contract=SYNTHETIC, start=end, end=start))
