@@ -118,9 +118,10 @@ def drift_by_chunks(contract_path: str, window_uri: str, champion: str, chunks: 
     settings = load_settings()
     contract = contract_at(contract_path)
     profile, _ = mon.reference(settings.mlflow_tracking_uri, contract.name, champion)
-    staged = pq.read_schema(io.BytesIO(storage.read_bytes(window_uri, settings.s3_endpoint_url))).names
-    scores = _read_columns(window_uri, ["score"])["score"].to_numpy(dtype="float64")
-    rules = judged_rules(profile, pd.DataFrame(columns=staged), drift_rules(contract, feature_names(contract)))
+    staged = pq.ParquetFile(io.BytesIO(storage.read_bytes(window_uri, settings.s3_endpoint_url)))
+    scores = staged.read(columns=["score"]).column("score").to_numpy().astype("float64")
+    present = pd.DataFrame(columns=staged.schema_arrow.names)
+    rules = judged_rules(profile, present, drift_rules(contract, feature_names(contract)))
     if not rules:
         return window_summary(profile, len(scores), [], scores)
     parts = [list(p) for p in np.array_split(np.array(list(rules), dtype=object), min(chunks, len(rules))) if len(p)]
