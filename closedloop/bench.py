@@ -7,6 +7,7 @@ peak memory (``ru_maxrss``) is its own and not the harness's. Results go to JSON
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -437,13 +438,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_train(customers: int = 150_000) -> list[Measurement]:
+def bench_train(customers: int = 150_000, data: str | None = None) -> list[Measurement]:
     """The whole train path against a bare ``xgboost`` fit of the same matrix with the same parameters.
 
-    The data is generated and ingested first (not timed). Timed: the point-in-time training set through the
-    FeatureService, the fit, the evaluation (metrics with bootstrap intervals, cost threshold, calibration,
-    segments, fairness, SHAP, behavioural tests, plots) and the MLflow logging and registration on a real
-    tracking server. The bare fit is the same ``fit_model`` call on the matrix the flow trained on.
+    The data is generated and ingested first (not timed); with ``data``, into that folder, and a later run with
+    the same number of customers reuses it (1.4M customers take a quarter of an hour to ingest here).
+    Timed: the point-in-time training set through the FeatureService, the fit, the evaluation (metrics with
+    bootstrap intervals, cost threshold, calibration, segments, fairness, SHAP, behavioural tests, plots) and
+    the MLflow logging and registration on a real tracking server. The bare fit is the same ``fit_model`` call
+    on the matrix the flow trained on.
     """
     import numpy as np
 
@@ -459,16 +462,26 @@ def bench_train(customers: int = 150_000) -> list[Measurement]:
 
     contract_path = str(PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml")
     config = TrainingConfig()
-    with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
-        settings = load_settings(state_dir=Path(tmp), mlflow_port=_free_port(), prefect_port=_free_port())
+    with contextlib.ExitStack() as cleanup:
+        temporary = None if data else cleanup.enter_context(tempfile.TemporaryDirectory(prefix="closedloop-bench-"))
+        folder = Path(data or str(temporary))
+        settings = load_settings(state_dir=folder, mlflow_port=_free_port(), prefect_port=_free_port())
         contract = contract_at(contract_path)
         lake = Lake.of(settings.lake_uri, contract.name)
-        write_synthetic(SyntheticConfig(customers=customers, start="2025-01", months=12), lake.landing)
-        now = datetime.now(UTC)
-        refs = find_batches([], lake.landing, contract, None)
-        for ref in refs:
-            ingest_batch.fn(ref, contract_path, lake, now)
-        materialize_features.fn(settings, contract_path, {}, now)  # the repo only: training reads the offline store
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / "bench-train.json"
+        prepared = json.loads(marker.read_text()) if marker.exists() else {}
+        if prepared.get("customers") == customers:
+            now = datetime.fromisoformat(prepared["ingested_at"])
+        else:
+            if prepared or (folder.exists() and any(folder.iterdir()) and data):
+                raise RuntimeError(f"{folder} holds other data: give an empty or new folder")
+            write_synthetic(SyntheticConfig(customers=customers, start="2025-01", months=12), lake.landing)
+            now = datetime.now(UTC)
+            for ref in find_batches([], lake.landing, contract, None):
+                ingest_batch.fn(ref, contract_path, lake, now)
+            materialize_features.fn(settings, contract_path, {}, now)  # the repo only: training reads the offline store
+            marker.write_text(json.dumps({"customers": customers, "ingested_at": now.isoformat()}))
         stack.up(settings, only=("mlflow",))
         try:
             import mlflow  # noqa: F401  warm-up: imports and first calls are paid by neither side

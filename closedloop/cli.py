@@ -578,6 +578,10 @@ def bench(
     customers: Annotated[
         int | None, typer.Option(min=1000, help="train: synthetic customers ingested first (1,400,000: ~1M rows)")
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="train: keep the ingested data in this folder; a later run with as many customers reuses it"),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="folder for the JSON and markdown results")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -586,9 +590,11 @@ def bench(
 
     settings = _settings()
     try:
-        options: dict[str, dict[str, int]] = {"generator": {"rows": rows}}
+        options: dict[str, dict[str, Any]] = {"generator": {"rows": rows}}
         if customers is not None:
             options["train"] = {"customers": customers}
+        if data is not None:
+            options.setdefault("train", {})["data"] = str(data.resolve())
         report, path = harness.run(list(names or []), out or settings.state_dir / "bench", **options)
     except KeyError as exc:
         _fail(str(exc.args[0]))

@@ -142,7 +142,7 @@ def write_retrieval(
                     chunk = extra(chunk, offset)
                 offset += chunk.num_rows
                 if writer is None:
-                    writer = pq.ParquetWriter(path, chunk.schema)
+                    writer = pq.ParquetWriter(path, chunk.schema, compression="lz4")  # read and written locally
                 writer.write_table(chunk.cast(writer.schema))
     finally:
         if writer is not None:

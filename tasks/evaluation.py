@@ -16,34 +16,45 @@ HEADLINE = ("roc_auc", "pr_auc", "ks", "brier")
 
 
 class _Ranked:
-    """Scores reduced once to their distinct values.
+    """Scores reduced once to their distinct values, each row to one code: (distinct score, class).
 
-    A metric under any row weights (a bootstrap resample is a vector of counts) is then a few O(n) bincounts:
-    no sort and no copy of the rows per round.
+    A bootstrap round is then one integer bincount of the drawn rows' codes (how many negatives and positives
+    at each distinct score) and two cumulative sums over the distinct scores: no sort, no copy of the rows.
     """
 
     def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
-        self.values, self.codes = np.unique(p, return_inverse=True)
+        self.values, codes = np.unique(p, return_inverse=True)
         self.y = np.asarray(y, dtype=float)
         self.p = np.asarray(p, dtype=float)
         self.k = len(self.values)
+        self.cells = codes.ravel() + self.k * (self.y > 0)  # below k: a negative at that score, from k: a positive
+        self.squared = (self.p - self.y) ** 2
 
-    def weighted(self, w: np.ndarray) -> dict[str, float] | None:
-        """ROC-AUC, average precision, KS and Brier with row weights ``w``; None when a class is absent."""
-        wp = np.bincount(self.codes, weights=w * self.y, minlength=self.k)
-        wn = np.bincount(self.codes, weights=w * (1 - self.y), minlength=self.k)
+    def counted(self, counts: np.ndarray, squared_sum: float, rows: float) -> dict[str, float] | None:
+        """ROC-AUC, average precision, KS and Brier from negatives and positives per distinct score."""
+        wn, wp = counts[: self.k], counts[self.k :]
         pos, neg = wp.sum(), wn.sum()
         if pos == 0 or neg == 0:
             return None
+        below_p, below_n = np.cumsum(wp), np.cumsum(wn)  # rows scored at or below each distinct score
         # a positive outranks the negatives scored lower; a tie counts half
-        auc = float((wp * (np.cumsum(wn) - wn + 0.5 * wn)).sum() / (pos * neg))
-        # average precision over distinct thresholds from the highest score down, as scikit-learn computes it
-        tp, fp = np.cumsum(wp[::-1]), np.cumsum(wn[::-1])
-        precision = np.divide(tp, tp + fp, out=np.ones_like(tp), where=(tp + fp) > 0)
-        ap = float(np.sum(np.diff(tp / pos, prepend=0.0) * precision))
-        ks = float(np.max(np.abs(np.cumsum(wp) / pos - np.cumsum(wn) / neg)))
-        brier = float(np.sum(w * (self.p - self.y) ** 2) / w.sum())
-        return {"roc_auc": auc, "pr_auc": ap, "ks": ks, "brier": brier}
+        auc = float(np.dot(wp, below_n - 0.5 * wn) / (pos * neg))
+        # average precision from the highest score down, as scikit-learn computes it: each distinct score adds its
+        # positives' share of recall times the precision of refusing at that score (rows scored at or above it)
+        tp, fp = pos - below_p + wp, neg - below_n + wn
+        ap = float(np.dot(wp, tp / np.maximum(tp + fp, 1e-300)) / pos)
+        ks = float(np.max(np.abs(below_p / pos - below_n / neg)))
+        return {"roc_auc": auc, "pr_auc": ap, "ks": ks, "brier": float(squared_sum / rows)}
+
+    def weighted(self, w: np.ndarray) -> dict[str, float] | None:
+        """The metrics with row weights ``w`` (a count vector: how often each row was drawn)."""
+        counts = np.bincount(self.cells, weights=w, minlength=2 * self.k)
+        return self.counted(counts, float(np.sum(w * self.squared)), float(w.sum()))
+
+    def drawn(self, rows: np.ndarray) -> dict[str, float] | None:
+        """The metrics of the rows at positions ``rows`` (drawn with replacement)."""
+        counts = np.bincount(self.cells[rows], minlength=2 * self.k).astype(float)
+        return self.counted(counts, float(self.squared[rows].sum()), float(len(rows)))
 
 
 def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
@@ -64,10 +75,10 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def _resamples(n: int, rounds: int, seed: int) -> Any:
-    """Bootstrap resamples of n rows as count vectors (the same draws as indexing with ``rng.integers(0, n, n)``)."""
+    """Bootstrap resamples of n rows: the positions drawn, ``rng.integers(0, n, n)`` per round."""
     rng = np.random.default_rng(seed)
     for _ in range(rounds):
-        yield np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
+        yield rng.integers(0, n, n)
 
 
 def bootstrap_intervals(
@@ -76,8 +87,8 @@ def bootstrap_intervals(
     """Percentile bootstrap intervals of the headline metrics (resampling test rows)."""
     ranked = _Ranked(y, p)
     draws: dict[str, list[float]] = {m: [] for m in HEADLINE}
-    for w in _resamples(len(y), rounds, seed):
-        result = ranked.weighted(w)
+    for rows in _resamples(len(y), rounds, seed):
+        result = ranked.drawn(rows)
         if result is None:
             continue
         for name in HEADLINE:
@@ -165,8 +176,8 @@ def paired_auc_difference(
     """AUC(challenger) - AUC(champion) on the same rows, with a paired bootstrap 95% interval."""
     new, old = _Ranked(y, p_new), _Ranked(y, p_old)
     diffs = []
-    for w in _resamples(len(y), rounds, seed):
-        a, b = new.weighted(w), old.weighted(w)
+    for rows in _resamples(len(y), rounds, seed):
+        a, b = new.drawn(rows), old.drawn(rows)
         if a is not None and b is not None:
             diffs.append(a["roc_auc"] - b["roc_auc"])
     point = float(roc_auc_score(y, p_new) - roc_auc_score(y, p_old))

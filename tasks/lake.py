@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,15 +93,23 @@ class Lake:
 
     def read_offline(self, table: str, columns: list[str] | None = None, filters: Any = None) -> pd.DataFrame:
         """All accepted rows of a table (optionally filtered), or an empty frame."""
+        arrow = self.read_offline_arrow(table, columns, filters)
+        # one conversion of the whole table: a pandas frame per partition, then a concat, costs twice as much
+        return pd.DataFrame(columns=columns or []) if arrow is None else arrow.to_pandas()
+
+    def read_offline_arrow(self, table: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table | None:
+        """All accepted rows of a table as one Arrow table (None when it has no file yet)."""
         uris = [u for u in storage.list_objects(self.offline(table), self.endpoint_url) if u.endswith(".parquet")]
         if not uris:
-            return pd.DataFrame(columns=columns or [])
-        tables = [
-            pq.read_table(io.BytesIO(storage.read_bytes(u, self.endpoint_url)), columns=columns, filters=filters)
-            for u in uris
-        ]
-        # one conversion of the whole table: a pandas frame per partition, then a concat, costs twice as much
-        return pa.concat_tables(tables, promote_options="permissive").to_pandas()  # int64 + float64 -> float64
+            return None
+
+        def read(uri: str) -> pa.Table:
+            body = io.BytesIO(storage.read_bytes(uri, self.endpoint_url))
+            return pq.read_table(body, columns=columns, filters=filters)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:  # many small partitions: decoding releases the GIL
+            tables = list(pool.map(read, uris))
+        return pa.concat_tables(tables, promote_options="permissive")  # int64 + float64 -> float64
 
     # --- quarantine --------------------------------------------------------------------------------
     def write_quarantine(

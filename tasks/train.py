@@ -92,8 +92,7 @@ def build_training_set(
             f"only {positives} positive labels among {len(entities)} rows; at least {config.min_positives} needed"
         )
     digest = frame_hash(entities)
-    keys = _row_keys(contract)
-    entities = entities.sort_values([EVENT_TIMESTAMP, *keys]).reset_index(drop=True)  # the file's row order
+    keys = _row_keys(contract)  # entity_frame's row order, [EVENT_TIMESTAMP, *keys], is the file's
     # text columns as strings, not objects: a slice where one is all missing would otherwise reach DuckDB untyped
     text = [c for c in entities.columns if entities[c].dtype == object]
     entities = entities.astype(dict.fromkeys(text, "string"))
@@ -238,6 +237,22 @@ def _model(path: str) -> Any:
     return model
 
 
+_scored: dict[tuple[str, str, str], np.ndarray] = {}
+
+
+def _test_scores(model: Any, model_path: str, training: TrainingSet, x_test: pd.DataFrame) -> np.ndarray:
+    """The model's scores on the test window: computed by the evaluation, read again by the registration.
+
+    One entry, keyed by the model file (path and modification time) and the training set, like :func:`_load`.
+    """
+    key = (f"{model_path}@{Path(model_path).stat().st_mtime_ns}", training.uri, training.entity_hash)
+    with _loading:
+        if key not in _scored:
+            _scored.clear()
+            _scored[key] = model.predict_proba(x_test)[:, 1]
+        return _scored[key]
+
+
 @task(name="evaluate_candidate", cache_policy=NO_CACHE)
 def evaluate_candidate(
     training: TrainingSet, model_path: str, contract_path: str, tracking_uri: str, gates: Gates
@@ -247,7 +262,7 @@ def evaluate_candidate(
     frame, x, y = _load(training, contract_path)
     test = (frame[SPLIT] == "test").to_numpy()
     model = _model(model_path)
-    p = model.predict_proba(x[test])[:, 1]
+    p = _test_scores(model, model_path, training, x[test])
     yt = y[test]
     verdicts: dict[str, dict[str, Any]] = {}
     decidable = test.sum() >= gates.min_test_rows and yt.sum() >= gates.min_test_positives and yt.sum() < len(yt)
@@ -589,7 +604,7 @@ def register_candidate(
         "rows": golden_rows.where(golden_rows.notna(), None).to_dict(orient="records"),
         "scores": [float(v) for v in model.predict_proba(golden_x)[:, 1]],
     }
-    test_scores = model.predict_proba(x[test_rows])[:, 1]
+    test_scores = _test_scores(model, model_path, training, x[test_rows])
     test_frame = frame.loc[test_rows, feature_names(contract)]
     profile = profile_frame(test_frame, contract, feature_names(contract), test_scores)
     profile.update(

@@ -60,7 +60,7 @@ def test_paired_difference_of_a_model_with_itself_is_zero(scored: tuple[np.ndarr
 
 
 def test_weighted_metrics_equal_scikit_learn_on_the_resampled_rows() -> None:
-    """A bootstrap round as counts gives exactly the metrics of the resampled rows (ties included)."""
+    """A bootstrap round (drawn positions or counts) gives exactly the metrics of the resampled rows, ties included."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from tasks.evaluation import _Ranked, _resamples
@@ -70,12 +70,14 @@ def test_weighted_metrics_equal_scikit_learn_on_the_resampled_rows() -> None:
     p = np.round(np.clip(0.2 + 0.3 * (y - 0.2) + rng.normal(0, 0.15, 3000), 0, 1), 2)  # many ties
     ranked = _Ranked(y, p)
     draws = np.random.default_rng(11)
-    for w in list(_resamples(len(y), 5, seed=11)):
+    for rows in list(_resamples(len(y), 5, seed=11)):
         idx = draws.integers(0, len(y), len(y))
-        assert np.array_equal(np.bincount(idx, minlength=len(y)), w)
-        got = ranked.weighted(w)
-        assert got is not None
-        assert got["roc_auc"] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
-        assert got["pr_auc"] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
-        assert got["brier"] == pytest.approx(np.mean((p[idx] - y[idx]) ** 2), abs=1e-12)
+        assert np.array_equal(rows, idx)
+        for got in (ranked.drawn(rows), ranked.weighted(np.bincount(rows, minlength=len(y)).astype(float))):
+            assert got is not None
+            assert got["roc_auc"] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+            assert got["pr_auc"] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
+            assert got["brier"] == pytest.approx(np.mean((p[idx] - y[idx]) ** 2), abs=1e-12)
+            assert got["ks"] == pytest.approx(ks_statistic(y[idx], p[idx]), abs=1e-12)
     assert ranked.weighted(np.where(y == 1, 0.0, 1.0)) is None  # no positive drawn: no metric
+    assert ranked.drawn(np.flatnonzero(y == 0)) is None

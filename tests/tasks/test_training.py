@@ -114,3 +114,49 @@ def test_infinite_values_become_missing_and_unknown_categories_are_not_invented(
     assert pd.isna(frame.loc[0, "region"])  # not one of the contract's categories
     assert list(frame["education"].cat.categories) == CONTRACT.column("education").categories
     assert list(frame.columns) == feature_names(CONTRACT)
+
+
+def test_entity_frame_is_in_time_then_key_order_over_partitions(tmp_path: Path) -> None:
+    """Applications of one day in two batches, outcomes in another: one frame, sorted by time then keys."""
+    lake = _lake(tmp_path, [1, 0, 0], ["2025-03-01", "2025-01-10", "2025-03-01"], ["2025-06-01"] * 3)
+    later = pd.DataFrame(
+        {
+            "customer_id": [0],
+            "application_id": [99],
+            "applied_at": pd.to_datetime(["2025-03-01"], utc=True),
+            "loan_amount": [5.0],
+            "loan_term_months": [24],
+            "loan_purpose": ["home"],
+            "channel": ["branch"],
+        }
+    )
+    lake.write_offline("applications", later, "applied_at", "b2", NOW)
+    lake.write_offline(
+        "outcomes",
+        pd.DataFrame(
+            {
+                "customer_id": [0],
+                "application_id": [99],
+                "observed_at": pd.to_datetime(["2025-06-02"], utc=True),
+                "defaulted": [1],
+            }
+        ),
+        "observed_at",
+        "b2",
+        NOW,
+    )
+    frame = entity_frame(lake, CONTRACT, NOW)
+    # 2025-01-10 first; the three of 2025-03-01 by customer: 0 (batch b2), 1, 3
+    assert frame["application_id"].tolist() == [12, 99, 11, 13]
+    assert frame["customer_id"].tolist() == [2, 0, 1, 3]
+    assert frame["defaulted"].tolist() == [0, 1, 1, 0]
+    assert frame.loc[frame["application_id"] == 99, "loan_purpose"].item() == "home"
+    assert str(frame[EVENT_TIMESTAMP].dtype) == "datetime64[us, UTC]"
+
+
+def test_a_label_matching_two_applications_is_refused(tmp_path: Path) -> None:
+    lake = _lake(tmp_path, [1, 0], ["2025-01-10", "2025-02-10"], ["2025-04-15", "2025-05-20"])
+    again = lake.read_offline("outcomes").head(1)
+    lake.write_offline("outcomes", again, "observed_at", "b2", NOW)  # the same application's outcome twice
+    with pytest.raises(TrainingDataError, match=r"1 value\(s\) of \['application_id'\] appear in more than one outcomes"):
+        entity_frame(lake, CONTRACT, NOW)
