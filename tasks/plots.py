@@ -90,6 +90,18 @@ def _figure(height: float = HEIGHT) -> Figure:
     return fig
 
 
+def _thin(*series: np.ndarray, points: int = 2_000) -> tuple[np.ndarray, ...]:
+    """At most ``points`` points of a curve, evenly spaced along it, the first and last kept.
+
+    A 600-pixel-wide figure shows no more; a large test window has a point per distinct score.
+    """
+    n = len(series[0])
+    if n <= points:
+        return series
+    keep = np.unique(np.linspace(0, n - 1, points).round().astype(int))
+    return tuple(values[keep] for values in series)
+
+
 def _png(fig: Figure) -> bytes:
     """The figure, laid out tightly, as PNG bytes."""
     fig.tight_layout()
@@ -116,7 +128,7 @@ def roc_curve_png(
     fig = _figure()
     ax = fig.add_subplot()
     for name, p, colour, style in curves:
-        fpr, tpr, _ = roc_curve(y, p)
+        fpr, tpr = _thin(*roc_curve(y, p)[:2])
         ax.plot(fpr, tpr, color=colour, linestyle=style, label=f"{name} (AUC = {roc_auc_score(y, p):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="Chance")
     ax.set(
@@ -146,7 +158,7 @@ def pr_curve_png(
     fig = _figure()
     ax = fig.add_subplot()
     for name, p, colour, style in curves:
-        precision, recall, _ = precision_recall_curve(y, p)
+        precision, recall = _thin(*precision_recall_curve(y, p)[:2])
         ap = average_precision_score(y, p)
         ax.plot(
             recall, precision, color=colour, linestyle=style, drawstyle="steps-post", label=f"{name} (AP = {ap:.3f})"
