@@ -12,19 +12,12 @@ import numpy as np
 import pandas as pd
 
 
-def contributions(model: Any, features: pd.DataFrame, threads: int | None = None) -> np.ndarray:
-    """Per-row SHAP values (log-odds), one column per feature and a last column for the bias.
-
-    ``threads``: on that many threads, with a copy of the booster (the model keeps its own setting).
-    """
+def contributions(model: Any, features: pd.DataFrame) -> np.ndarray:
+    """Per-row SHAP values (log-odds), one column per feature and a last column for the bias."""
     import xgboost as xgb
 
-    booster = model.get_booster()
-    if threads is not None:
-        booster = booster.copy()
-        booster.set_param({"nthread": threads})
-    matrix = xgb.DMatrix(features, enable_categorical=True, nthread=threads)
-    return np.asarray(booster.predict(matrix, pred_contribs=True))
+    matrix = xgb.DMatrix(features, enable_categorical=True)
+    return np.asarray(model.get_booster().predict(matrix, pred_contribs=True))
 
 
 def global_importance(contribs: np.ndarray, names: list[str], top: int = 15) -> dict[str, float]:

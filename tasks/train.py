@@ -8,11 +8,9 @@ import logging
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -239,18 +237,6 @@ def _model(path: str) -> Any:
     return model
 
 
-T = TypeVar("T")
-
-
-def _beside(function: Callable[..., T], *args: Any) -> Future[T]:
-    """``function(*args)`` in a thread of its own; the caller takes the result with ``.result()``."""
-    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="closedloop-eval")
-    try:
-        return side.submit(function, *args)
-    finally:
-        side.shutdown(wait=False)  # the thread ends with its one task
-
-
 _scored: dict[tuple[str, str, str], np.ndarray] = {}
 
 
@@ -290,14 +276,6 @@ def evaluate_candidate(
             ),
         }
         return {"report": report, "verdicts": verdicts, "eligible": False, "threshold": 0.5}
-    # SHAP on a fixed random sample of the test window: the mean |contribution| of 20,000 rows is within a few
-    # thousandths of the full window's, at a tenth of the time on a 200,000-row window. XGBoost computes them on
-    # one core in a side thread (it releases the GIL) while the metrics, fairness and plots run on the other.
-    test_rows = np.flatnonzero(test)
-    explained = np.sort(
-        np.random.default_rng(0).choice(test_rows, size=min(EXPLAIN_ROWS, len(test_rows)), replace=False)
-    )
-    shap_values = _beside(explain.contributions, model, x.iloc[explained], 1)
     headline = ev.metrics(yt, p)
     cost_fn, cost_fp = contract.decision.cost_false_negative, contract.decision.cost_false_positive
     # the threshold is chosen on the validation split and judged on the test window, like everything else
@@ -330,6 +308,30 @@ def evaluate_candidate(
         segments=ev.segments(yt, p, categorical, min_rows=gates.min_group_rows),
         best_iteration=int(model.best_iteration) if hasattr(model, "best_iteration") else None,
     )
+    # SHAP on a fixed random sample of the test window: the mean |contribution| of 20,000 rows is within a few
+    # thousandths of the full window's, at a tenth of the time on a 200,000-row window
+    test_rows = np.flatnonzero(test)
+    explained = np.sort(
+        np.random.default_rng(0).choice(test_rows, size=min(EXPLAIN_ROWS, len(test_rows)), replace=False)
+    )
+    contribs = explain.contributions(model, x.iloc[explained])
+    names = list(x.columns)
+    riskiest = int(np.argmax(p))
+    report["explanations"] = {
+        "rows": len(explained),
+        "of_test_rows": len(test_rows),
+        "global": explain.global_importance(contribs, names),
+        "by_group": {
+            c.name: explain.importance_by_group(
+                contribs, names, groups_of(frame[c.name].iloc[explained], c), min_rows=gates.min_group_rows
+            )
+            for c in contract.sensitive
+            if c.name in frame
+        },
+        "example_reasons": explain.top_reasons(
+            explain.contributions(model, x.iloc[test_rows[riskiest] : test_rows[riskiest] + 1])[0], names
+        ),
+    }
     probes = x[test].head(200)
     behaviour = run_behaviour(lambda frame: model.predict_proba(frame)[:, 1], probes, contract)
     report["behaviour"] = behaviour
@@ -405,24 +407,6 @@ def evaluate_candidate(
                 f"(single threshold: {before})",
                 "mitigation": f"threshold_optimizer:{mitigated['attribute']}",
             }
-    contribs = shap_values.result()
-    names = list(x.columns)
-    riskiest = int(np.argmax(p))
-    report["explanations"] = {
-        "rows": len(explained),
-        "of_test_rows": len(test_rows),
-        "global": explain.global_importance(contribs, names),
-        "by_group": {
-            c.name: explain.importance_by_group(
-                contribs, names, groups_of(frame[c.name].iloc[explained], c), min_rows=gates.min_group_rows
-            )
-            for c in contract.sensitive
-            if c.name in frame
-        },
-        "example_reasons": explain.top_reasons(
-            explain.contributions(model, x.iloc[test_rows[riskiest] : test_rows[riskiest] + 1])[0], names
-        ),
-    }
     eligible = all(v["verdict"] == "pass" for v in verdicts.values())
     plots = {
         "roc.png": plots_.roc_curve_png(yt, p, label="candidate", champion_scores=champion_test_scores),
