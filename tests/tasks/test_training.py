@@ -158,5 +158,6 @@ def test_a_label_matching_two_applications_is_refused(tmp_path: Path) -> None:
     lake = _lake(tmp_path, [1, 0], ["2025-01-10", "2025-02-10"], ["2025-04-15", "2025-05-20"])
     again = lake.read_offline("outcomes").head(1)
     lake.write_offline("outcomes", again, "observed_at", "b2", NOW)  # the same application's outcome twice
-    with pytest.raises(TrainingDataError, match=r"1 value\(s\) of \['application_id'\] appear in more than one outcomes"):
+    repeated = r"1 value\(s\) of \['application_id'\] appear in more than one outcomes row"
+    with pytest.raises(TrainingDataError, match=repeated):
         entity_frame(lake, CONTRACT, NOW)
