@@ -87,7 +87,7 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
     ``window_days`` keeps only applications made in that many days before the last matured one (fresh data
     after a change in the world); None keeps the whole history. Rows are in time order, then by the entity
     key and the prediction table's own key (one row per decision). The join, filters and sort run in DuckDB
-    over the Arrow tables (a million applications: under a second, against four in pandas).
+    over the Arrow tables (a million matured applications: 2.2 s with the reading, against 3.2 s in pandas).
     """
     import duckdb
 
@@ -106,7 +106,8 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
         raise TrainingDataError(f"no {contract.prediction} rows in the offline store: ingest data first")
     if outcomes is None or outcomes.num_rows == 0:
         raise TrainingDataError(f"no {label.source} rows (labels) in the offline store: ingest outcomes first")
-    quoted = {name: '"' + name.replace('"', '""') + '"' for name in {*columns, *own, *keys, label.column}}
+    names = {*columns, *own, *keys, label.column, label_spec.event_time}
+    quoted = {name: '"' + name.replace('"', '""') + '"' for name in names}
     key_list = ", ".join(quoted[k] for k in keys)
     con = duckdb.connect()  # private and in memory: reads only the two Arrow tables below
     try:
@@ -122,7 +123,7 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
                     f"{repeated[0]} value(s) of {keys} appear in more than one {table} row: a label must match one "
                     "application"
                 )
-        event_time, label_time = f'a."{spec.event_time}"', f'o."{label_spec.event_time}"'
+        event_time, label_time = f"a.{quoted[spec.event_time]}", f"o.{quoted[label_spec.event_time]}"
         latest = cutoff - timedelta(days=label.delay_days)
         matured = (
             f"SELECT {', '.join('a.' + quoted[c] for c in columns)}, o.{quoted[label.column]} "
@@ -132,7 +133,8 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
             # a table whose data ends long ago keeps its own recent window
             matured = (
                 f"WITH m AS ({matured}) SELECT * FROM m "
-                f'WHERE "{spec.event_time}" > (SELECT max("{spec.event_time}") FROM m) - to_days({int(window_days)})'
+                f"WHERE {quoted[spec.event_time]} > (SELECT max({quoted[spec.event_time]}) FROM m) "
+                f"- to_days({int(window_days)})"
             )
         order = ", ".join(quoted[c] for c in dict.fromkeys([spec.event_time, contract.entity.join_key, *own]))
         table = con.execute(
