@@ -559,15 +559,14 @@ def _prepared_stack(tmp: str, customers: int) -> tuple[Any, Any, str, str]:
     return settings, contract, version, contract_path
 
 
-def _recent_applications(settings: Any, contract: Any, days: int = 45) -> list[dict[str, Any]]:
+def _recent_applications(settings: Any, contract: Any) -> list[dict[str, Any]]:
     """Request bodies of customers who applied lately (their statements are still in the online store)."""
-    import pandas as pd
-
     from tasks.lake import Lake
+    from tasks.synthetic import last_month_applications
 
     apps = Lake.of(settings.lake_uri, contract.name).read_offline(contract.prediction)
     spec = contract.tables[contract.prediction]
-    recent = apps[apps[spec.event_time] >= apps[spec.event_time].max() - pd.Timedelta(days=days)]
+    recent = last_month_applications(apps, spec.event_time)
     fields = [contract.entity.join_key] + [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
     return [
         {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}

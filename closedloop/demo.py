@@ -32,7 +32,6 @@ from closedloop import stack, storage
 from closedloop.settings import Settings
 
 DRIFT_MONTH = 5  # months after the first synthetic month when incomes start to inflate
-REPLAY_DAYS = 45  # recent applicants: their statements are still within the online store's TTL
 BATCH = 200
 
 
@@ -86,14 +85,13 @@ def _champion(settings: Settings, name: str) -> str | None:
 
 
 def _requests(settings: Settings, contract: Any) -> list[dict[str, Any]]:
-    """Request bodies of the customers who applied in the last REPLAY_DAYS of the data."""
-    import pandas as pd
-
+    """Request bodies of the customers who applied in the data's last month (their history is served online)."""
     from tasks.lake import Lake
+    from tasks.synthetic import last_month_applications
 
     apps = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url).read_offline(contract.prediction)
     spec = contract.tables[contract.prediction]
-    recent = apps[apps[spec.event_time] >= apps[spec.event_time].max() - pd.Timedelta(days=REPLAY_DAYS)]
+    recent = last_month_applications(apps, spec.event_time)
     fields = [contract.entity.join_key] + [c.name for c in contract.columns_of(contract.prediction) if c.is_model_input]
     rows = recent[fields].drop_duplicates(contract.entity.join_key)
     return [

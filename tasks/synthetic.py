@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -113,6 +114,19 @@ class SyntheticConfig:
     def end(self) -> np.datetime64:
         """The generator's "now": nothing later than this has been observed yet."""
         return np.datetime64(self.first_month + np.timedelta64(self.months, "M"), "us")
+
+
+def last_month_applications(apps: pd.DataFrame, event_time: str) -> pd.DataFrame:
+    """The applications of the data's last calendar month: the applicants whose features are still served online.
+
+    A customer's latest statement is dated the 28th of the month before their application, and the statements'
+    view keeps a value online for 92 days. With the default period (up to the first day of the current month),
+    last month's applicants have a statement at most 65 days old on any day of this month; applicants of the
+    month before would pass the 92 days from about the 28th, and be served without their history.
+    """
+    newest = pd.Timestamp(apps[event_time].max())
+    first_day = newest.normalize() - pd.Timedelta(days=newest.day - 1)
+    return apps[apps[event_time] >= first_day]
 
 
 @dataclass

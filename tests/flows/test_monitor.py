@@ -30,7 +30,7 @@ from tasks.inference_log import InferenceLog, InferenceRecord
 from tasks.lake import Lake
 from tasks.monitor import MonitorPolicy, history
 from tasks.registry import CHAMPION, client
-from tasks.synthetic import Scenario, SyntheticConfig, write_synthetic
+from tasks.synthetic import Scenario, SyntheticConfig, last_month_applications, write_synthetic
 from tasks.training import Gates, feature_names
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def world(
         assert first.version is not None
         client(settings.mlflow_tracking_uri).set_registered_model_alias(NAME, CHAMPION, first.version)
         apps = lake.read_offline("applications")
-        recent = apps[apps["applied_at"] >= apps["applied_at"].max() - pd.Timedelta(days=45)]
+        recent = last_month_applications(apps, "applied_at")
         inputs = [c.name for c in CONTRACT.columns_of(CONTRACT.prediction) if c.is_model_input]
         bodies = [
             {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}

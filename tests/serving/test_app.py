@@ -19,7 +19,7 @@ from serving.app import MAX_BODY_BYTES, create_app
 from tasks.inference_log import InferenceLog, read_window
 from tasks.lake import Lake
 from tasks.registry import CHAMPION, client
-from tasks.synthetic import SyntheticConfig, write_synthetic
+from tasks.synthetic import SyntheticConfig, last_month_applications, write_synthetic
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def served(
         lake = Lake.of(settings.lake_uri, CONTRACT.name)
         applications = lake.read_offline("applications")
         # customers who applied lately: their statements are still within the history view's TTL online
-        recent = applications[applications["applied_at"] >= applications["applied_at"].max() - pd.Timedelta(days=45)]
+        recent = last_month_applications(applications, "applied_at")
         yield {"settings": settings, "version": trained.version, "customers": recent["customer_id"].tolist()}
         # the MLflow server is shared by the session: leave no champion behind for the next module
         client(settings.mlflow_tracking_uri).delete_registered_model(CONTRACT.name)

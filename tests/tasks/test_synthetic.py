@@ -252,3 +252,23 @@ def test_default_period_ends_with_the_last_full_month() -> None:
 def test_bad_configuration_is_explained(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("start", ["2024-12", "2025-02", "2025-04"])  # periods ending before 31-, 28- and 30-day months
+def test_last_month_applicants_keep_their_history_online_all_month(start: str) -> None:
+    """Replayed applicants' latest statements stay within the statements' ttl on every day of the next month."""
+    from tasks.synthetic import last_month_applications
+
+    config = SyntheticConfig(customers=3_000, start=start, months=12)
+    block = next(iter(iter_blocks(config)))
+    apps, statements = block["applications"].to_pandas(), block["credit_history"].to_pandas()
+    recent = last_month_applications(apps, "applied_at")
+    assert len(recent) > 150 and recent["applied_at"].min().day == 1
+    latest = statements.groupby("customer_id")["snapshot_at"].max().reindex(recent["customer_id"])
+    ttl = pd.Timedelta(days=CONTRACT.tables["credit_history"].ttl_days)
+    end = pd.Timestamp(str(config.end), tz="UTC")
+    for day in range(32):  # every moment of the month after the data's last one
+        now = end + pd.Timedelta(days=day, hours=23, minutes=59)
+        if now.month != end.month:
+            break
+        assert (now - latest <= ttl).all(), f"expired on {now:%Y-%m-%d}"
