@@ -474,7 +474,7 @@ def bench_train(customers: int = 150_000, data: str | None = None) -> list[Measu
         if prepared.get("customers") == customers:
             now = datetime.fromisoformat(prepared["ingested_at"])
         else:
-            if prepared or (folder.exists() and any(folder.iterdir()) and data):
+            if prepared or (data and any(folder.iterdir())):
                 raise RuntimeError(f"{folder} holds other data: give an empty or new folder")
             write_synthetic(SyntheticConfig(customers=customers, start="2025-01", months=12), lake.landing)
             now = datetime.now(UTC)

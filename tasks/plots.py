@@ -128,7 +128,7 @@ def roc_curve_png(
     fig = _figure()
     ax = fig.add_subplot()
     for name, p, colour, style in curves:
-        fpr, tpr = _thin(*roc_curve(y, p)[:2])
+        fpr, tpr, _ = roc_curve(y, p)  # already without the points inside straight segments
         ax.plot(fpr, tpr, color=colour, linestyle=style, label=f"{name} (AUC = {roc_auc_score(y, p):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="Chance")
     ax.set(
