@@ -25,7 +25,7 @@ def ratio_values(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Numerator / denominator as float64; a zero or missing denominator gives NaN, never inf.
 
     The one definition of a ratio: :func:`compute_ratios` (Feast's on-demand view, training) and the scoring
-    hot path (``tasks.scoring``) both call it.
+    hot path (``tasks.score.scoring``) both call it.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         values = numerator / np.where(denominator != 0, denominator, np.nan)

@@ -24,15 +24,15 @@ from pydantic import BaseModel, Field
 
 from closedloop import storage
 from closedloop.contract import contract_at
+from closedloop.lake import Lake, parquet_bytes
+from closedloop.registry import champion_version
 from closedloop.settings import load_settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
-from tasks import scoring
-from tasks.distributed import dask_runner
-from tasks.ingest import utc_now
-from tasks.lake import Lake, parquet_bytes
-from tasks.registry import champion_version
-from tasks.training import EVENT_TIMESTAMP
+from tasks.ingest.tasks import utc_now
+from tasks.score import scoring
+from tasks.shared.distributed import dask_runner
+from tasks.shared.features import EVENT_TIMESTAMP
 
 
 class BatchScoreParams(BaseModel):

@@ -9,9 +9,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
+from closedloop import events
 from closedloop.contract import contract_at
+from closedloop.lake import Lake
 from closedloop.settings import Settings, load_settings
-from tasks.ingest import (
+from tasks.ingest.tasks import (
     BatchOutcome,
     earliest_new_events,
     find_batches,
@@ -20,9 +22,6 @@ from tasks.ingest import (
     replay_quarantined,
     utc_now,
 )
-from tasks.lake import Lake
-
-INGESTED_EVENT = "closedloop.data.ingested"
 
 
 class IngestParams(BaseModel):
@@ -78,8 +77,8 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
     )
     _report(result, settings, lake)
     event = emit_event(
-        event=INGESTED_EVENT,
-        resource={"prefect.resource.id": f"closedloop.dataset.{contract.name}", "prefect.resource.name": contract.name},
+        event=events.INGESTED,
+        resource=events.dataset_resource(contract.name),
         payload={
             "batches": len(outcomes),
             "rows_in": result.rows_in,

@@ -20,17 +20,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
-from closedloop import storage
+from closedloop import events, storage
 from closedloop.contract import Drift, contract_at
+from closedloop.lake import Lake, parquet_bytes
+from closedloop.registry import champion_version
 from closedloop.settings import load_settings
-from tasks import monitor as mon
-from tasks.distributed import dask_runner
-from tasks.drift import column_drift, drift_rules, judged_rules, window_drift, window_summary
-from tasks.lake import Lake, parquet_bytes
-from tasks.registry import champion_version, model_resource
-from tasks.training import feature_names, typed_features
-
-ROLLED_BACK_EVENT = "closedloop.model.rolled_back"
+from tasks.monitor import window
+from tasks.shared.distributed import dask_runner
+from tasks.shared.drift import column_drift, drift_rules, judged_rules, window_drift, window_summary
+from tasks.shared.features import feature_names, typed_features
 
 
 class MonitorParams(BaseModel):
@@ -39,7 +37,7 @@ class MonitorParams(BaseModel):
     contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
     window_end: datetime | None = Field(default=None, description="end of the window (exclusive); empty: now")
     window_minutes: float = Field(default=24 * 60, gt=0, description="length of the window")
-    policy: mon.MonitorPolicy = Field(default_factory=mon.MonitorPolicy)
+    policy: window.MonitorPolicy = Field(default_factory=window.MonitorPolicy)
     evidently: bool = Field(default=True, description="write the Evidently report of the window")
     rollback_margin: float = Field(
         default=0.01, ge=0, description="post-deploy: roll back if the new champion's AUC trails previous by more"
@@ -73,7 +71,7 @@ def judge_window(
     contract_path: str,
     frame: pd.DataFrame,
     champion: str,
-    policy: mon.MonitorPolicy,
+    policy: window.MonitorPolicy,
     now: datetime,
     drift: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -84,15 +82,15 @@ def judge_window(
     settings = load_settings()
     contract = contract_at(contract_path)
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    profile, _ = mon.reference(settings.mlflow_tracking_uri, contract.name, champion)
+    profile, _ = window.reference(settings.mlflow_tracking_uri, contract.name, champion)
     features = feature_names(contract)
     scores = frame["score"].to_numpy(dtype="float64")
-    rows = mon.attach_outcomes(lake, contract, frame, now)
+    rows = window.attach_outcomes(lake, contract, frame, now)
     return {
         "drift": drift if drift is not None else window_drift(profile, frame, drift_rules(contract, features), scores),
-        "quality": mon.data_quality(contract, frame, features),
-        "performance": mon.performance(contract, rows, profile, policy),
-        "estimated_performance": mon.estimated_performance(scores, profile, policy),
+        "quality": window.data_quality(contract, frame, features),
+        "performance": window.performance(contract, rows, profile, policy),
+        "estimated_performance": window.estimated_performance(scores, profile, policy),
     }
 
 
@@ -117,7 +115,7 @@ def drift_by_chunks(contract_path: str, window_uri: str, champion: str, chunks: 
     """
     settings = load_settings()
     contract = contract_at(contract_path)
-    profile, _ = mon.reference(settings.mlflow_tracking_uri, contract.name, champion)
+    profile, _ = window.reference(settings.mlflow_tracking_uri, contract.name, champion)
     staged = pq.ParquetFile(io.BytesIO(storage.read_bytes(window_uri, settings.s3_endpoint_url)))
     scores = staged.read(columns=["score"]).column("score").to_numpy().astype("float64")
     present = pd.DataFrame(columns=staged.schema_arrow.names)
@@ -158,10 +156,10 @@ def evidently_report(
     settings = load_settings()
     contract = contract_at(contract_path)
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    _, sample = mon.reference(settings.mlflow_tracking_uri, contract.name, champion)
+    _, sample = window.reference(settings.mlflow_tracking_uri, contract.name, champion)
     features = feature_names(contract)
-    html, verdicts = mon.evidently_report(sample, frame, contract, features)
-    uri = storage.write_bytes(mon.window_uri(lake, end, mon.REPORTS, "html"), html.encode(), lake.endpoint_url)
+    html, verdicts = window.evidently_report(sample, frame, contract, features)
+    uri = storage.write_bytes(window.window_uri(lake, end, window.REPORTS, "html"), html.encode(), lake.endpoint_url)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = f"{contract.name}-monitoring"
     found = mlflow.get_experiment_by_name(experiment)
@@ -189,8 +187,8 @@ def verify_new_champion(
     contract_path: str, frame: pd.DataFrame, record: dict[str, Any], before: dict[str, Any] | None, margin: float
 ) -> dict[str, Any]:
     """First judged window of a new champion: are the violations that led to it gone, and is it no worse?"""
-    from tasks.deploy import PREVIOUS, rollback
-    from tasks.registry import client, load_model
+    from closedloop.registry import client, load_model
+    from tasks.promote.promotion import PREVIOUS, rollback
 
     settings = load_settings()
     contract = contract_at(contract_path)
@@ -208,7 +206,7 @@ def verify_new_champion(
         out["comparison"] = "no previous champion"
         out["verdict"] = "pass" if not out["still_violated"] else "violations remain"
         return out
-    rows = mon.attach_outcomes(lake, contract, frame, datetime.now(UTC))
+    rows = window.attach_outcomes(lake, contract, frame, datetime.now(UTC))
     known = rows[contract.label.column].notna().to_numpy()
     y = (rows.loc[known, contract.label.column] == contract.label.positive).to_numpy(dtype=int)
     out["labelled_rows"] = int(known.sum())
@@ -228,8 +226,8 @@ def verify_new_champion(
         reason = f"post-deploy: v{record['champion']} AUC {current_auc:.4f} < v{previous} {previous_auc:.4f} - {margin}"
         out["rollback"] = rollback(uri, name, reason, by="monitor flow")
         event = emit_event(
-            event=ROLLED_BACK_EVENT,
-            resource=model_resource(name),
+            event=events.ROLLED_BACK,
+            resource=events.model_resource(name),
             payload={"from": record["champion"], "to": previous, "reason": reason},
         )
         out["event_id"] = str(event.id) if event else None
@@ -275,7 +273,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
     if champion is None:
         logger.info("no champion for %s: nothing is served, nothing to monitor", contract.name)
         return result
-    frame = mon.read_window_frame(lake, start, end)
+    frame = window.read_window_frame(lake, start, end)
     record: dict[str, Any] = {"dataset": contract.name, "window": window, "champion": champion, "rows": len(frame)}
     result.rows = len(frame)
     if frame.empty:
@@ -288,9 +286,9 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         if params.engine == "dask":  # the column chunks run on the cluster's workers, side by side
             drift = _drift_on_dask(settings, contract_path, frame, champion, params.column_chunks)
         record.update(judge_window(contract_path, frame, champion, params.policy, datetime.now(UTC), drift))
-        record["violations"] = result.violations = mon.violations(record, params.policy)
+        record["violations"] = result.violations = window.violations(record, params.policy)
         result.drifted = record["drift"]["drifted"]
-    previous_records = mon.history(lake, before=end)
+    previous_records = window.history(lake, before=end)
     previous_records = [r for r in previous_records if r["window"]["end"] != window["end"]]
     if result.status == "judged" and params.evidently:
         fast = {c["column"]: c["drifted"] for c in record["drift"]["columns"]}
@@ -304,15 +302,15 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
                 contract_path, frame, record, judged_before[-1], params.rollback_margin
             )
             record["verification"] = result.verification
-    decision = mon.alert([*previous_records, record], params.policy)
+    decision = window.alert([*previous_records, record], params.policy)
     record["alert"] = result.alert = decision
     if decision["alert"]:
         violated = [r for r in [*previous_records, record] if r.get("violations") and r.get("champion") == champion]
         drift_start = violated[-params.policy.alert_k]["window"]["start"] if violated else window["start"]
         scored = [c for c in record["drift"]["columns"] if c["drifted"]]
         event = emit_event(
-            event=mon.DRIFT_EVENT,
-            resource=model_resource(contract.name),
+            event=events.DRIFT_DETECTED,
+            resource=events.model_resource(contract.name),
             payload={
                 "contract": contract_path,
                 "window_start": window["start"],
@@ -320,14 +318,14 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
                 "drift_start": drift_start,
                 "features": {c["column"]: round(c["score"], 4) for c in scored[:20]},
                 "violations": record["violations"],
-                "severity": mon.severity(record),
+                "severity": window.severity(record),
                 "champion": champion,
             },
         )
         result.event_id = record["event_id"] = str(event.id) if event else None
         record["event_occurred"] = event.occurred.isoformat() if event else None
         logger.warning("drift alert for %s v%s: %s (event %s)", contract.name, champion, decision, result.event_id)
-    result.record_uri = mon.write_window(lake, record)
+    result.record_uri = window.write_window(lake, record)
     create_markdown_artifact(
         key=f"monitor-{contract.name.replace('_', '-')}", markdown=_summary(result, record), description=str(window)
     )

@@ -11,12 +11,10 @@ from prefect.events import emit_event
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
+from closedloop import events
 from closedloop.contract import contract_at
 from closedloop.settings import Profile, load_settings
-from tasks import deploy
-from tasks.registry import model_resource
-
-PROMOTED_EVENT = "closedloop.model.promoted"
+from tasks.promote import promotion
 
 
 class DeployParams(BaseModel):
@@ -69,13 +67,15 @@ def infra_validation(
     tracking_uri: str, name: str, version: str, contract_path: str, budget_ms: float
 ) -> dict[str, Any]:
     settings = load_settings()
-    return deploy.validate_infra(tracking_uri, name, version, contract_path, settings.server_environment(), budget_ms)
+    return promotion.validate_infra(
+        tracking_uri, name, version, contract_path, settings.server_environment(), budget_ms
+    )
 
 
 @task(name="package_scorer", cache_policy=NO_CACHE)
 def package_scorer(tracking_uri: str, name: str, version: str, contract_path: str) -> str:
     """The version's deployable pyfunc (raw application fields in, features fetched itself); returns its URI."""
-    from tasks.pyfunc import log_scorer
+    from tasks.promote.bundle import log_scorer
 
     return log_scorer(tracking_uri, name, version, contract_path)
 
@@ -83,7 +83,7 @@ def package_scorer(tracking_uri: str, name: str, version: str, contract_path: st
 @task(name="write_bundle", cache_policy=NO_CACHE)
 def write_bundle(tracking_uri: str, name: str, version: str, contract_path: str) -> dict[str, Any]:
     settings = load_settings()
-    return deploy.write_bundle(
+    return promotion.write_bundle(
         tracking_uri,
         name,
         version,
@@ -103,20 +103,20 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
     contract_path = str(params.contract or settings.contract)
     contract = contract_at(contract_path)
     uri, name = settings.mlflow_tracking_uri, contract.name
-    version, evidence = deploy.resolve_candidate(uri, name, params.version)
+    version, evidence = promotion.resolve_candidate(uri, name, params.version)
     compared_with = evidence.get("gates", {}).get("champion", {}).get("compared_with")
     started_by = f"event:{params.trigger_event_id}" if params.trigger_event_id else f"flow run {runtime.flow_run.id}"
 
     def refused(
         reason: str, infra: dict[str, Any], bundle: str | None, approval: dict[str, Any] | None
     ) -> DeployResult:
-        deploy.record(uri, name, version, {"action": "deploy refused", "reason": reason, "by": started_by})
+        promotion.record(uri, name, version, {"action": "deploy refused", "reason": reason, "by": started_by})
         logger.warning("v%s not promoted: %s", version, reason)
         return DeployResult(
             dataset=name,
             version=version,
             promoted=False,
-            champion=deploy.champion_version(uri, name),
+            champion=promotion.champion_version(uri, name),
             previous=None,
             bundle_uri=bundle,
             infra=infra,
@@ -135,7 +135,7 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
         params.require_approval if params.require_approval is not None else settings.profile is Profile.PRODUCTION
     )
     if needs_approval:
-        card = deploy._download(uri, name, version, "evidence/model_card.md").read_text()
+        card = promotion._download(uri, name, version, "evidence/model_card.md").read_text()
         create_markdown_artifact(
             key=f"approve-{name.replace('_', '-')}-v{version}",
             markdown=f"# Approve {name} v{version}?\n\nInfra validation: {infra}\n\n{card}",
@@ -143,7 +143,7 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
         )
         answer = pause_flow_run(wait_for_input=Approval, timeout=params.approval_timeout_s)
         approval = {"approve": answer.approve, "reviewer": answer.reviewer, "comment": answer.comment}
-        deploy.record(uri, name, version, {"action": "approval", **approval})
+        promotion.record(uri, name, version, {"action": "approval", **approval})
         if not answer.approve:
             return refused(f"not approved by {answer.reviewer}: {answer.comment}", infra, bundle["uri"], approval)
     rollout: dict[str, Any] | None = None
@@ -153,10 +153,10 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
             why = f"{params.strategy} rollout {rollout['verdict']}: {rollout['reason']}"
             return refused(why, infra, bundle["uri"], approval).model_copy(update={"rollout": rollout})
     try:
-        moved = deploy.promote(uri, name, version, compared_with)
-    except deploy.DeployError as exc:
+        moved = promotion.promote(uri, name, version, compared_with)
+    except promotion.DeployError as exc:
         return refused(str(exc), infra, bundle["uri"], approval)
-    deploy.record(
+    promotion.record(
         uri,
         name,
         version,
@@ -171,8 +171,8 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
         },
     )
     event = emit_event(
-        event=PROMOTED_EVENT,
-        resource=model_resource(name),
+        event=events.PROMOTED,
+        resource=events.model_resource(name),
         payload={"version": version, "previous": moved["previous"], "bundle": bundle["uri"]},
     )
     logger.info("%s v%s is champion (previous: %s)", name, version, moved["previous"])
@@ -194,7 +194,7 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
 @task(name="observe_rollout", cache_policy=NO_CACHE)
 def observe_rollout(tracking_uri: str, name: str, version: str, params: DeployParams, by: str) -> dict[str, Any]:
     """Shadow or canary on live traffic, judged by the services' guards and the inference log."""
-    from tasks.lake import Lake
+    from closedloop.lake import Lake
 
     settings = load_settings()
     plan = {
@@ -205,4 +205,4 @@ def observe_rollout(tracking_uri: str, name: str, version: str, params: DeployPa
         "min_requests": params.min_requests,
     }
     lake = Lake.of(settings.lake_uri, name, settings.s3_endpoint_url)
-    return deploy.observe_rollout(tracking_uri, name, version, plan, params.observe_seconds, lake, by)
+    return promotion.observe_rollout(tracking_uri, name, version, plan, params.observe_seconds, lake, by)

@@ -12,26 +12,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
+from closedloop import events
 from closedloop.contract import contract_at
+from closedloop.lake import Lake
+from closedloop.registry import champion_version, client, read_evidence
 from closedloop.settings import load_settings
-from tasks.distributed import dask_runner
-from tasks.lake import Lake
-from tasks.registry import champion_version, client, model_resource, read_evidence
-from tasks.training import (
-    EVENT_TIMESTAMP,
-    TUNED,
-    Gates,
-    TrainingConfig,
-    TrainingDataError,
-    entity_frame,
-    search_space,
-)
+from tasks.shared.distributed import dask_runner
+from tasks.shared.features import EVENT_TIMESTAMP
+from tasks.train.fit import TUNED, Gates, TrainingConfig, TrainingDataError, entity_frame, search_space
 
-# tasks.train (Feast, SHAP, Fairlearn) is imported inside the flow, after the guards: a triggered run is
+# tasks.train.tasks (Feast, SHAP, Fairlearn) is imported inside the flow, after the guards: a triggered run is
 # RUNNING, and its guards decided, in seconds instead of after the 15 s it takes to import the training stack
 
-TRAINED_EVENT = "closedloop.model.trained"
-DEFERRED_EVENT = "closedloop.retrain.deferred"
 AUTOMATIC_TAG = "closedloop.automatic_retrain"  # on versions registered by a guarded (automatic) run
 
 
@@ -78,7 +70,7 @@ class TrainParams(BaseModel):
 @flow(name="tuning_search")
 def tuning_search(training: Any, contract_path: str, configs: list[TrainingConfig]) -> list[dict[str, Any]]:
     """The random search's trials as mapped tasks, each judged by AUC on the validation split."""
-    from tasks.train import tuning_trial
+    from tasks.train.tasks import tuning_trial
 
     return [f.result() for f in tuning_trial.map(unmapped(training), unmapped(contract_path), configs)]
 
@@ -176,8 +168,8 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         if verdict["deferred"]:
             logger.warning("retrain of %s deferred: %s", contract.name, verdict["deferred"])
             event = emit_event(
-                event=DEFERRED_EVENT,
-                resource=model_resource(contract.name),
+                event=events.RETRAIN_DEFERRED,
+                resource=events.model_resource(contract.name),
                 payload={"reason": verdict["deferred"], "started_by": started_by},
             )
             return TrainResult(
@@ -189,7 +181,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
                 status=f"deferred: {verdict['deferred']}",
                 guards=verdict,
             )
-    from tasks.train import build_training_set, evaluate_candidate, register_candidate, train_model
+    from tasks.train.tasks import build_training_set, evaluate_candidate, register_candidate, train_model
 
     config = TrainingConfig(
         n_estimators=params.n_estimators,
@@ -246,8 +238,8 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         started_by=started_by,
     )
     event = emit_event(
-        event=TRAINED_EVENT,
-        resource={**model_resource(contract.name), "closedloop.eligible": str(result.eligible).lower()},
+        event=events.TRAINED,
+        resource={**events.model_resource(contract.name), events.ELIGIBLE_LABEL: str(result.eligible).lower()},
         payload={
             "contract": contract_path,
             "version": version,

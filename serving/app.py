@@ -32,11 +32,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from closedloop.contract import ColumnType, Contract
+from closedloop.registry import CHAMPION
 from closedloop.settings import Settings
 from feature_repo.store import open_store
-from tasks import scoring
-from tasks.registry import CHAMPION
-from tasks.scoring import ScoringModel, load_version
+from tasks.score import scoring
+from tasks.score.scoring import ScoringModel, load_version
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Champion:
 
     def refresh(self) -> bool:
         """Load the version the alias points at if it is not the one serving; True when the model changed."""
-        from tasks.deploy import aliases
+        from tasks.promote.promotion import aliases
 
         with self._lock:
             try:  # one registry call per refresh: the champion and the candidate come with the model's aliases
@@ -165,7 +165,7 @@ class Champion:
             return True
 
     def _refresh_rollout(self, known: dict[str, str]) -> None:
-        from tasks.deploy import rollout_state
+        from tasks.promote.promotion import rollout_state
 
         try:
             state = rollout_state(self.tracking_uri, self.dataset, known)
@@ -189,7 +189,7 @@ class Champion:
 
     def end_rollout(self, version: str, reason: str, stats: dict[str, Any]) -> None:
         """Roll the candidate back in the registry, off the request path (the local guard already stopped it)."""
-        from tasks.deploy import end_rollout
+        from tasks.promote.promotion import end_rollout
 
         by = f"scoring service {socket.gethostname()}:{os.getpid()}"
 
@@ -492,7 +492,7 @@ def create_app(
             for response, (item, version) in zip(out, shadow, strict=False)
         ]
         if inference_log is not None:
-            from tasks.inference_log import InferenceLogFull
+            from closedloop.inference_log import InferenceLogFull
 
             try:
                 for response, features, variant in records:
@@ -559,7 +559,7 @@ def _score(item: scoring.Scored, version: str, request_id: str) -> Score:
 
 
 def _record(contract: Contract, score: Score, features: dict[str, Any], seconds: float, variant: str) -> Any:
-    from tasks.inference_log import InferenceRecord
+    from closedloop.inference_log import InferenceRecord
 
     return InferenceRecord(
         request_id=score.request_id,

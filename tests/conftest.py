@@ -74,7 +74,7 @@ def prefect_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """One real MLflow tracking server (SQLite, local artifacts) for the session; yields its port."""
-    from closedloop import stack
+    from cli import stack
 
     state = tmp_path_factory.mktemp("mlflow-server")
     server = Settings(state_dir=state, mlflow_port=free_port(), prefect_port=free_port())

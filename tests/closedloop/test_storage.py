@@ -107,7 +107,7 @@ def test_an_offline_table_reads_across_files_whose_int_column_became_float(tmp_p
     """A batch with a missing value stores an integer column as float64, a clean one as int64: one table."""
     import pandas as pd
 
-    from tasks.lake import Lake, parquet_bytes
+    from closedloop.lake import Lake, parquet_bytes
 
     lake = Lake.of(tmp_path.as_uri(), "credit_synthetic")
     clean = pd.DataFrame({"customer_id": [1, 2], "loan_term_months": pd.Series([12, 24], dtype="int64")})

@@ -183,7 +183,7 @@ def test_the_demo_closes_the_loop_on_the_production_profile(production_demo: dic
     assert s3.list_objects_v2(Bucket="closedloop", Prefix="mlflow/").get("KeyCount", 0) > 0
     assert not (Path(env["CLOSEDLOOP_STATE_DIR"]) / "lake").exists()  # the lake is only in the bucket
     # approvals: production asks for one before every promotion; the demo's own is recorded like a person's
-    from tasks.deploy import history
+    from tasks.promote.promotion import history
 
     tracking = f"http://127.0.0.1:{env['CLOSEDLOOP_MLFLOW_PORT']}"
     approvals = [h for h in history(tracking, "credit_synthetic", new) if h.get("action") == "approval"]

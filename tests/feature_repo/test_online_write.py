@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from closedloop.contract import load_contract
+from closedloop.lake import Lake
 from closedloop.settings import load_settings
 from feature_repo.definitions import build_repo
 from feature_repo.online_write import entity_keys, materialize_view, supported
 from feature_repo.store import open_store
-from tasks.lake import Lake
-from tasks.synthetic import EVENT_TIME, SyntheticConfig, iter_blocks
+from samples.synthetic import EVENT_TIME, SyntheticConfig, iter_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT = load_contract(REPO / "datasets/credit_synthetic/contract.yaml")

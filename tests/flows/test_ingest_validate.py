@@ -12,13 +12,13 @@ from conftest import prefect_api
 
 from closedloop import storage
 from closedloop.contract import load_contract
+from closedloop.lake import Lake
 from closedloop.settings import Settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
-from flows.ingest_validate import INGESTED_EVENT, IngestParams, ingest_validate
-from tasks.lake import Lake
-from tasks.synthetic import SyntheticConfig, write_synthetic
-from tasks.taiwan import write_taiwan
+from flows.ingest_validate import IngestParams, ingest_validate
+from samples.synthetic import SyntheticConfig, write_synthetic
+from samples.taiwan import write_taiwan
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = REPO / "datasets/credit_synthetic/contract.yaml"
@@ -86,7 +86,7 @@ def test_a_year_of_synthetic_data_with_a_mixed_batch(prefect_server: str, settin
     # the run told the world: an event with the counts, and a markdown artifact
     events: list[dict[str, object]] = []
     for _ in range(40):  # events reach the server through a background worker
-        events = [e for e in _events(prefect_server, INGESTED_EVENT) if e["id"] == result.event_id]
+        events = [e for e in _events(prefect_server, events.INGESTED) if e["id"] == result.event_id]
         if events:
             break
         time.sleep(0.5)

@@ -20,18 +20,19 @@ from prefect.settings import PREFECT_API_URL
 
 from closedloop import storage
 from closedloop.contract import load_contract
+from closedloop.inference_log import InferenceLog, InferenceRecord
+from closedloop.lake import Lake
+from closedloop.registry import CHAMPION, client
 from closedloop.settings import PROJECT_ROOT, Settings, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.monitor import MonitorParams, monitor
 from flows.train_evaluate import AUTOMATIC_TAG, RetrainGuards, TrainParams, train_evaluate
+from samples.synthetic import Scenario, SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import create_app
-from tasks import deploy
-from tasks.inference_log import InferenceLog, InferenceRecord
-from tasks.lake import Lake
-from tasks.monitor import MonitorPolicy, history
-from tasks.registry import CHAMPION, client
-from tasks.synthetic import Scenario, SyntheticConfig, last_month_applications, write_synthetic
-from tasks.training import Gates, feature_names
+from tasks.monitor.window import MonitorPolicy, history
+from tasks.promote import promotion
+from tasks.shared.features import feature_names
+from tasks.train.fit import Gates
 
 pytestmark = pytest.mark.integration
 
@@ -149,8 +150,8 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
 def test_drift_by_column_chunks_on_dask_workers_matches_the_flow_process(configured: dict[str, Any]) -> None:
     """The monitor's ``engine: dask`` path: the same verdicts and scores, computed by two worker processes."""
     from flows.monitor import _drift_on_dask
-    from tasks.drift import drift_rules, window_drift
-    from tasks.monitor import read_window_frame, reference
+    from tasks.monitor.window import read_window_frame, reference
+    from tasks.shared.drift import drift_rules, window_drift
 
     start, end = serve_window(configured)
     frame = read_window_frame(configured["lake"], start, end)
@@ -193,7 +194,7 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     assert after == before | {trained.version}  # deferred runs register nothing
 
     # the new champion's reference is the drifted world: its first window finds the drift gone
-    deploy.promote(uri, NAME, str(trained.version), configured["first"])
+    promotion.promote(uri, NAME, str(trained.version), configured["first"])
     verified = judge(*serve_window(configured))
     assert verified.verification is not None
     assert verified.verification["earlier_violations"] == ["feature_drift"]
@@ -205,7 +206,7 @@ def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(conf
     """A new champion whose served scores are noise, on customers whose labels have matured, is rolled back."""
     uri = configured["settings"].mlflow_tracking_uri
     good = str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version)
-    deploy.promote(uri, NAME, configured["first"], good)  # champion: the first version; previous: the good one
+    promotion.promote(uri, NAME, configured["first"], good)  # champion: the first version; previous: the good one
     training = sorted((configured["settings"].state_dir / "training" / NAME).glob("training-*.parquet"))
     labelled = pd.read_parquet(training[-1]).drop_duplicates("customer_id").tail(600)
     rng = np.random.default_rng(0)

@@ -11,15 +11,15 @@ import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from closedloop import storage
+from closedloop.lake import Lake
+from closedloop.registry import CHALLENGER, CHAMPION, client
 from closedloop.settings import PROJECT_ROOT, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.package_deploy import DeployParams, package_deploy
 from flows.train_evaluate import TrainParams, train_evaluate
-from tasks import deploy
-from tasks.lake import Lake
-from tasks.registry import CHALLENGER, CHAMPION, client
-from tasks.synthetic import SyntheticConfig, write_synthetic
-from tasks.training import Gates
+from samples.synthetic import SyntheticConfig, write_synthetic
+from tasks.promote import promotion
+from tasks.train.fit import Gates
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +88,13 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
         data = storage.read_bytes(storage.join(result.bundle_uri or "", relative))
         assert hashlib.sha256(data).hexdigest() == digest
     assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
-    assert [e["action"] for e in deploy.history(uri, NAME, first)] == ["promoted"]
+    assert [e["action"] for e in promotion.history(uri, NAME, first)] == ["promoted"]
 
     # 2. a challenger compared with v(first) is refused once the champion has moved elsewhere
     second = _train()
     assert (
-        json.loads(json.dumps(deploy.read_evidence(uri, NAME, second)["gates"]["champion"]))["compared_with"] == first
+        json.loads(json.dumps(promotion.read_evidence(uri, NAME, second)["gates"]["champion"]))["compared_with"]
+        == first
     )
     elsewhere = c.copy_model_version(f"models:/{NAME}/{first}", NAME).version
     c.set_registered_model_alias(NAME, CHAMPION, elsewhere)
@@ -105,31 +106,35 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
     c.set_registered_model_alias(NAME, CHAMPION, first)
     promoted = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
     assert promoted.promoted and promoted.previous == first
-    assert str(c.get_model_version_by_alias(NAME, deploy.PREVIOUS).version) == first
+    assert str(c.get_model_version_by_alias(NAME, promotion.PREVIOUS).version) == first
 
     # 4. rollback: champion := previous, recorded in both versions' history
-    back = deploy.rollback(uri, NAME, reason="test", by="pytest")
+    back = promotion.rollback(uri, NAME, reason="test", by="pytest")
     assert back == {"champion": first, "rolled_back": second}
     assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
-    assert deploy.history(uri, NAME, second)[-1]["action"] == "rollback"
-    assert deploy.history(uri, NAME, first)[-1] == {**deploy.history(uri, NAME, first)[-1], "from": second, "to": first}
+    assert promotion.history(uri, NAME, second)[-1]["action"] == "rollback"
+    assert promotion.history(uri, NAME, first)[-1] == {
+        **promotion.history(uri, NAME, first)[-1],
+        "from": second,
+        "to": first,
+    }
 
 
 def test_infra_validation_fails_closed(configured: dict[str, Any]) -> None:
     uri = configured["uri"]
-    before = deploy.champion_version(uri, NAME)
+    before = promotion.champion_version(uri, NAME)
     version = _train(noninferiority_margin=1.0)
     result = package_deploy(
         DeployParams(contract=SYNTHETIC, version=version, require_approval=False, latency_budget_ms=0.0001)
     )
     assert not result.promoted and "latency" in result.reason
-    assert deploy.champion_version(uri, NAME) == before
-    assert deploy.history(uri, NAME, version)[-1]["action"] == "deploy refused"
+    assert promotion.champion_version(uri, NAME) == before
+    assert promotion.history(uri, NAME, version)[-1]["action"] == "deploy refused"
 
 
 def test_a_version_that_failed_a_gate_is_never_deployed(configured: dict[str, Any]) -> None:
     version = _train(min_roc_auc=0.99)
-    with pytest.raises(deploy.DeployError, match="not eligible"):
+    with pytest.raises(promotion.DeployError, match="not eligible"):
         package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=False))
 
 
@@ -156,7 +161,7 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     import threading
 
     uri = configured["uri"]
-    before = deploy.champion_version(uri, NAME)
+    before = promotion.champion_version(uri, NAME)
     version = _train(noninferiority_margin=1.0)
     reviewer = threading.Thread(
         target=_answer_when_paused, args=(prefect_server, {"approve": False, "reviewer": "bob", "comment": "too soon"})
@@ -165,7 +170,7 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     refused = package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=True))
     reviewer.join()
     assert not refused.promoted and refused.approval == {"approve": False, "reviewer": "bob", "comment": "too soon"}
-    assert deploy.champion_version(uri, NAME) == before
+    assert promotion.champion_version(uri, NAME) == before
     reviewer = threading.Thread(
         target=_answer_when_paused, args=(prefect_server, {"approve": True, "reviewer": "alice"})
     )
@@ -173,7 +178,7 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     approved = package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=True))
     reviewer.join()
     assert approved.promoted and approved.approval and approved.approval["reviewer"] == "alice"
-    actions = [(e["action"], e.get("reviewer")) for e in deploy.history(uri, NAME, version)]
+    actions = [(e["action"], e.get("reviewer")) for e in promotion.history(uri, NAME, version)]
     assert ("approval", "bob") in actions and ("approval", "alice") in actions and actions[-1][0] == "promoted"
 
 
@@ -185,7 +190,7 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     from flows.batch_score import BatchScoreParams, batch_score
 
     settings = configured["settings"]
-    if deploy.champion_version(configured["uri"], NAME) is None:
+    if promotion.champion_version(configured["uri"], NAME) is None:
         package_deploy(DeployParams(contract=SYNTHETIC, version=_train(), require_approval=False))
     lake = Lake.of(settings.lake_uri, NAME)
     apps = lake.read_offline("applications")
@@ -193,7 +198,7 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     start = end - timedelta(days=30)
     expected = int(((apps["applied_at"] >= start) & (apps["applied_at"] < end)).sum())
     result = batch_score(BatchScoreParams(contract=SYNTHETIC, start=start, end=end))
-    assert result.rows == expected > 0 and result.model_version == deploy.champion_version(configured["uri"], NAME)
+    assert result.rows == expected > 0 and result.model_version == promotion.champion_version(configured["uri"], NAME)
     scores = pd.read_parquet(storage.parse(result.uri or "").path)
     assert len(scores) == expected and scores["application_id"].is_unique
     assert scores["probability"].between(0, 1).all() and set(scores["decision"]) <= {"approve", "refuse"}

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from conftest import prefect_api
 
+from closedloop import events
+from closedloop.lake import Lake
+from closedloop.registry import CHALLENGER, CHAMPION, client, read_evidence
 from closedloop.settings import PROJECT_ROOT, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
-from flows.train_evaluate import TRAINED_EVENT, TrainParams, train_evaluate
-from tasks.lake import Lake
-from tasks.registry import CHALLENGER, CHAMPION, client, read_evidence
-from tasks.synthetic import SyntheticConfig, write_synthetic
-from tasks.training import TrainingDataError
+from flows.train_evaluate import TrainParams, train_evaluate
+from samples.synthetic import SyntheticConfig, write_synthetic
+from tasks.train.fit import TrainingDataError
 
 pytestmark = pytest.mark.integration
 
@@ -107,8 +108,9 @@ def test_the_training_set_streams_to_parquet_in_time_order(configured: str) -> N
     import pyarrow.parquet as pq
 
     from closedloop.contract import load_contract
-    from tasks.train import build_training_set
-    from tasks.training import EVENT_TIMESTAMP, SPLIT, TrainingConfig, feature_names
+    from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names
+    from tasks.train.fit import TrainingConfig
+    from tasks.train.tasks import build_training_set
 
     contract = load_contract(SYNTHETIC)
     settings = load_settings()
@@ -136,10 +138,10 @@ def _event_arrives(api: str, event_id: str | None, version: str) -> bool:
     """Events reach the server through a background worker: poll for a little while."""
     import time
 
-    body = {"filter": {"event": {"name": [TRAINED_EVENT]}, "occurred": {"since": "2020-01-01T00:00:00Z"}}}
+    body = {"filter": {"event": {"name": [events.TRAINED]}, "occurred": {"since": "2020-01-01T00:00:00Z"}}}
     for _ in range(40):
-        events = prefect_api("POST", f"{api}/events/filter", json=body).json()["events"]
-        if any(e["id"] == event_id and e["payload"]["version"] == version for e in events):
+        found = prefect_api("POST", f"{api}/events/filter", json=body).json()["events"]
+        if any(e["id"] == event_id and e["payload"]["version"] == version for e in found):
             return True
         time.sleep(0.5)
     return False

@@ -12,14 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from closedloop.contract import load_contract
+from closedloop.inference_log import InferenceLog, read_window
+from closedloop.lake import Lake
+from closedloop.registry import CHAMPION, client
 from closedloop.settings import PROJECT_ROOT, Settings, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.train_evaluate import TrainParams, train_evaluate
+from samples.synthetic import SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import MAX_BODY_BYTES, create_app
-from tasks.inference_log import InferenceLog, read_window
-from tasks.lake import Lake
-from tasks.registry import CHAMPION, client
-from tasks.synthetic import SyntheticConfig, last_month_applications, write_synthetic
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +222,7 @@ def test_the_cli_scores_through_a_real_http_server(served: dict[str, Any], monke
     from conftest import free_port
     from typer.testing import CliRunner
 
-    from closedloop.cli import app as cli
+    from cli.main import app as cli
 
     port = free_port()
     server = uvicorn.Server(
@@ -260,12 +260,12 @@ def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served
     import numpy as np
     import xgboost as xgb
 
+    from closedloop.registry import load_model
     from feature_repo.definitions import model_service_name
     from feature_repo.online_read import OnlineReader, feast_rows
     from feature_repo.store import open_store
-    from tasks.registry import load_model
-    from tasks.scoring import FeatureSource, UnknownEntities, load_version, score
-    from tasks.training import typed_features
+    from tasks.score.scoring import FeatureSource, UnknownEntities, load_version, score
+    from tasks.shared.features import typed_features
 
     settings = served["settings"]
     store = open_store(settings, CONTRACT)
@@ -308,7 +308,7 @@ def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served
     )
     assert np.allclose(model.predict(matrix)[1], contributions, atol=1e-6)
     # the batch path (batch_score): the retrieval frame as one matrix, inplace_predict
-    from tasks.scoring import frame_matrix
+    from tasks.score.scoring import frame_matrix
 
     assert np.array_equal(frame_matrix(online, CONTRACT, model.columns), matrix, equal_nan=True)
     assert np.allclose(model.predict_batch(frame_matrix(online, CONTRACT, model.columns)), expected, atol=1e-7)
@@ -338,7 +338,7 @@ def broken(served: dict[str, Any]) -> str:
     import numpy as np
     import xgboost as xgb
 
-    from tasks.registry import log_and_register
+    from closedloop.registry import log_and_register
 
     rng = np.random.default_rng(0)
     x = pd.DataFrame({"shoe_size": rng.normal(42, 2, 200)})
@@ -378,8 +378,8 @@ def test_a_group_threshold_policy_places_applicants_by_their_stored_age(served: 
     import dataclasses
 
     from feature_repo.store import open_store
-    from tasks.fairness import groups_of
-    from tasks.scoring import FeatureSource, ScoringInputError, load_version, policy_group, score
+    from tasks.score.scoring import FeatureSource, ScoringInputError, load_version, policy_group, score
+    from tasks.shared.fairness import groups_of
 
     settings = served["settings"]
     model = load_version(settings.mlflow_tracking_uri, CONTRACT.name, served["version"])
@@ -419,7 +419,7 @@ def test_a_group_threshold_policy_places_applicants_by_their_stored_age(served: 
 
 
 def test_a_canary_answers_a_sticky_share_of_customers_logged_as_canary(served: dict[str, Any], twin: str) -> None:
-    from tasks.deploy import end_rollout, start_rollout
+    from tasks.promote.promotion import end_rollout, start_rollout
 
     settings: Settings = served["settings"]
     uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
@@ -458,7 +458,7 @@ def test_a_canary_answers_a_sticky_share_of_customers_logged_as_canary(served: d
 def test_a_shadow_over_its_latency_budget_is_rolled_back_without_failing_a_request(
     served: dict[str, Any], twin: str
 ) -> None:
-    from tasks.deploy import history, rollout_state, start_rollout
+    from tasks.promote.promotion import history, rollout_state, start_rollout
 
     settings: Settings = served["settings"]
     uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
@@ -489,7 +489,7 @@ def test_a_shadow_over_its_latency_budget_is_rolled_back_without_failing_a_reque
 def test_a_canary_that_fails_is_rolled_back_and_its_customers_get_the_champion(
     served: dict[str, Any], broken: str
 ) -> None:
-    from tasks.deploy import history, rollout_state, start_rollout
+    from tasks.promote.promotion import history, rollout_state, start_rollout
 
     uri = served["settings"].mlflow_tracking_uri
     start_rollout(uri, CONTRACT.name, broken, _plan("canary", share=0.9, min_requests=10))
@@ -512,15 +512,15 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
     """observe_rollout: fails closed without traffic; passes with it and reports the shadow's agreement."""
     import time
 
-    from tasks import deploy
+    from tasks.promote import promotion
 
     settings: Settings = served["settings"]
     uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
-    monkeypatch.setattr(deploy, "LOG_FLUSH_GRACE_SECONDS", 1.0)
-    monkeypatch.setattr(deploy, "ROLLOUT_POLL_SECONDS", 0.2)
-    quiet = deploy.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 1.0, lake, "test")
+    monkeypatch.setattr(promotion, "LOG_FLUSH_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(promotion, "ROLLOUT_POLL_SECONDS", 0.2)
+    quiet = promotion.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 1.0, lake, "test")
     assert quiet["verdict"] == "failed" and "only 0 answers" in quiet["reason"]
-    assert deploy.rollout_state(uri, CONTRACT.name) is None  # a failed rollout leaves no candidate behind
+    assert promotion.rollout_state(uri, CONTRACT.name) is None  # a failed rollout leaves no candidate behind
 
     log = InferenceLog(lake, flush_seconds=0.2)
     log.start()
@@ -538,7 +538,7 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        busy = deploy.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 4.0, lake, "test")
+        busy = promotion.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 4.0, lake, "test")
     finally:
         stop.set()
         sender.join(timeout=10)
@@ -555,7 +555,7 @@ def test_the_packaged_pyfunc_scores_raw_applications_as_the_service_does(
     """The deployable package fetches its own features: a fresh load answers as the running service."""
     import mlflow
 
-    from tasks.pyfunc import log_scorer
+    from tasks.promote.bundle import log_scorer
 
     settings: Settings = served["settings"]
     uri = log_scorer(settings.mlflow_tracking_uri, CONTRACT.name, served["version"], str(SYNTHETIC))

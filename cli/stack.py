@@ -1,0 +1,426 @@
+"""The local stack: start, stop and inspect the Prefect server, the MLflow server and a local S3 endpoint.
+
+``up`` starts each server as a detached process group with its log and pid file under the state
+directory, waits until its health endpoint answers, and starts nothing that already runs. ``down``
+stops exactly the processes ``up`` recorded, by pid (the whole process group, then waits). State lives
+in the databases and folders the settings point at, so it survives ``down`` + ``up``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from closedloop import storage
+from closedloop.processes import pid_alive
+from closedloop.settings import Profile, Settings
+
+
+class StackError(RuntimeError):
+    """The stack cannot be brought into the requested state; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    port: int
+    health_url: str
+    ui_url: str
+    command: list[str]
+    env: dict[str, str]
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    state: str  # running | stopped | unhealthy | stale | foreign
+    pid: int | None
+    address: str
+    health_url: str
+    log: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _bin(name: str) -> str:
+    """An executable of this interpreter's environment (prefect, mlflow, moto_server)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise StackError(f"{path} is missing: install the project first (uv sync)")
+    return str(path)
+
+
+def components(settings: Settings, s3: bool = False, flows: bool = False, serving: bool = False) -> list[Component]:
+    """The servers of this profile, with the exact command line and environment each one runs with."""
+    base_env = settings.server_environment()
+    prefect_env = {
+        **base_env,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": settings.prefect_database_url,
+        "PREFECT_SERVER_API_HOST": settings.host,
+        "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+        "PREFECT_UI_API_URL": settings.prefect_api_url,
+    }
+    out = [
+        Component(
+            name="prefect",
+            port=settings.prefect_port,
+            health_url=f"{settings.prefect_api_url}/health",
+            ui_url=settings.prefect_ui_url,
+            command=[
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.prefect_port),
+                "--analytics-off",
+                "--no-background",
+            ],
+            env=prefect_env,
+        ),
+        Component(
+            name="mlflow",
+            port=settings.mlflow_port,
+            health_url=f"{settings.mlflow_tracking_uri}/health",
+            ui_url=settings.mlflow_tracking_uri,
+            command=[
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_backend_store_uri,
+                "--artifacts-destination",
+                settings.mlflow_artifacts_destination,
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env={
+                **base_env,
+                # mlflow launches uvicorn through a shell: the venv's bin must be on PATH
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                # the job runner serves GenAI evaluation jobs closedloop never submits: seven idle processes
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+        ),
+    ]
+    if flows:
+        out.append(
+            Component(
+                name="flows",
+                port=0,
+                # healthy once the last of the served deployments (deployments/schedules.py, registered in order) is known
+                # to the Prefect server
+                health_url=f"{settings.prefect_api_url}/deployments/name/batch_score/batch-score",
+                ui_url=f"{settings.prefect_ui_url}/deployments",
+                command=[_bin("closedloop"), "serve-flows"],
+                # a triggered run (drift -> retrain) starts within seconds, not at the next 10 s poll
+                env={**prefect_env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+            )
+        )
+    if serving:
+        token = settings.serving_token
+        if token is None:
+            raise StackError("set CLOSEDLOOP_SERVING_TOKEN: the scoring service never runs without a bearer token")
+        out.append(
+            Component(
+                name="serving",
+                port=settings.serving_port,
+                health_url=f"http://{settings.host}:{settings.serving_port}/healthz",
+                ui_url=f"http://{settings.host}:{settings.serving_port}/docs",
+                command=[_bin("closedloop"), "serve"],
+                env={**prefect_env, "CLOSEDLOOP_SERVING_TOKEN": token.get_secret_value()},
+            )
+        )
+    if s3:
+        out.append(
+            Component(
+                name="s3",
+                port=settings.s3_port,
+                health_url=f"{settings.s3_local_endpoint}/moto-api/",
+                ui_url=settings.s3_local_endpoint,
+                command=[_bin("moto_server"), "-H", settings.host, "-p", str(settings.s3_port)],
+                env=base_env,
+            )
+        )
+    return out
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.json"
+
+
+def _log_file(settings: Settings, name: str) -> Path:
+    return settings.logs_dir / f"{name}.log"
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout).status_code < 400
+    except httpx.HTTPError:
+        return False
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def _recorded_pid(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _status_of(settings: Settings, comp: Component) -> ComponentStatus:
+    pid = _recorded_pid(settings, comp.name)
+    log = str(_log_file(settings, comp.name))
+    status = ComponentStatus(comp.name, "stopped", pid, comp.ui_url, comp.health_url, log)
+    if pid is not None and pid_alive(pid):
+        if _healthy(comp.health_url):
+            status.state = "running"
+        else:
+            status.state = "unhealthy"
+            status.detail = f"process {pid} is alive but {comp.health_url} does not answer; see {log}"
+    elif pid is not None:
+        status.state = "stale"
+        status.detail = f"process {pid} recorded by 'up' is gone; see {log}"
+        status.pid = None
+    elif _port_taken(settings.host, comp.port):
+        status.state = "foreign"
+        status.detail = f"port {comp.port} is in use by a process closedloop did not start"
+    return status
+
+
+def status(
+    settings: Settings, s3: bool | None = None, flows: bool | None = None, serving: bool | None = None
+) -> list[ComponentStatus]:
+    """State of every component; the optional ones are shown when ``up`` recorded them."""
+    s3 = _pid_file(settings, "s3").exists() if s3 is None else s3
+    flows = _pid_file(settings, "flows").exists() if flows is None else flows
+    serving = (
+        (_pid_file(settings, "serving").exists() and settings.serving_token is not None) if serving is None else serving
+    )
+    return [_status_of(settings, comp) for comp in components(settings, s3=s3, flows=flows, serving=serving)]
+
+
+def _prepare_production(settings: Settings) -> None:
+    """Create the Postgres databases and the S3 bucket the production profile relies on."""
+    import psycopg
+
+    dsn = settings.postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(f"{dsn.rstrip('/')}/postgres", autocommit=True, connect_timeout=5) as conn:
+            present = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for name in settings.postgres_databases:
+                if name not in present:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise StackError(f"cannot reach Postgres at {settings.postgres_url}: {exc}".strip()) from exc
+    try:
+        storage.ensure_bucket(settings.s3_bucket, settings.s3_endpoint_url)
+    except storage.StorageError as exc:
+        raise StackError(f"cannot prepare bucket s3://{settings.s3_bucket}: {exc}") from exc
+
+
+def _start(settings: Settings, comp: Component) -> int:
+    log_path = _log_file(settings, comp.name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **comp.env}
+    with open(log_path, "ab") as log:
+        log.write(f"\n--- closedloop up {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {' '.join(comp.command)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv built from settings, no shell
+            comp.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=settings.state_dir,
+            start_new_session=True,
+        )
+    _pid_file(settings, comp.name).parent.mkdir(parents=True, exist_ok=True)
+    _pid_file(settings, comp.name).write_text(
+        json.dumps(
+            {
+                "pid": proc.pid,
+                "command": comp.command,
+                "address": comp.ui_url,
+                "started_at": time.time(),
+            }
+        )
+    )
+    return proc.pid
+
+
+def _wait_healthy(settings: Settings, comp: Component, pid: int) -> None:
+    deadline = time.monotonic() + settings.startup_timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            tail = _tail(_log_file(settings, comp.name))
+            _pid_file(settings, comp.name).unlink(missing_ok=True)
+            raise StackError(f"{comp.name} exited during start-up; last lines of its log:\n{tail}")
+        if _healthy(comp.health_url):
+            return
+        time.sleep(0.5)
+    raise StackError(
+        f"{comp.name} did not answer {comp.health_url} within {settings.startup_timeout_s:.0f} s "
+        f"(pid {pid}, log {_log_file(settings, comp.name)}); 'closedloop down' stops it"
+    )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def up(
+    settings: Settings,
+    s3: bool = False,
+    flows: bool = False,
+    only: tuple[str, ...] | None = None,
+    serving: bool = False,
+) -> list[ComponentStatus]:
+    """Start what is not running yet and wait until everything answers; idempotent.
+
+    Order: the S3 endpoint (production servers write to it), then Prefect and MLflow in parallel, then the
+    flow runner (it registers its deployments with the Prefect server).
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (settings.logs_dir, settings.run_dir, settings.prefect_home, settings.state_dir / "mlflow"):
+        folder.mkdir(parents=True, exist_ok=True)
+    comps = [c for c in components(settings, s3=s3, flows=flows, serving=serving) if only is None or c.name in only]
+    comps.sort(key=lambda c: {"s3": 0, "flows": 2, "serving": 3}.get(c.name, 1))
+    started: list[tuple[Component, int]] = []
+    waiting: list[tuple[Component, int]] = []
+    prepared = settings.profile is not Profile.PRODUCTION
+    current = {comp.name: _status_of(settings, comp) for comp in comps}
+    for comp in comps:  # check every port before starting anything
+        if current[comp.name].state == "foreign":
+            raise StackError(
+                f"cannot start {comp.name}: port {comp.port} on {settings.host} is already in use by another "
+                f"process; stop it or choose another port with CLOSEDLOOP_{comp.name.upper()}_PORT"
+            )
+    try:
+        for comp in comps:
+            state, pid = current[comp.name].state, current[comp.name].pid
+            if state == "running":
+                continue
+            if state == "unhealthy" and pid is not None:
+                waiting.append((comp, pid))  # still starting (a concurrent 'up')
+                continue
+            if comp.name in ("s3", "flows", "serving"):  # these need the others running first
+                for other, other_pid in waiting:
+                    _wait_healthy(settings, other, other_pid)
+                waiting.clear()
+                pid = _start(settings, comp)
+                started.append((comp, pid))
+                _wait_healthy(settings, comp, pid)
+                continue
+            if not prepared:
+                _prepare_production(settings)
+                prepared = True
+            pid = _start(settings, comp)
+            started.append((comp, pid))
+            waiting.append((comp, pid))
+        for comp, pid in waiting:  # the servers start in parallel: wait for all of them
+            _wait_healthy(settings, comp, pid)
+    except BaseException:
+        for comp, _pid in started:
+            _stop(settings, comp.name)
+        raise
+    return status(settings, s3=s3 or None, flows=flows or None, serving=serving or None)
+
+
+def _stop(settings: Settings, name: str, timeout_s: float = 20.0) -> bool:
+    pid = _recorded_pid(settings, name)
+    path = _pid_file(settings, name)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    stopped = False
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)  # up started each server as the leader of its own group
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _group_alive(pid):
+            time.sleep(0.2)
+        if _group_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        stopped = True
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def restart(settings: Settings, name: str) -> list[ComponentStatus]:
+    """Stop one component by its recorded pid and start it again (the others keep running)."""
+    _stop(settings, name)
+    return up(settings, only=(name,))
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any process of the group (the server or a worker it forked) is still running."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().split(")")[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every process 'up' recorded; returns the names of the components it stopped."""
+    if not settings.run_dir.exists():
+        return []
+    stopped = []
+    for path in sorted(settings.run_dir.glob("*.json")):
+        if _stop(settings, path.stem):
+            stopped.append(path.stem)
+    return stopped
+
+
+def require_running(settings: Settings, names: tuple[str, ...] = ("prefect", "mlflow")) -> None:
+    """Fail with a clear message when a server the caller needs is not answering."""
+    if not settings.state_dir.exists():
+        raise StackError(f"no closedloop state at {settings.state_dir}: run 'closedloop up' first")
+    by_name = {s.name: s for s in status(settings)}
+    for name in names:
+        current = by_name[name]
+        if current.state != "running":
+            hint = current.detail or "run 'closedloop up'"
+            raise StackError(f"{name} is not reachable at {current.address} ({current.state}): {hint}")

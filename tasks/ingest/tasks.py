@@ -1,0 +1,281 @@
+"""Ingestion tasks: one batch from landing bytes to offline-store rows and quarantine, and materialization.
+
+Every row of a batch is accounted for: ``rows_in = rows_accepted + rows_quarantined``, recorded in the ledger and
+returned. A batch is identified by its content hash, so seeing the same bytes twice is a no-op that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from closedloop import storage
+from closedloop.contract import Contract, contract_at
+from closedloop.lake import Lake, parquet_bytes
+from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_frame
+from closedloop.settings import Settings
+from feature_repo.definitions import build_repo, history_table
+from feature_repo.online_write import materialize_view
+from feature_repo.store import offline_root, open_store
+from feature_repo.transforms import compute_aggregates
+from tasks.ingest.validation import Validation, validate
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["accepted", "partial", "quarantined", "duplicate"]
+
+
+class BatchOutcome(BaseModel):
+    """What happened to one batch."""
+
+    batch_id: str
+    uri: str
+    table: str | None
+    status: Status
+    rows_in: int = 0
+    rows_accepted: int = 0
+    rows_quarantined: int = 0
+    reason: str | None = None
+    failing: dict[str, int] = Field(default_factory=dict)
+    quarantine_uri: str | None = None
+    first_event: datetime | None = None
+    replay_of: str | None = None
+
+
+def find_batches(
+    sources: Iterable[str], landing_uri: str, contract: Contract, endpoint_url: str | None
+) -> list[BatchRef]:
+    """Batches under each source (a file, or a folder holding ``<table>/`` folders or ``<table>-*`` files).
+
+    With no source, the dataset's landing zone.
+    """
+    refs: list[BatchRef] = []
+    for source in list(sources) or [landing_uri]:
+        root = str(storage.parse(source))
+        uris = storage.list_objects(root, endpoint_url)
+        if uris == [root]:  # a single file: its table comes from its folder or its name
+            parent = (
+                root.rsplit("/", 2)[0]
+                if identify(root, root.rsplit("/", 2)[0], contract).table
+                else root.rsplit("/", 1)[0]
+            )
+            refs.append(identify(root, parent, contract))
+            continue
+        if not uris and source != landing_uri:
+            raise storage.StorageError(f"{source}: no such file, or a folder with no batches")
+        refs.extend(identify(uri, root, contract) for uri in uris)
+    return refs
+
+
+@task(name="ingest_batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def ingest_batch(ref: BatchRef, contract_path: str, lake: Lake, now: datetime) -> BatchOutcome:
+    """Validate one landing batch; accepted rows to the offline store, the rest to quarantine; ledger it."""
+    contract = contract_at(contract_path)
+    data = storage.read_bytes(ref.uri, lake.endpoint_url)
+    bid = batch_id(data)
+    seen = lake.read_ledger(bid)
+    if seen is not None:
+        logger.info("batch %s (%s) already ingested at %s: skipped", bid, ref.name, seen["ingested_at"])
+        return BatchOutcome(
+            batch_id=bid,
+            uri=ref.uri,
+            table=ref.table,
+            status="duplicate",
+            reason=f"same content as batch {bid} from {seen['uri']}, ingested {seen['ingested_at']} ({seen['status']})",
+        )
+    try:
+        frame = read_frame(data, ref)
+    except UnusableBatch as exc:
+        outcome = BatchOutcome(batch_id=bid, uri=ref.uri, table=ref.table, status="quarantined", reason=str(exc))
+        return _finish(lake, outcome, data, ref.name, pd.DataFrame(), None, contract, now)
+    table = ref.table or ""  # read_frame has refused batches that belong to no table
+    result = validate(frame, contract, table, now)
+    return _store(lake, contract, ref.uri, ref.name, table, bid, data, result, now)
+
+
+def _store(
+    lake: Lake,
+    contract: Contract,
+    uri: str,
+    name: str,
+    table: str,
+    bid: str,
+    data: bytes,
+    result: Validation,
+    now: datetime,
+    replay_of: str | None = None,
+) -> BatchOutcome:
+    event_time = contract.tables[table].event_time
+    status: Status = "quarantined" if result.batch_error else ("partial" if result.rows_quarantined else "accepted")
+    first_event = None
+    if not result.batch_error and not result.accepted.empty:
+        lake.write_offline(table, result.accepted, event_time, bid, now)
+        first_event = result.accepted[event_time].min().to_pydatetime()
+        aggregates = contract.aggregates_of(table)
+        if aggregates:
+            _write_history(lake, contract, table, result.accepted, bid, now)
+    outcome = BatchOutcome(
+        batch_id=bid,
+        uri=uri,
+        table=table,
+        status=status,
+        rows_in=result.rows_in,
+        rows_accepted=result.rows_accepted,
+        rows_quarantined=result.rows_quarantined,
+        reason=result.batch_error,
+        failing=result.failing,
+        first_event=first_event,
+        replay_of=replay_of,
+    )
+    return _finish(lake, outcome, data, name, result.rejected, result.gx_result, contract, now)
+
+
+def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.DataFrame, bid: str, now: datetime) -> None:
+    """Aggregates over each entity's recent rows (earlier batches included) for the rows of this batch."""
+    key, event_time = contract.entity.join_key, contract.tables[table].event_time
+    columns = sorted({a.column for a in contract.aggregates_of(table)})
+    entities = accepted[key].dropna().astype("int64" if contract.key_type == "int" else "string").unique().tolist()
+    earlier = lake.read_offline(table, columns=[key, event_time, *columns], filters=[(key, "in", entities)])
+    earlier = earlier[~earlier[event_time].isin(accepted[event_time])] if not earlier.empty else earlier
+    history = pd.concat([earlier, accepted[[key, event_time, *columns]]], ignore_index=True)
+    history[event_time] = pd.to_datetime(history[event_time], utc=True)
+    aggregated = compute_aggregates(history, contract.aggregates_of(table), key, event_time)
+    mine = aggregated.iloc[len(earlier) :]
+    lake.write_offline(history_table(table), mine.reset_index(drop=True), event_time, bid, now)
+
+
+def _finish(
+    lake: Lake,
+    outcome: BatchOutcome,
+    data: bytes,
+    name: str,
+    rejected: pd.DataFrame,
+    validation: dict[str, Any] | None,
+    contract: Contract,
+    now: datetime,
+) -> BatchOutcome:
+    if outcome.status in ("quarantined", "partial"):
+        reason = {
+            **outcome.model_dump(mode="json"),
+            "source_name": name,
+            "contract": contract.name,
+            "contract_version": contract.version,
+            "contract_fingerprint": contract.fingerprint,
+            "quarantined_at": now.isoformat(),
+            "replays": [],
+        }
+        outcome.quarantine_uri = lake.write_quarantine(outcome.batch_id, data, name, rejected, reason, validation)
+    lake.write_ledger(
+        {
+            **outcome.model_dump(mode="json"),
+            "ingested_at": now.isoformat(),
+            "contract_fingerprint": contract.fingerprint,
+        }
+    )
+    logger.info(
+        "batch %s %s: %s (%d in, %d accepted, %d quarantined)%s",
+        outcome.batch_id,
+        name,
+        outcome.status,
+        outcome.rows_in,
+        outcome.rows_accepted,
+        outcome.rows_quarantined,
+        f": {outcome.reason}" if outcome.reason else "",
+    )
+    return outcome
+
+
+@task(name="replay_quarantined", cache_policy=NO_CACHE)
+def replay_quarantined(quarantined_id: str, contract_path: str, lake: Lake, now: datetime) -> BatchOutcome:
+    """Re-validate a quarantined batch: a whole batch from its original bytes, a partial one from its rejected rows.
+
+    The replay gets its own ledger record (``<id>-r<n>``); the quarantine record keeps the history of replays.
+    """
+    contract = contract_at(contract_path)
+    record = lake.read_reason(quarantined_id)
+    table, name = record["table"], record.get("source_name", quarantined_id)
+    rid = f"{quarantined_id}-r{len(record['replays']) + 1}"
+    outcome: BatchOutcome | None = None
+    if record["status"] == "quarantined":
+        suffix = name.rsplit(".", 1)[-1] if "." in name else "bin"
+        data = storage.read_bytes(lake.quarantine(quarantined_id, f"original.{suffix}"), lake.endpoint_url)
+        ref = BatchRef(uri=record["uri"], table=table, file_format=identify(name, "", contract).file_format)
+        try:
+            frame = read_frame(data, ref)
+        except UnusableBatch as exc:
+            outcome = BatchOutcome(
+                batch_id=rid,
+                uri=record["uri"],
+                table=table,
+                status="quarantined",
+                reason=str(exc),
+                replay_of=quarantined_id,
+            )
+            outcome = _finish(lake, outcome, data, name, pd.DataFrame(), None, contract, now)
+    else:
+        frame = lake.read_rejected(quarantined_id).drop(columns=["_source_row", "_reasons"])
+        data = parquet_bytes(frame)
+    if outcome is None:
+        result = validate(frame, contract, table, now)
+        outcome = _store(lake, contract, record["uri"], name, table, rid, data, result, now, replay_of=quarantined_id)
+    record["replays"].append(
+        {
+            "at": now.isoformat(),
+            "batch_id": outcome.batch_id,
+            "status": outcome.status,
+            "rows_accepted": outcome.rows_accepted,
+            "rows_quarantined": outcome.rows_quarantined,
+            "contract_fingerprint": contract.fingerprint,
+        }
+    )
+    lake.write_reason(quarantined_id, record)
+    return outcome
+
+
+def earliest_new_events(outcomes: list[BatchOutcome], contract: Contract) -> dict[str, datetime]:
+    """Per offline table that received rows (history tables included), its earliest new event time."""
+    since: dict[str, datetime] = {}
+    for outcome in outcomes:
+        if outcome.first_event is None or outcome.table is None:
+            continue
+        tables = [outcome.table] + ([history_table(outcome.table)] if contract.aggregates_of(outcome.table) else [])
+        for table in tables:
+            since[table] = min(since.get(table, outcome.first_event), outcome.first_event)
+    return since
+
+
+@task(name="materialize_features", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def materialize_features(
+    settings: Settings, contract_path: str, since: dict[str, datetime], now: datetime
+) -> list[str]:
+    """Apply the contract's Feast definitions and load new rows into the online store.
+
+    ``since`` maps each offline table that received rows to its earliest new event time; each affected view is
+    materialized from there to now, so a late batch of old events is still picked up (plain
+    ``materialize_incremental`` only moves forward from its last end date and would miss it).
+    """
+    contract = contract_at(contract_path)
+    repo = build_repo(contract, offline_root(settings, contract))
+    store = open_store(settings, contract)
+    store.apply(repo.objects)
+    done = []
+    for view in repo.online_views:
+        table = repo.view_tables[view.name]
+        start = since.get(table)
+        if start is None:
+            continue
+        window_start = max(start, now - view.ttl) if view.ttl else start
+        materialize_view(store, view.name, window_start - timedelta(seconds=1), now)
+        done.append(view.name)
+    return done
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

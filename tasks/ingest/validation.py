@@ -1,0 +1,397 @@
+"""Row-level validation of a batch with a Great Expectations suite derived from the dataset contract.
+
+Three stages, each naming what it rejects:
+1. schema (whole batch): required columns present, no unknown columns, event times carry a timezone, rows exist;
+2. types (per row): every cell converts to the contract's type (text in a numeric column, a timestamp without
+   a timezone or a fractional integer fail that row, with the offending value);
+3. expectations (per row): the GX suite (nulls, ranges, categories, key uniqueness, event times between the
+   contract's start and now, label domain). Every row is judged by one vectorised pass over the suite's
+   expectation configurations with GX's semantics; GX itself then validates the rejected rows (its result
+   document is kept in quarantine) and a sample of the accepted rows. If GX disagrees on an accepted row, the
+   batch is held whole: the gate fails closed.
+A batch whose bad-row share exceeds the contract's ``max_bad_row_share`` is quarantined whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from closedloop.contract import ColumnType, Contract
+from closedloop.landing import UnusableBatch
+
+logger = logging.getLogger(__name__)
+
+TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+TS_DTYPE = "datetime64[us, UTC]"
+_GX_LOCK = threading.Lock()  # the ephemeral GX context is not safe to mutate from two threads
+
+
+@dataclass
+class Validation:
+    """Outcome of validating one batch of one table."""
+
+    table: str
+    rows_in: int
+    accepted: pd.DataFrame
+    rejected: pd.DataFrame  # rows as read, plus _source_row and _reasons
+    failing: dict[str, int] = field(default_factory=dict)  # expectation -> rows that broke it
+    gx_result: dict[str, Any] | None = None
+    batch_error: str | None = None  # set when the batch is quarantined whole
+
+    @property
+    def rows_accepted(self) -> int:
+        return 0 if self.batch_error else len(self.accepted)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.rows_in - self.rows_accepted
+
+
+def _gx() -> Any:
+    import great_expectations as gx
+
+    return gx
+
+
+@lru_cache(maxsize=1)
+def _context() -> Any:
+    gx = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return ctx
+
+
+def build_suite(contract: Contract, table: str, now: datetime) -> Any:
+    """The GX expectation suite for one table of the contract, as of ``now`` (for the future-time check)."""
+    import great_expectations.expectations as gxe
+
+    spec = contract.tables[table]
+    keys = list(dict.fromkeys([contract.entity.join_key, *[k for k in spec.primary_key if k != spec.event_time]]))
+    expectations: list[Any] = [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+    for key in keys:
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=key))
+    expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.event_time))
+    expectations.append(
+        gxe.ExpectColumnValuesToBeBetween(column=spec.event_time, min_value=contract.start, max_value=now)
+    )
+    if len(spec.primary_key) == 1:
+        expectations.append(gxe.ExpectColumnValuesToBeUnique(column=spec.primary_key[0]))
+    else:
+        expectations.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.primary_key)))
+    if table == contract.label.source:
+        label = contract.label
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=label.column))
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(column=label.column, value_set=[label.negative, label.positive])
+        )
+    for col in contract.columns_of(table):
+        if not col.nullable:
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name))
+        if col.type is ColumnType.CATEGORY:
+            expectations.append(gxe.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.categories or [])))
+        elif col.min is not None or col.max is not None:
+            expectations.append(
+                gxe.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max)
+            )
+    gx = _gx()
+    return gx.ExpectationSuite(name=f"{contract.name}.{table}.v{contract.version}", expectations=expectations)
+
+
+def describe(expectation: dict[str, Any]) -> str:
+    """Short, stable name of an expectation, e.g. ``expect_column_values_to_be_between(income)``."""
+    kwargs = expectation.get("kwargs", {})
+    target = kwargs.get("column") or ",".join(kwargs.get("column_list", []) or [])
+    return f"{expectation['type']}({target})" if target else expectation["type"]
+
+
+def check_schema(frame: pd.DataFrame, contract: Contract, table: str) -> None:
+    """Whole-batch checks: the columns are exactly the contract's, and there are rows."""
+    required = contract.required_columns(table)
+    present = [str(c) for c in frame.columns]
+    duplicated = sorted({c for c in present if present.count(c) > 1})
+    if duplicated:
+        raise UnusableBatch(f"column(s) {duplicated} appear more than once")
+    missing = [c for c in required if c not in present]
+    if table == contract.label.source and contract.label.column in missing:
+        raise UnusableBatch(f"the label column {contract.label.column!r} is missing from this {table} batch")
+    if missing:
+        raise UnusableBatch(f"missing column(s) {missing} required by contract {contract.name!r} for table {table!r}")
+    extra = [c for c in present if c not in required]
+    if extra:
+        raise UnusableBatch(
+            f"unexpected column(s) {extra} not in contract {contract.name!r} for table {table!r} "
+            "(add them to the contract, or drop them upstream)"
+        )
+    if frame.empty:
+        raise UnusableBatch("empty batch: a header but no rows")
+    event_time = contract.tables[table].event_time
+    dtype = frame[event_time].dtype
+    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.datetime64):
+        raise UnusableBatch(f"event time {event_time!r} has no timezone: closedloop will not guess one (write UTC)")
+
+
+def _key_columns(contract: Contract, table: str) -> list[str]:
+    spec = contract.tables[table]
+    keys = [contract.entity.join_key, *spec.primary_key]
+    return [k for k in dict.fromkeys(keys) if k != spec.event_time]
+
+
+def coerce(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Cast every column to the contract's type; returns the typed frame and type failures by row position."""
+    failures: dict[int, list[str]] = {}
+    out: dict[str, pd.Series] = {}
+
+    def fail(mask: np.ndarray, column: str, raw: pd.Series, expected: str) -> None:
+        for pos in np.flatnonzero(mask):
+            value = raw.iloc[pos]
+            value = value.item() if isinstance(value, np.generic) else value
+            failures.setdefault(int(pos), []).append(f"type({column}): expected {expected}, got {value!r}")
+
+    def numeric(column: str, integer: bool) -> pd.Series:
+        raw = frame[column]
+        if pd.api.types.is_integer_dtype(raw.dtype) and not pd.api.types.is_extension_array_dtype(raw.dtype):
+            # already right: nothing to check, nothing copied
+            return raw.astype("int64" if integer else "float64", copy=False)
+        if not integer and pd.api.types.is_float_dtype(raw.dtype):
+            return raw.astype("float64", copy=False)
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = raw.notna().to_numpy() & values.isna().to_numpy()
+        if integer:
+            fractional = values.notna().to_numpy() & (np.asarray(values.fillna(0)) % 1 != 0)
+            bad |= fractional
+            values = values.where(~fractional)
+        fail(bad, column, raw, "an integer" if integer else "a number")
+        # numpy dtypes, so that GX compares whole columns at once (it loops in Python over nullable Int64)
+        return values.astype("int64") if integer and not values.isna().any() else values.astype("float64")
+
+    for key in _key_columns(contract, table):
+        if contract.key_type == "int":
+            out[key] = numeric(key, integer=True)
+        else:
+            out[key] = frame[key].astype("string")
+    event_time = contract.tables[table].event_time
+    out[event_time] = _timestamps(frame[event_time], event_time, failures)
+    if table == contract.label.source:
+        out[contract.label.column] = numeric(contract.label.column, integer=True)
+    for col in contract.columns_of(table):
+        if col.type is ColumnType.INT:
+            out[col.name] = numeric(col.name, integer=True)
+        elif col.type is ColumnType.FLOAT:
+            out[col.name] = numeric(col.name, integer=False)
+        elif col.type is ColumnType.BOOL:
+            raw = frame[col.name]
+            mapped = raw.map(
+                lambda v: {"true": True, "1": True, "false": False, "0": False}.get(str(v).strip().lower())
+                if pd.notna(v)
+                else None
+            )
+            fail(raw.notna().to_numpy() & mapped.isna().to_numpy(), col.name, raw, "true or false")
+            out[col.name] = mapped.astype("boolean")
+        else:
+            raw = frame[col.name]
+            if raw.dtype == object and pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty"):
+                out[col.name] = raw
+            else:
+                out[col.name] = raw.where(raw.isna(), raw.astype(str)).astype(object)
+    # side by side without consolidating into 2-D blocks: a copy of every column that nothing here needs
+    names = contract.required_columns(table)
+    typed = pd.concat([out[name].rename(name) for name in names], axis=1, copy=False)
+    typed.index = frame.index
+    return typed, failures
+
+
+def _timestamps(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return raw.dt.tz_convert("UTC").astype(TS_DTYPE)
+    text = raw.astype("string")
+    has_value = text.notna().to_numpy()
+    has_tz = text.str.strip().str.contains(TZ_SUFFIX, na=False).to_numpy()
+    parsed = pd.to_datetime(text.where(has_tz), utc=True, format="ISO8601", errors="coerce")
+    for pos in np.flatnonzero(has_value & ~has_tz):
+        failures.setdefault(int(pos), []).append(f"type({column}): timestamp without timezone {raw.iloc[pos]!r}")
+    for pos in np.flatnonzero(has_value & has_tz & parsed.isna().to_numpy()):
+        failures.setdefault(int(pos), []).append(f"type({column}): not a timestamp {raw.iloc[pos]!r}")
+    return parsed.astype(TS_DTYPE)
+
+
+def run_suite(typed: pd.DataFrame, suite: Any) -> dict[str, Any]:
+    """Run the suite with GX on a pandas batch; the result as GX's JSON document."""
+    with _GX_LOCK:
+        ctx = _context()
+        try:
+            source = ctx.data_sources.get("closedloop")
+        except (KeyError, ValueError):
+            source = ctx.data_sources.add_pandas("closedloop")
+        asset_name = suite.name
+        try:
+            asset = source.get_asset(asset_name)
+        except (LookupError, ValueError):
+            asset = source.add_dataframe_asset(asset_name)
+        try:
+            definition = asset.get_batch_definition("whole")
+        except (KeyError, LookupError, ValueError):
+            definition = asset.add_batch_definition_whole_dataframe("whole")
+        # the suite runs on the batch directly: no stored suite, validation definition or result store, whose
+        # bookkeeping (pairwise expectation comparison, result serialisation) cost more than the validation here
+        batch = definition.get_batch(batch_parameters={"dataframe": typed})
+        result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+    document: dict[str, Any] = result.to_json_dict()
+    return document
+
+
+def unexpected_masks(typed: pd.DataFrame, suite: Any) -> dict[str, np.ndarray] | None:
+    """Row masks of every column expectation of the suite, evaluated with GX's semantics in one vectorised pass.
+
+    GX's own pandas engine is run on the rejected rows (for the validation document) and on a sample of the
+    accepted ones (as a cross-check) by :func:`validate`; running it on every row costs about 25x this pass.
+    Returns None when the suite holds an expectation type this pass does not know (GX then runs on all rows).
+    """
+    masks: dict[str, np.ndarray] = {}
+    presence: dict[str, np.ndarray] = {}
+    for expectation in suite.expectations:
+        config = expectation.configuration.to_json_dict()
+        kind, kwargs = config["type"], config["kwargs"]
+        name = describe(config)
+        if kind == "expect_table_row_count_to_be_between":
+            continue  # batch level: an empty batch never gets here
+        if kind == "expect_compound_columns_to_be_unique":
+            masks[name] = typed.duplicated(kwargs["column_list"], keep=False).to_numpy()
+            continue
+        if kind not in _ROW_RULES:
+            return None
+        values = typed[kwargs["column"]]
+        present = presence.get(kwargs["column"])
+        if present is None:
+            kind_of = values.dtype.kind
+            present = np.ones(len(values), dtype=bool) if kind_of in "iub" else values.notna().to_numpy()
+            presence[kwargs["column"]] = present
+        masks[name] = _ROW_RULES[kind](values, present, kwargs)
+    return masks
+
+
+def _between(values: pd.Series, present: np.ndarray, kwargs: dict[str, Any]) -> np.ndarray:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        data = values.to_numpy(dtype="datetime64[us]", na_value=np.datetime64("NaT", "us"))
+        low, high = (
+            np.datetime64(pd.Timestamp(v).tz_convert("UTC").tz_localize(None), "us") if v is not None else None
+            for v in (low, high)
+        )
+    else:
+        data = values.to_numpy()
+    outside = np.zeros(len(values), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        if low is not None:
+            outside |= data < low
+        if high is not None:
+            outside |= data > high
+    return present & outside
+
+
+_ROW_RULES: dict[str, Any] = {
+    "expect_column_values_to_not_be_null": lambda values, present, kwargs: ~present,
+    "expect_column_values_to_be_between": _between,
+    "expect_column_values_to_be_in_set": lambda values, present, kwargs: present
+    & ~values.isin(kwargs["value_set"]).to_numpy(),
+    "expect_column_values_to_be_unique": lambda values, present, kwargs: present
+    & values.duplicated(keep=False).to_numpy(),
+}
+
+GX_SAMPLE_ROWS = 10_000
+
+
+def validate(frame: pd.DataFrame, contract: Contract, table: str, now: datetime) -> Validation:
+    """Validate a batch read from the landing zone; never drops a row without a reason."""
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        frame = frame.reset_index(drop=True)  # positions are row numbers below; a copy only when needed
+    rows_in = len(frame)
+
+    def whole(
+        reason: str, failing: dict[str, int] | None = None, gx_result: dict[str, Any] | None = None
+    ) -> Validation:
+        rejected = frame.assign(_source_row=np.arange(rows_in), _reasons=reason)
+        return Validation(table, rows_in, frame.iloc[0:0], rejected, failing or {}, gx_result, reason)
+
+    try:
+        check_schema(frame, contract, table)
+    except UnusableBatch as exc:
+        return whole(str(exc))
+    typed, type_failures = coerce(frame, contract, table)
+    suite = build_suite(contract, table, now)
+    masks = unexpected_masks(typed, suite)
+    if masks is None:  # an expectation only GX knows: let GX judge every row
+        document = run_suite(typed, suite)
+        masks = _masks_from(document, rows_in)
+    reasons: dict[int, list[str]] = {pos: list(msgs) for pos, msgs in type_failures.items()}
+    failing: dict[str, int] = {}
+    for msgs in type_failures.values():
+        for msg in msgs:
+            label = msg.split(":", 1)[0]
+            failing[label] = failing.get(label, 0) + 1
+    typed_cells = {(pos, m.split("(", 1)[1].split(")", 1)[0]) for pos, msgs in type_failures.items() for m in msgs}
+    for name, mask in masks.items():
+        column = name.split("(", 1)[1].rstrip(")") if "(" in name else None
+        positions = np.flatnonzero(mask)
+        if name.startswith("expect_column_values_to_not_be_null("):
+            # a cell that failed its type is already reported as such
+            positions = np.array([p for p in positions if (int(p), column) not in typed_cells], dtype=np.int64)
+        for pos in positions:
+            reasons.setdefault(int(pos), []).append(name)
+        if len(positions):
+            failing[name] = len(positions)
+    bad = np.array(sorted(reasons), dtype=np.int64)
+    good_mask = np.ones(rows_in, dtype=bool)
+    good_mask[bad] = False
+    # GX's own verdict in one run: on every rejected row (the document kept in quarantine) and on a sample of
+    # the accepted rows, where it must find nothing
+    accepted = typed.loc[good_mask]
+    accepted.index = pd.RangeIndex(len(accepted))  # no second copy
+    sample = accepted.sample(GX_SAMPLE_ROWS, random_state=0) if len(accepted) > GX_SAMPLE_ROWS else accepted
+    # one consolidated copy: GX's pandas engine copies the batch once per metric, re-merging blocks each time
+    document = run_suite(pd.concat([typed.iloc[bad], sample], ignore_index=True).copy(), suite)
+    disagreement = {
+        describe(item["expectation_config"])
+        for item in document["results"]
+        if not item["success"]
+        and any(i >= len(bad) for i in item.get("result", {}).get("unexpected_index_list") or [len(bad)])
+    }
+    if disagreement:
+        return whole(
+            f"validator disagreement: GX rejects accepted rows on {sorted(disagreement)}; batch held for review",
+            gx_result=document,
+        )
+    rejected = frame.iloc[bad].assign(_source_row=bad, _reasons=["; ".join(reasons[int(p)]) for p in bad])
+    failing = dict(sorted(failing.items(), key=lambda kv: -kv[1]))
+    share = len(bad) / rows_in
+    if share > contract.max_bad_row_share:
+        top = ", ".join(f"{k} ({v})" for k, v in list(failing.items())[:3])
+        reason = f"{share:.0%} of rows are bad, over the contract's limit of {contract.max_bad_row_share:.0%}: {top}"
+        rejected = frame.assign(
+            _source_row=np.arange(rows_in),
+            _reasons=["; ".join(reasons.get(i, [])) or "batch over the bad-row limit" for i in range(rows_in)],
+        )
+        return Validation(table, rows_in, typed.iloc[0:0], rejected, failing, document, reason)
+    return Validation(table, rows_in, accepted, rejected, failing, document)
+
+
+def _masks_from(document: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+    masks: dict[str, np.ndarray] = {}
+    for item in document["results"]:
+        indices = item.get("result", {}).get("unexpected_index_list")
+        if item["success"] or indices is None:
+            continue
+        mask = np.zeros(rows, dtype=bool)
+        mask[np.asarray(indices, dtype=np.int64)] = True
+        masks[describe(item["expectation_config"])] = mask
+    return masks

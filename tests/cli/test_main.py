@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from closedloop.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_contract_check_shows_what_is_derived() -> None:
+    result = runner.invoke(app, ["contract", "check", str(REPO / "datasets/credit_synthetic/contract.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    derived = json.loads(result.stdout)
+    assert derived["sensitive"] == ["age", "sex", "marital_status"]
+    assert "postcode" in derived["excluded"] and "postcode" not in derived["model_inputs"]
+
+
+def test_contract_check_names_the_broken_field(tmp_path: Path) -> None:
+    text = (REPO / "datasets/credit_synthetic/contract.yaml").read_text().replace("delay_days: 90", "delay_days: soon")
+    bad = tmp_path / "contract.yaml"
+    bad.write_text(text)
+    result = runner.invoke(app, ["contract", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "label.delay_days: Input should be a valid integer" in result.stderr
+
+
+def test_status_without_state_is_explained(settings: Settings) -> None:
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2
+    assert f"no closedloop state at {settings.state_dir}: run 'closedloop up' first" in result.stderr
+
+
+def test_unknown_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOSEDLOOP_PROFLE", "production")
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2 and "unknown setting(s) CLOSEDLOOP_PROFLE" in result.stderr
+
+
+def test_data_commands_fill_the_landing_zone(settings: Settings) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--customers",
+            "1500",
+            "--months",
+            "3",
+            "--scenario",
+            "quality_bug",
+            "--format",
+            "mixed",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    landing = settings.state_dir / "lake" / "credit_synthetic" / "landing"
+    assert payload["landing_uri"] == landing.as_uri()
+    assert payload["rows"]["profiles"] == 1500 and payload["config"]["scenario"] == "quality_bug"
+    assert {p.suffix for p in landing.rglob("*.*")} == {".csv", ".parquet"}
+
+    result = runner.invoke(app, ["data", "taiwan", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"]["credit_history"] == 180_000
+
+
+def test_bad_generator_options_are_explained(settings: Settings) -> None:
+    result = runner.invoke(app, ["data", "synth", "--scenario", "earthquake"])
+    assert result.exit_code == 2 and "'earthquake' is not a valid Scenario" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_reports_project_baseline_and_ratio(settings: Settings, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "generator", "--rows", "20000", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = report["measurements"]
+    assert [r["unit"] for r in rows] == ["rows/s", "MB", "MB"]
+    for row in rows:
+        assert row["project"] > 0 and row["baseline"] > 0
+        assert row["ratio"] == pytest.approx(row["project"] / row["baseline"], rel=1e-3)
+    assert len(list(tmp_path.glob("bench-*.json"))) == 1
+    assert "| generator |" in next(tmp_path.glob("bench-*.md")).read_text()
+    assert runner.invoke(app, ["bench", "nonsense"]).exit_code == 2
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "closedloop"
+    return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.integration
+def test_up_status_down_as_a_user_runs_them(settings: Settings) -> None:
+    env = {**os.environ}
+    first = _cli("up", "--json", env=env)
+    try:
+        assert first.returncode == 0, first.stderr
+        pids = {c["name"]: c["pid"] for c in json.loads(first.stdout)["components"]}
+        second = _cli("up", "--json", env=env)
+        assert {c["name"]: c["pid"] for c in json.loads(second.stdout)["components"]} == pids
+        status = _cli("status", "--json", env=env)
+        assert status.returncode == 0
+        rows = {c["name"]: c for c in json.loads(status.stdout)["components"]}
+        assert rows["prefect"]["address"] == settings.prefect_ui_url and rows["prefect"]["state"] == "running"
+        assert rows["mlflow"]["address"] == settings.mlflow_tracking_uri
+    finally:
+        down = _cli("down", env=env)
+    assert down.returncode == 0 and "stopped: mlflow, prefect" in down.stdout
+    after = _cli("status", "--json", env=env)
+    assert after.returncode == 1
+    assert {c["state"] for c in json.loads(after.stdout)["components"]} == {"stopped"}
+
+
+def test_up_on_a_taken_port_fails_clearly(settings: Settings) -> None:
+    with socket.socket() as blocker:
+        blocker.bind((settings.host, settings.mlflow_port))
+        blocker.listen()
+        result = runner.invoke(app, ["up"])
+    assert result.exit_code == 2
+    assert f"port {settings.mlflow_port} on 127.0.0.1 is already in use" in result.stderr

@@ -1,0 +1,347 @@
+"""Every kind of bad input the ingest rejects: the message names the problem and no row is lost."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from closedloop import storage
+from closedloop.contract import contract_at
+from closedloop.lake import Lake
+from closedloop.landing import BatchRef, identify
+from samples.synthetic import SyntheticConfig, generate_block
+from tasks.ingest.tasks import BatchOutcome, ingest_batch
+
+REPO = Path(__file__).resolve().parents[2]
+CONTRACT = str(REPO / "datasets/credit_synthetic/contract.yaml")
+NOW = datetime(2026, 1, 15, tzinfo=UTC)
+ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, pd.DataFrame]:
+    block = generate_block(SyntheticConfig(customers=ROWS, start="2025-01", months=12), 0)
+    return {name: table.to_pandas() for name, table in block.items()}
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    return Lake.of(tmp_path.as_uri(), "credit_synthetic")
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _csv(frame: pd.DataFrame, **kwargs: object) -> bytes:
+    out = frame.copy()
+    for column in out.columns:
+        if isinstance(out[column].dtype, pd.DatetimeTZDtype):
+            out[column] = out[column].dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z")
+    return out.to_csv(index=False, **kwargs).encode()  # type: ignore[call-overload]
+
+
+def _ingest(lake: Lake, name: str, data: bytes) -> BatchOutcome:
+    table = name.split("-", 1)[0]
+    uri = storage.write_bytes(storage.join(lake.landing, table, name), data)
+    ref = identify(uri, lake.landing, contract_at(CONTRACT))
+    outcome: BatchOutcome = ingest_batch.fn(ref, CONTRACT, lake, NOW)
+    assert outcome.rows_in == outcome.rows_accepted + outcome.rows_quarantined
+    assert lake.read_ledger(outcome.batch_id) is not None or outcome.status == "duplicate"
+    return outcome
+
+
+def _assert_whole(lake: Lake, outcome: BatchOutcome, message: str, data: bytes, rows_in: int | None = None) -> None:
+    assert outcome.status == "quarantined"
+    assert outcome.reason is not None and message in outcome.reason, outcome.reason
+    assert outcome.rows_accepted == 0
+    if rows_in is not None:
+        assert outcome.rows_in == outcome.rows_quarantined == rows_in
+    record = lake.read_reason(outcome.batch_id)
+    assert message in record["reason"]
+    suffix = record["source_name"].rsplit(".", 1)[-1]
+    assert storage.read_bytes(lake.quarantine(outcome.batch_id, f"original.{suffix}")) == data
+    assert lake.read_offline("applications").empty
+
+
+def _assert_rows(lake: Lake, outcome: BatchOutcome, bad_rows: list[int], reason: str) -> None:
+    assert outcome.status == "partial", outcome.reason
+    assert outcome.rows_quarantined == len(bad_rows) and outcome.rows_accepted == ROWS - len(bad_rows)
+    rejected = lake.read_rejected(outcome.batch_id)
+    assert sorted(rejected["_source_row"]) == sorted(bad_rows)
+    assert all(reason in r for r in rejected["_reasons"]), rejected["_reasons"].tolist()
+    table = outcome.table or ""
+    assert len(lake.read_offline(table)) == ROWS - len(bad_rows)
+
+
+Mutation = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def _set(row: int, column: str, value: object) -> Mutation:
+    def mutate(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.astype({column: object}) if not isinstance(value, type(frame[column].iloc[0])) else frame
+        frame.loc[row, column] = value
+        return frame
+
+    return mutate
+
+
+ROW_CASES: list[tuple[str, str, Mutation, list[int], str]] = [
+    (
+        "text in a numeric column (csv)",
+        "csv",
+        _set(3, "loan_amount", "abc"),
+        [3],
+        "type(loan_amount): expected a number, got 'abc'",
+    ),
+    (
+        "fractional value in an int column",
+        "parquet",
+        _set(4, "loan_term_months", 12.5),
+        [4],
+        "type(loan_term_months): expected an integer, got 12.5",
+    ),
+    (
+        "null in a required field",
+        "parquet",
+        _set(5, "loan_amount", None),
+        [5],
+        "expect_column_values_to_not_be_null(loan_amount)",
+    ),
+    (
+        "value out of range",
+        "parquet",
+        _set(6, "loan_amount", -10.0),
+        [6],
+        "expect_column_values_to_be_between(loan_amount)",
+    ),
+    (
+        "unseen category",
+        "parquet",
+        _set(7, "loan_purpose", "yacht"),
+        [7],
+        "expect_column_values_to_be_in_set(loan_purpose)",
+    ),
+    (
+        "null key",
+        "parquet",
+        _set(8, "application_id", None),
+        [8],
+        "expect_column_values_to_not_be_null(application_id)",
+    ),
+    (
+        "future timestamp",
+        "parquet",
+        _set(9, "applied_at", pd.Timestamp("2027-01-01", tz="UTC")),
+        [9],
+        "expect_column_values_to_be_between(applied_at)",
+    ),
+    (
+        "timestamp before the contract's start",
+        "parquet",
+        _set(10, "applied_at", pd.Timestamp("2019-05-01", tz="UTC")),
+        [10],
+        "expect_column_values_to_be_between(applied_at)",
+    ),
+    (
+        "timestamp without timezone (csv cell)",
+        "csv",
+        _set(11, "applied_at", "2025-03-01 10:00:00"),
+        [11],
+        "type(applied_at): timestamp without timezone '2025-03-01 10:00:00'",
+    ),
+    (
+        "timestamp that is not a date (csv cell)",
+        "csv",
+        _set(12, "applied_at", "yesterday+01:00"),
+        [12],
+        "type(applied_at): not a timestamp",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "fmt", "mutate", "bad", "reason"), ROW_CASES, ids=[c[0] for c in ROW_CASES])
+def test_bad_rows_are_quarantined_with_the_rule_they_broke(
+    lake: Lake, tables: dict[str, pd.DataFrame], case: str, fmt: str, mutate: Mutation, bad: list[int], reason: str
+) -> None:
+    frame = mutate(tables["applications"].copy())
+    data = _parquet(frame) if fmt == "parquet" else _csv(frame)
+    _assert_rows(lake, _ingest(lake, f"applications-x.{fmt}", data), bad, reason)
+
+
+def test_duplicate_keys_quarantine_every_copy(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    frame = tables["applications"].copy()
+    frame.loc[14, "application_id"] = frame.loc[13, "application_id"]
+    _assert_rows(
+        lake,
+        _ingest(lake, "applications-dup.parquet", _parquet(frame)),
+        [13, 14],
+        "expect_column_values_to_be_unique(application_id)",
+    )
+
+
+def test_label_outside_its_domain(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    frame = tables["outcomes"].copy().reset_index(drop=True)
+    frame.loc[0, "defaulted"] = 2
+    outcome = _ingest(lake, "outcomes-x.parquet", _parquet(frame))
+    assert outcome.rows_quarantined == 1 and outcome.rows_accepted == len(frame) - 1
+    assert lake.read_rejected(outcome.batch_id)["_reasons"].tolist() == ["expect_column_values_to_be_in_set(defaulted)"]
+
+
+def test_nullable_column_accepts_nulls(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    frame = tables["applications"].copy()
+    frame["channel"] = None
+    outcome = _ingest(lake, "applications-legacy.parquet", _parquet(frame))
+    assert outcome.status == "accepted" and outcome.rows_accepted == ROWS
+
+
+def test_a_clean_csv_batch_lands_with_utc_microsecond_timestamps(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    outcome = _ingest(lake, "applications-clean.csv", _csv(tables["applications"]))
+    assert outcome.status == "accepted"
+    stored = lake.read_offline("applications")
+    assert str(stored["applied_at"].dtype) == "datetime64[us, UTC]"
+    assert str(stored["created_at"].dtype) == "datetime64[us, UTC]"
+    pd.testing.assert_series_equal(
+        stored.sort_values("application_id")["loan_amount"].reset_index(drop=True),
+        tables["applications"].sort_values("application_id")["loan_amount"].reset_index(drop=True),
+    )
+
+
+def _wide(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(nickname="x")
+
+
+WHOLE_CASES: list[tuple[str, str, Callable[[dict[str, pd.DataFrame]], bytes], str]] = [
+    (
+        "missing column",
+        "applications-a.parquet",
+        lambda t: _parquet(t["applications"].drop(columns=["loan_amount"])),
+        "missing column(s) ['loan_amount'] required by contract 'credit_synthetic' for table 'applications'",
+    ),
+    (
+        "extra column",
+        "applications-b.parquet",
+        lambda t: _parquet(_wide(t["applications"])),
+        "unexpected column(s) ['nickname'] not in contract",
+    ),
+    (
+        "label column missing",
+        "outcomes-c.parquet",
+        lambda t: _parquet(t["outcomes"].drop(columns=["defaulted"])),
+        "the label column 'defaulted' is missing from this outcomes batch",
+    ),
+    (
+        "timestamps without timezone",
+        "applications-d.parquet",
+        lambda t: _parquet(t["applications"].assign(applied_at=t["applications"]["applied_at"].dt.tz_localize(None))),
+        "event time 'applied_at' has no timezone",
+    ),
+    ("empty file", "applications-e.parquet", lambda t: b"", "empty file (0 bytes)"),
+    (
+        "truncated parquet",
+        "applications-f.parquet",
+        lambda t: _parquet(t["applications"])[:-200],
+        "not a readable parquet file",
+    ),
+    (
+        "wrong CSV delimiter",
+        "applications-g.csv",
+        lambda t: _csv(t["applications"], sep=";"),
+        "the file is delimited by ';'",
+    ),
+    (
+        "non-UTF-8 CSV",
+        "applications-h.csv",
+        lambda t: "application_id,région\n1,Genève\n".encode("latin-1"),
+        "CSV is not UTF-8: byte 0xe9",
+    ),
+    (
+        "header-only CSV",
+        "applications-i.csv",
+        lambda t: _csv(t["applications"].iloc[0:0]),
+        "empty batch: a header but no rows",
+    ),
+    (
+        "not data at all",
+        "applications-j.parquet",
+        lambda t: b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+        "not a readable parquet file",
+    ),
+    (
+        "binary data named .csv",
+        "applications-k.csv",
+        lambda t: b"PK\x03\x04\x00\x00" + b"\x00" * 64,
+        "not a CSV file: it holds binary data",
+    ),
+    ("unsupported file type", "applications-l.xlsx", lambda t: b"spreadsheet", "unsupported file type"),
+    ("file of no known table", "loans-m.parquet", lambda t: _parquet(t["applications"]), "cannot tell which table"),
+    (
+        "too many bad rows",
+        "applications-n.parquet",
+        lambda t: _parquet(t["applications"].assign(loan_purpose="yacht")),
+        "100% of rows are bad, over the contract's limit of 20%",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "name", "make", "message"), WHOLE_CASES, ids=[c[0] for c in WHOLE_CASES])
+def test_unusable_batches_are_quarantined_whole(
+    lake: Lake, tables: dict[str, pd.DataFrame], case: str, name: str, make: Callable[..., bytes], message: str
+) -> None:
+    data = make(tables)
+    outcome = _ingest(lake, name, data)
+    _assert_whole(lake, outcome, message, data)
+
+
+def test_too_many_bad_rows_keeps_every_row_and_its_reason(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    frame = tables["applications"].copy()
+    frame.loc[:20, "loan_purpose"] = "yacht"
+    outcome = _ingest(lake, "applications-o.parquet", _parquet(frame))
+    assert outcome.status == "quarantined" and outcome.rows_quarantined == ROWS
+    rejected = lake.read_rejected(outcome.batch_id)
+    assert len(rejected) == ROWS
+    assert (rejected["_reasons"] == "expect_column_values_to_be_in_set(loan_purpose)").sum() == 21
+    assert (rejected["_reasons"] == "batch over the bad-row limit").sum() == ROWS - 21
+
+
+def test_the_same_batch_twice_is_a_no_op_that_says_so(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    data = _parquet(tables["applications"])
+    first = _ingest(lake, "applications-p.parquet", data)
+    again = _ingest(lake, "applications-copy.parquet", data)
+    assert first.status == "accepted" and again.status == "duplicate"
+    assert again.reason is not None and f"same content as batch {first.batch_id}" in again.reason
+    assert again.rows_in == 0 and len(lake.read_offline("applications")) == ROWS
+
+
+def test_batch_ref_names_the_table_by_folder_or_prefix() -> None:
+    contract = contract_at(CONTRACT)
+    assert identify("file:///l/credit_history/x.csv", "file:///l", contract) == BatchRef(
+        "file:///l/credit_history/x.csv", "credit_history", "csv"
+    )
+    assert identify("file:///l/credit_history-2025-01-01.parquet", "file:///l", contract).table == "credit_history"
+    assert identify("file:///l/other/x.csv", "file:///l", contract).table is None
+
+
+@pytest.mark.parametrize(("case", "fmt", "mutate", "bad", "reason"), ROW_CASES, ids=[c[0] for c in ROW_CASES])
+def test_the_fast_pass_and_gx_agree_row_by_row(
+    tables: dict[str, pd.DataFrame], case: str, fmt: str, mutate: Mutation, bad: list[int], reason: str
+) -> None:
+    """The vectorised pass over the suite flags exactly the rows GX's own engine flags, rule by rule."""
+    from tasks.ingest.validation import _masks_from, build_suite, coerce, run_suite, unexpected_masks
+
+    contract = contract_at(CONTRACT)
+    frame = mutate(tables["applications"].copy())
+    if fmt == "csv":
+        frame = pd.read_csv(io.BytesIO(_csv(frame)), dtype=str, keep_default_na=False, na_values=[""])
+    typed, _ = coerce(frame, contract, "applications")
+    suite = build_suite(contract, "applications", NOW)
+    fast = {k: v.nonzero()[0].tolist() for k, v in (unexpected_masks(typed, suite) or {}).items() if v.any()}
+    slow = {k: v.nonzero()[0].tolist() for k, v in _masks_from(run_suite(typed, suite), len(typed)).items()}
+    assert fast == slow
