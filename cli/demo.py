@@ -140,7 +140,7 @@ def _served_rows(settings: Settings, name: str, start: datetime, end: datetime) 
 
 def _monitor(settings: Settings, contract_path: str, name: str, start: datetime, end: datetime) -> dict[str, Any]:
     from closedloop.lake import Lake
-    from tasks.monitor.window import history
+    from tasks.monitor.records import history
 
     run = _flow_run(
         "monitor/monitor",

@@ -125,8 +125,8 @@ def components(settings: Settings, s3: bool = False, flows: bool = False, servin
             Component(
                 name="flows",
                 port=0,
-                # healthy once the last of the served deployments (deployments/schedules.py, registered in order) is known
-                # to the Prefect server
+                # healthy once the last of the served deployments (deployments/schedules.py, registered in order)
+                # is known to the Prefect server
                 health_url=f"{settings.prefect_api_url}/deployments/name/batch_score/batch-score",
                 ui_url=f"{settings.prefect_ui_url}/deployments",
                 command=[_bin("closedloop"), "serve-flows"],

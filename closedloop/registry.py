@@ -18,7 +18,9 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+REFERENCE_PROFILE = "reference_profile.json"  # the monitor's reference: bins and shares of the test window
+REFERENCE_SAMPLE = "reference_sample.parquet"  # test-window rows (features + score) for the Evidently report
 
 
 class ChampionUnavailable(RuntimeError):

@@ -67,7 +67,7 @@ def retrain_on_drift() -> DeploymentEventTrigger:
                 "contract": "{{ event.payload.contract }}",
                 "trigger_event_id": EVENT_ID,
                 "guards": {"enabled": True},
-                "window_days": DRIFT_RETRAIN_WINDOW_DAYS,
+                "training": {"window_days": DRIFT_RETRAIN_WINDOW_DAYS},
             }
         },
     )

@@ -53,18 +53,17 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
     params = params or IngestParams()
     logger = get_run_logger()
     settings = load_settings()
-    contract_path = str(params.contract or settings.contract)
-    contract = contract_at(contract_path)
+    contract = contract_at(str(params.contract or settings.contract))
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
     now = utc_now()
     if params.replay:
-        outcomes = [replay_quarantined(qid, contract_path, lake, now) for qid in params.replay]
+        outcomes = [replay_quarantined(qid, contract, lake, now) for qid in params.replay]
     else:
         refs = find_batches(params.sources, lake.landing, contract, settings.s3_endpoint_url)
         logger.info("%d batch file(s) found for %s", len(refs), contract.name)
-        outcomes = [ingest_batch(ref, contract_path, lake, now) for ref in refs]
+        outcomes = [ingest_batch(ref, contract, lake, now) for ref in refs]
     since = earliest_new_events(outcomes, contract)
-    views = materialize_features(settings, contract_path, since, now) if params.materialize and since else []
+    views = materialize_features(settings, contract, since, now) if params.materialize and since else []
     result = IngestResult(
         dataset=contract.name,
         contract_fingerprint=contract.fingerprint,

@@ -6,29 +6,27 @@ led to it are gone and, on labelled rows, that it does no worse than ``previous`
 
 from __future__ import annotations
 
-import io
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from closedloop import events, storage
-from closedloop.contract import Drift, contract_at
-from closedloop.lake import Lake, parquet_bytes
+from closedloop.contract import Contract, contract_at
+from closedloop.lake import Lake
 from closedloop.registry import champion_version
-from closedloop.settings import load_settings
-from tasks.monitor import window
+from closedloop.settings import Settings, load_settings
+from tasks.monitor import policy, records, sources, window
+from tasks.monitor.policy import Alert, MonitorPolicy, WindowStatus
+from tasks.monitor.report import Agreement
+from tasks.monitor.tasks import column_drift_chunk, evidently_report, judge_window, verify_new_champion
+from tasks.monitor.verification import Comparison, Verification, replaced_champion_violations
+from tasks.promote import promotion
 from tasks.shared.distributed import dask_runner
-from tasks.shared.drift import column_drift, drift_rules, judged_rules, window_drift, window_summary
-from tasks.shared.features import feature_names, typed_features
+from tasks.shared.drift import window_summary
 
 
 class MonitorParams(BaseModel):
@@ -37,7 +35,7 @@ class MonitorParams(BaseModel):
     contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
     window_end: datetime | None = Field(default=None, description="end of the window (exclusive); empty: now")
     window_minutes: float = Field(default=24 * 60, gt=0, description="length of the window")
-    policy: window.MonitorPolicy = Field(default_factory=window.MonitorPolicy)
+    policy: MonitorPolicy = Field(default_factory=MonitorPolicy)
     evidently: bool = Field(default=True, description="write the Evidently report of the window")
     rollback_margin: float = Field(
         default=0.01, ge=0, description="post-deploy: roll back if the new champion's AUC trails previous by more"
@@ -53,57 +51,17 @@ class MonitorParams(BaseModel):
 class MonitorResult(BaseModel):
     dataset: str
     window: dict[str, str]
-    status: str  # no_champion | no_data | too_few_rows | judged
+    status: WindowStatus
     champion: str | None = None
     rows: int = 0
     violations: list[str] = []
     drifted: list[str] = []
-    alert: dict[str, Any] = {}
+    alert: Alert | None = None
     event_id: str | None = None
     report_uri: str | None = None
-    agreement: dict[str, Any] | None = None
-    verification: dict[str, Any] | None = None
+    agreement: Agreement | None = None
+    verification: Verification | None = None
     record_uri: str | None = None
-
-
-@task(name="judge_window", cache_policy=NO_CACHE)
-def judge_window(
-    contract_path: str,
-    frame: pd.DataFrame,
-    champion: str,
-    policy: window.MonitorPolicy,
-    now: datetime,
-    drift: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Drift of every feature and of the score, data quality, performance (labelled and estimated).
-
-    ``drift``: the window's drift record when it was already computed on a cluster (:func:`drift_by_chunks`).
-    """
-    settings = load_settings()
-    contract = contract_at(contract_path)
-    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    profile, _ = window.reference(settings.mlflow_tracking_uri, contract.name, champion)
-    features = feature_names(contract)
-    scores = frame["score"].to_numpy(dtype="float64")
-    rows = window.attach_outcomes(lake, contract, frame, now)
-    return {
-        "drift": drift if drift is not None else window_drift(profile, frame, drift_rules(contract, features), scores),
-        "quality": window.data_quality(contract, frame, features),
-        "performance": window.performance(contract, rows, profile, policy),
-        "estimated_performance": window.estimated_performance(scores, profile, policy),
-    }
-
-
-def _read_columns(uri: str, columns: list[str]) -> pd.DataFrame:
-    settings = load_settings()
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri, settings.s3_endpoint_url)), columns=columns).to_pandas()
-
-
-@task(name="column_drift_chunk", cache_policy=NO_CACHE)
-def column_drift_chunk(window_uri: str, reference: dict[str, Any], rules: dict[str, Drift]) -> list[dict[str, Any]]:
-    """Drift verdicts of one chunk of columns; the worker reads only its columns of the staged window."""
-    window = _read_columns(window_uri, list(rules))
-    return [column_drift(name, reference[name], window[name], rule).to_dict() for name, rule in rules.items()]
 
 
 @flow(name="drift_by_chunks")
@@ -115,30 +73,21 @@ def drift_by_chunks(contract_path: str, window_uri: str, champion: str, chunks: 
     """
     settings = load_settings()
     contract = contract_at(contract_path)
-    profile, _ = window.reference(settings.mlflow_tracking_uri, contract.name, champion)
-    staged = pq.ParquetFile(io.BytesIO(storage.read_bytes(window_uri, settings.s3_endpoint_url)))
-    scores = staged.read(columns=["score"]).column("score").to_numpy().astype("float64")
-    present = pd.DataFrame(columns=staged.schema_arrow.names)
-    rules = judged_rules(profile, present, drift_rules(contract, feature_names(contract)))
-    if not rules:
-        return window_summary(profile, len(scores), [], scores)
-    parts = [list(p) for p in np.array_split(np.array(list(rules), dtype=object), min(chunks, len(rules))) if len(p)]
+    profile = sources.reference_profile(settings.mlflow_tracking_uri, contract.name, champion)
+    columns, scores = sources.staged_columns(window_uri, settings.s3_endpoint_url)
+    parts = window.drift_chunks(profile, columns, contract, chunks)
     futures = column_drift_chunk.map(
         unmapped(window_uri),
-        [{n: profile["columns"][n] for n in part} for part in parts],
-        [{n: rules[n] for n in part} for part in parts],
+        [part.references for part in parts],
+        [part.rules for part in parts],
+        unmapped(settings.s3_endpoint_url),
     )
-    columns = [column for future in futures for column in future.result()]
-    return window_summary(profile, len(scores), columns, scores)
+    return window_summary(profile, len(scores), [column for future in futures for column in future.result()], scores)
 
 
-def _drift_on_dask(settings: Any, contract_path: str, frame: pd.DataFrame, champion: str, chunks: int) -> Any:
+def drift_on_dask(settings: Settings, contract_path: str, lake: Lake, frame: Any, champion: str, chunks: int) -> Any:
     """Stage the window's features and scores in the lake, judge them by column chunks on Dask, drop the stage."""
-    contract = contract_at(contract_path)
-    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    columns = [c for c in [*feature_names(contract), "score"] if c in frame]
-    uri = storage.join(lake.root, "monitor", "staging", f"{uuid.uuid4().hex}.parquet")
-    storage.write_bytes(uri, parquet_bytes(frame[columns].reset_index(drop=True)), lake.endpoint_url)
+    uri = sources.stage_window(lake, contract_at(contract_path), frame)
     try:
         runner = dask_runner(settings.dask_address, settings.dask_workers)
         return drift_by_chunks.with_options(task_runner=runner)(contract_path, uri, champion, chunks)
@@ -146,107 +95,28 @@ def _drift_on_dask(settings: Any, contract_path: str, frame: pd.DataFrame, champ
         storage.delete(uri, lake.endpoint_url)
 
 
-@task(name="evidently_report", cache_policy=NO_CACHE)
-def evidently_report(
-    contract_path: str, frame: pd.DataFrame, champion: str, end: datetime, drifted: dict[str, bool]
-) -> dict[str, Any]:
-    """Evidently's report on a sample of the window: saved to the lake, logged to MLflow, linked from Prefect."""
-    import mlflow
-
-    settings = load_settings()
-    contract = contract_at(contract_path)
-    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    _, sample = window.reference(settings.mlflow_tracking_uri, contract.name, champion)
-    features = feature_names(contract)
-    html, verdicts = window.evidently_report(sample, frame, contract, features)
-    uri = storage.write_bytes(window.window_uri(lake, end, window.REPORTS, "html"), html.encode(), lake.endpoint_url)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    experiment = f"{contract.name}-monitoring"
-    found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"window {end:%Y-%m-%d %H:%M}") as run:
-        mlflow.set_tags({"closedloop.dataset": contract.name, "champion": champion})
-        mlflow.log_text(html, "evidently/data_drift.html")
-        mlflow.log_metric("drifted_columns_evidently", sum(verdicts.values()))
-        mlflow.log_metric("drifted_columns_fast", sum(drifted.values()))
-    common = sorted(set(verdicts) & set(drifted))
-    disagree = [c for c in common if verdicts[c] != drifted[c]]
-    link = uri if "://" in uri else f"file://{uri}"
-    create_link_artifact(link=link, link_text="Evidently data drift report", description=f"window ending {end}")
-    return {
-        "uri": uri,
-        "mlflow_run": run.info.run_id,
-        "compared_columns": len(common),
-        "disagree": disagree,
-        "evidently_drifted": sorted(c for c, v in verdicts.items() if v),
-    }
+def _roll_back(settings: Settings, contract: Contract, checked: Verification) -> Verification:
+    """Put the previous champion back and say so with an event: the verification's verdict, carried out."""
+    previous = checked.comparison.previous if isinstance(checked.comparison, Comparison) else None
+    reason = str(checked.rollback_reason)
+    rolled = promotion.rollback(settings.mlflow_tracking_uri, contract.name, reason, by="monitor flow")
+    event = emit_event(
+        event=events.ROLLED_BACK,
+        resource=events.model_resource(contract.name),
+        payload={"from": checked.champion, "to": previous, "reason": reason},
+    )
+    return checked.rolled_back(rolled.model_dump(), str(event.id) if event else None)
 
 
-@task(name="post_deploy_verification", cache_policy=NO_CACHE)
-def verify_new_champion(
-    contract_path: str, frame: pd.DataFrame, record: dict[str, Any], before: dict[str, Any] | None, margin: float
-) -> dict[str, Any]:
-    """First judged window of a new champion: are the violations that led to it gone, and is it no worse?"""
-    from closedloop.registry import client, load_model
-    from tasks.promote.promotion import PREVIOUS, rollback
-
-    settings = load_settings()
-    contract = contract_at(contract_path)
-    uri, name = settings.mlflow_tracking_uri, contract.name
-    lake = Lake.of(settings.lake_uri, name, settings.s3_endpoint_url)
-    earlier = set(before.get("violations", [])) if before else set()
-    out: dict[str, Any] = {
-        "champion": record["champion"],
-        "earlier_violations": sorted(earlier),
-        "still_violated": sorted(earlier & set(record["violations"])),
-    }
-    try:
-        previous = str(client(uri).get_model_version_by_alias(name, PREVIOUS).version)
-    except Exception:
-        out["comparison"] = "no previous champion"
-        out["verdict"] = "pass" if not out["still_violated"] else "violations remain"
-        return out
-    rows = window.attach_outcomes(lake, contract, frame, datetime.now(UTC))
-    known = rows[contract.label.column].notna().to_numpy()
-    y = (rows.loc[known, contract.label.column] == contract.label.positive).to_numpy(dtype=int)
-    out["labelled_rows"] = int(known.sum())
-    if known.sum() < 50 or y.sum() == 0 or y.sum() == len(y):
-        out["comparison"] = "not enough labelled rows yet"
-        out["verdict"] = "pass" if not out["still_violated"] else "violations remain"
-        return out
-    from sklearn.metrics import roc_auc_score
-
-    labelled = frame.set_index("request_id").loc[rows.loc[known, "request_id"]]
-    matrix = typed_features(labelled.reset_index(), contract)
-    previous_scores = load_model(uri, name, previous).predict_proba(matrix)[:, 1]
-    current_auc = float(roc_auc_score(y, labelled["score"].to_numpy(dtype="float64")))
-    previous_auc = float(roc_auc_score(y, previous_scores))
-    out["comparison"] = {"champion_auc": current_auc, "previous": previous, "previous_auc": previous_auc}
-    if current_auc < previous_auc - margin:
-        reason = f"post-deploy: v{record['champion']} AUC {current_auc:.4f} < v{previous} {previous_auc:.4f} - {margin}"
-        out["rollback"] = rollback(uri, name, reason, by="monitor flow")
-        event = emit_event(
-            event=events.ROLLED_BACK,
-            resource=events.model_resource(name),
-            payload={"from": record["champion"], "to": previous, "reason": reason},
-        )
-        out["event_id"] = str(event.id) if event else None
-        out["verdict"] = "rolled back"
-    else:
-        out["verdict"] = "pass" if not out["still_violated"] else "violations remain"
-    return out
-
-
-def _summary(result: MonitorResult, record: dict[str, Any]) -> str:
+def _summary(result: MonitorResult, drift: dict[str, Any]) -> str:
     lines = [
         f"# Monitoring window of {result.dataset}",
         f"{result.window['start']} .. {result.window['end']}: **{result.status}**, {result.rows} served rows, "
         f"champion v{result.champion}",
         "",
-        f"Violations: {', '.join(result.violations) or 'none'}; alert: {result.alert.get('reason', '-')}",
+        f"Violations: {', '.join(result.violations) or 'none'}; alert: {result.alert.reason if result.alert else '-'}",
         "",
     ]
-    drift = record.get("drift") or {}
     if drift.get("columns"):
         lines += ["| column | method | score | threshold | drifted |", "|---|---|---|---|---|"]
         for c in sorted(drift["columns"], key=lambda c: -c["score"]):
@@ -254,6 +124,73 @@ def _summary(result: MonitorResult, record: dict[str, Any]) -> str:
     if result.report_uri:
         lines += ["", f"Evidently report: {result.report_uri}"]
     return "\n".join(lines)
+
+
+def _judged(
+    settings: Settings,
+    contract_path: str,
+    contract: Contract,
+    lake: Lake,
+    frame: Any,
+    record: window.WindowRecord,
+    earlier: list[dict[str, Any]],
+    params: MonitorParams,
+) -> window.WindowRecord:
+    """The record of a window with enough rows: its verdicts, Evidently's report, the post-deploy verification."""
+    champion, end = record.champion, datetime.fromisoformat(record.window.end)
+    drift = None
+    if params.engine == "dask":  # the column chunks run on the cluster's workers, side by side
+        drift = drift_on_dask(settings, contract_path, lake, frame, champion, params.column_chunks)
+    verdicts = judge_window(settings, contract, lake, frame, champion, params.policy, datetime.now(UTC), drift)
+    record = record.model_copy(update={"verdicts": verdicts})
+    if params.evidently:
+        agreement = evidently_report(settings, contract, lake, frame, champion, end, verdicts.fast_drift())
+        record = record.model_copy(update={"evidently": agreement})
+    replaced = replaced_champion_violations(earlier, champion)
+    if replaced is not None:
+        checked = verify_new_champion(
+            settings, contract, lake, frame, champion, verdicts.violations, replaced, params.rollback_margin
+        )
+        if checked.needs_rollback:
+            checked = _roll_back(settings, contract, checked)
+        record = record.model_copy(update={"verification": checked})
+    return record
+
+
+def _raise_alert(
+    contract_path: str, record: window.WindowRecord, earlier: list[dict[str, Any]], rules: MonitorPolicy
+) -> window.WindowRecord:
+    """The drift event that starts the retrain, its id kept in the window's record."""
+    event = emit_event(
+        event=events.DRIFT_DETECTED,
+        resource=events.model_resource(record.dataset),
+        payload=policy.drift_event_payload(record.as_json(), earlier, contract_path, rules),
+    )
+    return record.model_copy(
+        update={
+            "event_id": str(event.id) if event else None,
+            "event_occurred": event.occurred.isoformat() if event else None,
+        }
+    )
+
+
+def _result(record: window.WindowRecord, record_uri: str) -> MonitorResult:
+    verdicts, agreement = record.verdicts, record.evidently
+    return MonitorResult(
+        dataset=record.dataset,
+        window=record.window.model_dump(),
+        status=record.status,
+        champion=record.champion,
+        rows=record.rows,
+        violations=verdicts.violations if verdicts else [],
+        drifted=verdicts.drift["drifted"] if verdicts else [],
+        alert=record.alert,
+        event_id=record.event_id,
+        report_uri=agreement.uri if agreement else None,
+        agreement=agreement,
+        verification=record.verification,
+        record_uri=record_uri,
+    )
 
 
 @flow(name="monitor")
@@ -267,66 +204,26 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
     end = (params.window_end or datetime.now(UTC)).astimezone(UTC)
     start = end - timedelta(minutes=params.window_minutes)
-    window = {"start": start.isoformat(), "end": end.isoformat()}
+    span = window.Span(start=start.isoformat(), end=end.isoformat())
     champion = champion_version(settings.mlflow_tracking_uri, contract.name)
-    result = MonitorResult(dataset=contract.name, window=window, status="no_champion", champion=champion)
     if champion is None:
         logger.info("no champion for %s: nothing is served, nothing to monitor", contract.name)
-        return result
-    frame = window.read_window_frame(lake, start, end)
-    record: dict[str, Any] = {"dataset": contract.name, "window": window, "champion": champion, "rows": len(frame)}
-    result.rows = len(frame)
-    if frame.empty:
-        result.status = record["status"] = "no_data"
-    elif len(frame) < params.policy.min_rows:
-        result.status = record["status"] = "too_few_rows"
-    else:
-        result.status = record["status"] = "judged"
-        drift = None
-        if params.engine == "dask":  # the column chunks run on the cluster's workers, side by side
-            drift = _drift_on_dask(settings, contract_path, frame, champion, params.column_chunks)
-        record.update(judge_window(contract_path, frame, champion, params.policy, datetime.now(UTC), drift))
-        record["violations"] = result.violations = window.violations(record, params.policy)
-        result.drifted = record["drift"]["drifted"]
-    previous_records = window.history(lake, before=end)
-    previous_records = [r for r in previous_records if r["window"]["end"] != window["end"]]
-    if result.status == "judged" and params.evidently:
-        fast = {c["column"]: c["drifted"] for c in record["drift"]["columns"]}
-        report = evidently_report(contract_path, frame, champion, end, fast)
-        result.report_uri, result.agreement = report["uri"], report
-        record["evidently"] = report
-    if result.status == "judged":
-        judged_before = [r for r in previous_records if r.get("status") == "judged"]
-        if judged_before and judged_before[-1].get("champion") != champion:
-            result.verification = verify_new_champion(
-                contract_path, frame, record, judged_before[-1], params.rollback_margin
-            )
-            record["verification"] = result.verification
-    decision = window.alert([*previous_records, record], params.policy)
-    record["alert"] = result.alert = decision
-    if decision["alert"]:
-        violated = [r for r in [*previous_records, record] if r.get("violations") and r.get("champion") == champion]
-        drift_start = violated[-params.policy.alert_k]["window"]["start"] if violated else window["start"]
-        scored = [c for c in record["drift"]["columns"] if c["drifted"]]
-        event = emit_event(
-            event=events.DRIFT_DETECTED,
-            resource=events.model_resource(contract.name),
-            payload={
-                "contract": contract_path,
-                "window_start": window["start"],
-                "window_end": window["end"],
-                "drift_start": drift_start,
-                "features": {c["column"]: round(c["score"], 4) for c in scored[:20]},
-                "violations": record["violations"],
-                "severity": window.severity(record),
-                "champion": champion,
-            },
-        )
-        result.event_id = record["event_id"] = str(event.id) if event else None
-        record["event_occurred"] = event.occurred.isoformat() if event else None
-        logger.warning("drift alert for %s v%s: %s (event %s)", contract.name, champion, decision, result.event_id)
-    result.record_uri = window.write_window(lake, record)
+        return MonitorResult(dataset=contract.name, window=span.model_dump(), status="no_champion")
+    frame = sources.read_served(lake, start, end)
+    status = policy.status_of(len(frame), params.policy)
+    record = window.WindowRecord(dataset=contract.name, window=span, champion=champion, rows=len(frame), status=status)
+    earlier = records.earlier_windows(lake, end)
+    if record.status == "judged":
+        record = _judged(settings, contract_path, contract, lake, frame, record, earlier, params)
+    record = record.model_copy(update={"alert": policy.alert([*earlier, record.as_json()], params.policy)})
+    if record.alert and record.alert.alert:
+        record = _raise_alert(contract_path, record, earlier, params.policy)
+        logger.warning("drift alert for %s v%s: %s (event %s)", contract.name, champion, record.alert, record.event_id)
+    result = _result(record, records.write_window(lake, record.as_json()))
+    drift = record.verdicts.drift if record.verdicts else {}
     create_markdown_artifact(
-        key=f"monitor-{contract.name.replace('_', '-')}", markdown=_summary(result, record), description=str(window)
+        key=f"monitor-{contract.name.replace('_', '-')}",
+        markdown=_summary(result, drift),
+        description=str(span.model_dump()),
     )
     return result

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from prefect import flow, get_run_logger, pause_flow_run, runtime, task
+from prefect import flow, get_run_logger, pause_flow_run, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from closedloop import events
 from closedloop.contract import contract_at
+from closedloop.registry import champion_version
 from closedloop.settings import Profile, load_settings
-from tasks.promote import promotion
+from tasks.promote import policy, promotion
+from tasks.promote.tasks import infra_validation, observe_rollout, package_scorer, write_bundle
 
 
 class DeployParams(BaseModel):
@@ -27,7 +28,7 @@ class DeployParams(BaseModel):
     )
     approval_timeout_s: int = Field(default=24 * 3600, ge=10)
     latency_budget_ms: float = Field(default=50.0, gt=0, description="single-request scoring latency budget")
-    strategy: Literal["direct", "shadow", "canary"] = Field(
+    strategy: policy.Strategy = Field(
         default="direct",
         description="direct: promote at once; shadow: the candidate also scores every request (not returned); "
         "canary: the candidate answers a sticky share of entities. Both are watched, then promoted or rolled back",
@@ -55,43 +56,11 @@ class DeployResult(BaseModel):
     champion: str | None
     previous: str | None
     bundle_uri: str | None
-    infra: dict[str, Any]
+    infra: policy.InfraReport
     approval: dict[str, Any] | None
     reason: str
     event_id: str | None = None
-    rollout: dict[str, Any] | None = None
-
-
-@task(name="infra_validation", cache_policy=NO_CACHE)
-def infra_validation(
-    tracking_uri: str, name: str, version: str, contract_path: str, budget_ms: float
-) -> dict[str, Any]:
-    settings = load_settings()
-    return promotion.validate_infra(
-        tracking_uri, name, version, contract_path, settings.server_environment(), budget_ms
-    )
-
-
-@task(name="package_scorer", cache_policy=NO_CACHE)
-def package_scorer(tracking_uri: str, name: str, version: str, contract_path: str) -> str:
-    """The version's deployable pyfunc (raw application fields in, features fetched itself); returns its URI."""
-    from tasks.promote.bundle import log_scorer
-
-    return log_scorer(tracking_uri, name, version, contract_path)
-
-
-@task(name="write_bundle", cache_policy=NO_CACHE)
-def write_bundle(tracking_uri: str, name: str, version: str, contract_path: str) -> dict[str, Any]:
-    settings = load_settings()
-    return promotion.write_bundle(
-        tracking_uri,
-        name,
-        version,
-        contract_at(contract_path),
-        contract_path,
-        settings.bundles_uri,
-        settings.s3_endpoint_url,
-    )
+    rollout: policy.RolloutOutcome | None = None
 
 
 @flow(name="package_deploy")
@@ -100,109 +69,96 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
     params = params or DeployParams()
     logger = get_run_logger()
     settings = load_settings()
-    contract_path = str(params.contract or settings.contract)
-    contract = contract_at(contract_path)
+    contract_file = str(params.contract or settings.contract)
+    contract = contract_at(contract_file)
     uri, name = settings.mlflow_tracking_uri, contract.name
-    version, evidence = promotion.resolve_candidate(uri, name, params.version)
-    compared_with = evidence.get("gates", {}).get("champion", {}).get("compared_with")
+    candidate = promotion.resolve_candidate(uri, name, params.version)
+    version = candidate.version
     started_by = f"event:{params.trigger_event_id}" if params.trigger_event_id else f"flow run {runtime.flow_run.id}"
 
-    def refused(
-        reason: str, infra: dict[str, Any], bundle: str | None, approval: dict[str, Any] | None
-    ) -> DeployResult:
-        promotion.record(uri, name, version, {"action": "deploy refused", "reason": reason, "by": started_by})
-        logger.warning("v%s not promoted: %s", version, reason)
-        return DeployResult(
-            dataset=name,
-            version=version,
-            promoted=False,
-            champion=promotion.champion_version(uri, name),
-            previous=None,
-            bundle_uri=bundle,
-            infra=infra,
-            approval=approval,
-            reason=reason,
-        )
-
-    scorer_uri = package_scorer(uri, name, version, contract_path)
+    scorer_uri = package_scorer(settings, contract, contract_file, version)
     logger.info("v%s packaged as %s", version, scorer_uri)
-    bundle = write_bundle(uri, name, version, contract_path)
-    infra = infra_validation(uri, name, version, contract_path, params.latency_budget_ms)
-    if infra["verdict"] != "pass":
-        return refused("infra validation failed: " + "; ".join(infra["problems"]), infra, bundle["uri"], None)
-    approval: dict[str, Any] | None = None
-    needs_approval = (
-        params.require_approval if params.require_approval is not None else settings.profile is Profile.PRODUCTION
+    bundle = write_bundle(settings, contract, contract_file, version)
+    infra = infra_validation(settings, contract, version, params.latency_budget_ms)
+    result = DeployResult(
+        dataset=name,
+        version=version,
+        promoted=False,
+        champion=None,
+        previous=None,
+        bundle_uri=bundle.uri,
+        infra=infra,
+        approval=None,
+        reason="",
     )
-    if needs_approval:
-        card = promotion._download(uri, name, version, "evidence/model_card.md").read_text()
-        create_markdown_artifact(
-            key=f"approve-{name.replace('_', '-')}-v{version}",
-            markdown=f"# Approve {name} v{version}?\n\nInfra validation: {infra}\n\n{card}",
-            description="model card and gate verdicts of the version waiting for approval",
-        )
-        answer = pause_flow_run(wait_for_input=Approval, timeout=params.approval_timeout_s)
-        approval = {"approve": answer.approve, "reviewer": answer.reviewer, "comment": answer.comment}
-        promotion.record(uri, name, version, {"action": "approval", **approval})
+    if infra.verdict != "pass":
+        return _refused(uri, result, "infra validation failed: " + "; ".join(infra.problems), started_by)
+    if policy.needs_approval(params.require_approval, settings.profile is Profile.PRODUCTION):
+        answer = _ask_approval(uri, name, version, infra, params.approval_timeout_s)
+        result = result.model_copy(update={"approval": answer.model_dump()})
+        promotion.record(uri, name, version, {"action": "approval", **answer.model_dump()})
         if not answer.approve:
-            return refused(f"not approved by {answer.reviewer}: {answer.comment}", infra, bundle["uri"], approval)
-    rollout: dict[str, Any] | None = None
+            return _refused(uri, result, f"not approved by {answer.reviewer}: {answer.comment}", started_by)
     if params.strategy != "direct":
-        rollout = observe_rollout(uri, name, version, params, started_by)
-        if rollout["verdict"] != "passed":
-            why = f"{params.strategy} rollout {rollout['verdict']}: {rollout['reason']}"
-            return refused(why, infra, bundle["uri"], approval).model_copy(update={"rollout": rollout})
+        plan = policy.plan_rollout(
+            params.strategy, params.canary_share, params.max_error_rate, params.max_p99_ms, params.min_requests
+        )
+        rollout = observe_rollout(settings, contract, version, plan, params.observe_seconds, started_by)
+        result = result.model_copy(update={"rollout": rollout})
+        if rollout.verdict != "passed":
+            why = f"{params.strategy} rollout {rollout.verdict}: {rollout.reason}"
+            return _refused(uri, result, why, started_by)
     try:
-        moved = promotion.promote(uri, name, version, compared_with)
-    except promotion.DeployError as exc:
-        return refused(str(exc), infra, bundle["uri"], approval)
-    promotion.record(
-        uri,
-        name,
-        version,
-        {
-            "action": "promoted",
-            "previous": moved["previous"],
-            "by": started_by,
-            "bundle": bundle["uri"],
-            "infra": infra,
-            "strategy": params.strategy,
-            "rollout": rollout,
-        },
+        moved = promotion.promote(uri, name, version, candidate.compared_with)
+    except policy.DeployError as exc:
+        return _refused(uri, result, str(exc), started_by)
+    return _promoted(uri, result, moved, params.strategy, started_by)
+
+
+def _ask_approval(uri: str, name: str, version: str, infra: policy.InfraReport, timeout_s: int) -> Approval:
+    """Show the model card and the verdicts in the UI, pause the run, and return the reviewer's answer."""
+    card = promotion.model_card(uri, name, version)
+    create_markdown_artifact(
+        key=f"approve-{name.replace('_', '-')}-v{version}",
+        markdown=f"# Approve {name} v{version}?\n\nInfra validation: {infra.model_dump()}\n\n{card}",
+        description="model card and gate verdicts of the version waiting for approval",
     )
+    answer: Approval = pause_flow_run(wait_for_input=Approval, timeout=timeout_s)
+    return answer
+
+
+def _refused(uri: str, result: DeployResult, reason: str, by: str) -> DeployResult:
+    """Record why the version was not promoted; the champion stays as it was."""
+    promotion.record(uri, result.dataset, result.version, {"action": "deploy refused", "reason": reason, "by": by})
+    get_run_logger().warning("v%s not promoted: %s", result.version, reason)
+    return result.model_copy(update={"reason": reason, "champion": champion_version(uri, result.dataset)})
+
+
+def _promoted(uri: str, result: DeployResult, moved: policy.Promotion, strategy: str, by: str) -> DeployResult:
+    """Record the promotion in the version's history and announce it (the model triggers listen)."""
+    name, version = result.dataset, result.version
+    entry = {
+        "action": "promoted",
+        "previous": moved.previous,
+        "by": by,
+        "bundle": result.bundle_uri,
+        "infra": result.infra.model_dump(),
+        "strategy": strategy,
+        "rollout": result.rollout.model_dump() if result.rollout else None,
+    }
+    promotion.record(uri, name, version, entry)
     event = emit_event(
         event=events.PROMOTED,
         resource=events.model_resource(name),
-        payload={"version": version, "previous": moved["previous"], "bundle": bundle["uri"]},
+        payload={"version": version, "previous": moved.previous, "bundle": result.bundle_uri},
     )
-    logger.info("%s v%s is champion (previous: %s)", name, version, moved["previous"])
-    return DeployResult(
-        dataset=name,
-        version=version,
-        promoted=True,
-        champion=version,
-        previous=moved["previous"],
-        bundle_uri=bundle["uri"],
-        infra=infra,
-        approval=approval,
-        reason="promoted",
-        event_id=str(event.id) if event else None,
-        rollout=rollout,
+    get_run_logger().info("%s v%s is champion (previous: %s)", name, version, moved.previous)
+    return result.model_copy(
+        update={
+            "promoted": True,
+            "champion": moved.champion,
+            "previous": moved.previous,
+            "reason": "promoted",
+            "event_id": str(event.id) if event else None,
+        }
     )
-
-
-@task(name="observe_rollout", cache_policy=NO_CACHE)
-def observe_rollout(tracking_uri: str, name: str, version: str, params: DeployParams, by: str) -> dict[str, Any]:
-    """Shadow or canary on live traffic, judged by the services' guards and the inference log."""
-    from closedloop.lake import Lake
-
-    settings = load_settings()
-    plan = {
-        "strategy": params.strategy,
-        "share": params.canary_share if params.strategy == "canary" else 0.0,
-        "max_error_rate": params.max_error_rate,
-        "max_p99_ms": params.max_p99_ms,
-        "min_requests": params.min_requests,
-    }
-    lake = Lake.of(settings.lake_uri, name, settings.s3_endpoint_url)
-    return promotion.observe_rollout(tracking_uri, name, version, plan, params.observe_seconds, lake, by)

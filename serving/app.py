@@ -36,7 +36,9 @@ from closedloop.registry import CHAMPION
 from closedloop.settings import Settings
 from feature_repo.store import open_store
 from tasks.score import scoring
-from tasks.score.scoring import ScoringModel, load_version
+from tasks.score.loading import load_version
+from tasks.score.online import FeatureSource
+from tasks.score.scoring import ScoringModel
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +380,7 @@ def create_app(
     bearer = HTTPBearer(auto_error=False)
 
     def open_feature_store() -> None:
-        state["source"] = scoring.FeatureSource(open_store(settings, contract), contract)
+        state["source"] = FeatureSource(open_store(settings, contract), contract)
 
     def watcher() -> None:
         while not stop.wait(refresh_seconds):

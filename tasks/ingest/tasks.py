@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from closedloop import storage
-from closedloop.contract import Contract, contract_at
+from closedloop.contract import Contract
 from closedloop.lake import Lake, parquet_bytes
 from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_frame
 from closedloop.settings import Settings
@@ -75,9 +75,8 @@ def find_batches(
 
 
 @task(name="ingest_batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def ingest_batch(ref: BatchRef, contract_path: str, lake: Lake, now: datetime) -> BatchOutcome:
+def ingest_batch(ref: BatchRef, contract: Contract, lake: Lake, now: datetime) -> BatchOutcome:
     """Validate one landing batch; accepted rows to the offline store, the rest to quarantine; ledger it."""
-    contract = contract_at(contract_path)
     data = storage.read_bytes(ref.uri, lake.endpoint_url)
     bid = batch_id(data)
     seen = lake.read_ledger(bid)
@@ -193,12 +192,11 @@ def _finish(
 
 
 @task(name="replay_quarantined", cache_policy=NO_CACHE)
-def replay_quarantined(quarantined_id: str, contract_path: str, lake: Lake, now: datetime) -> BatchOutcome:
+def replay_quarantined(quarantined_id: str, contract: Contract, lake: Lake, now: datetime) -> BatchOutcome:
     """Re-validate a quarantined batch: a whole batch from its original bytes, a partial one from its rejected rows.
 
     The replay gets its own ledger record (``<id>-r<n>``); the quarantine record keeps the history of replays.
     """
-    contract = contract_at(contract_path)
     record = lake.read_reason(quarantined_id)
     table, name = record["table"], record.get("source_name", quarantined_id)
     rid = f"{quarantined_id}-r{len(record['replays']) + 1}"
@@ -253,7 +251,7 @@ def earliest_new_events(outcomes: list[BatchOutcome], contract: Contract) -> dic
 
 @task(name="materialize_features", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def materialize_features(
-    settings: Settings, contract_path: str, since: dict[str, datetime], now: datetime
+    settings: Settings, contract: Contract, since: dict[str, datetime], now: datetime
 ) -> list[str]:
     """Apply the contract's Feast definitions and load new rows into the online store.
 
@@ -261,7 +259,6 @@ def materialize_features(
     materialized from there to now, so a late batch of old events is still picked up (plain
     ``materialize_incremental`` only moves forward from its last end date and would miss it).
     """
-    contract = contract_at(contract_path)
     repo = build_repo(contract, offline_root(settings, contract))
     store = open_store(settings, contract)
     store.apply(repo.objects)

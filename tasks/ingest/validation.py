@@ -151,64 +151,70 @@ def coerce(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[pd.Data
     """Cast every column to the contract's type; returns the typed frame and type failures by row position."""
     failures: dict[int, list[str]] = {}
     out: dict[str, pd.Series] = {}
-
-    def fail(mask: np.ndarray, column: str, raw: pd.Series, expected: str) -> None:
-        for pos in np.flatnonzero(mask):
-            value = raw.iloc[pos]
-            value = value.item() if isinstance(value, np.generic) else value
-            failures.setdefault(int(pos), []).append(f"type({column}): expected {expected}, got {value!r}")
-
-    def numeric(column: str, integer: bool) -> pd.Series:
-        raw = frame[column]
-        if pd.api.types.is_integer_dtype(raw.dtype) and not pd.api.types.is_extension_array_dtype(raw.dtype):
-            # already right: nothing to check, nothing copied
-            return raw.astype("int64" if integer else "float64", copy=False)
-        if not integer and pd.api.types.is_float_dtype(raw.dtype):
-            return raw.astype("float64", copy=False)
-        values = pd.to_numeric(raw, errors="coerce")
-        bad = raw.notna().to_numpy() & values.isna().to_numpy()
-        if integer:
-            fractional = values.notna().to_numpy() & (np.asarray(values.fillna(0)) % 1 != 0)
-            bad |= fractional
-            values = values.where(~fractional)
-        fail(bad, column, raw, "an integer" if integer else "a number")
-        # numpy dtypes, so that GX compares whole columns at once (it loops in Python over nullable Int64)
-        return values.astype("int64") if integer and not values.isna().any() else values.astype("float64")
-
     for key in _key_columns(contract, table):
         if contract.key_type == "int":
-            out[key] = numeric(key, integer=True)
+            out[key] = _numbers(frame[key], key, True, failures)
         else:
             out[key] = frame[key].astype("string")
     event_time = contract.tables[table].event_time
     out[event_time] = _timestamps(frame[event_time], event_time, failures)
     if table == contract.label.source:
-        out[contract.label.column] = numeric(contract.label.column, integer=True)
+        out[contract.label.column] = _numbers(frame[contract.label.column], contract.label.column, True, failures)
     for col in contract.columns_of(table):
+        raw = frame[col.name]
         if col.type is ColumnType.INT:
-            out[col.name] = numeric(col.name, integer=True)
+            out[col.name] = _numbers(raw, col.name, True, failures)
         elif col.type is ColumnType.FLOAT:
-            out[col.name] = numeric(col.name, integer=False)
+            out[col.name] = _numbers(raw, col.name, False, failures)
         elif col.type is ColumnType.BOOL:
-            raw = frame[col.name]
-            mapped = raw.map(
-                lambda v: {"true": True, "1": True, "false": False, "0": False}.get(str(v).strip().lower())
-                if pd.notna(v)
-                else None
-            )
-            fail(raw.notna().to_numpy() & mapped.isna().to_numpy(), col.name, raw, "true or false")
-            out[col.name] = mapped.astype("boolean")
+            out[col.name] = _booleans(raw, col.name, failures)
+        elif raw.dtype == object and pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty"):
+            out[col.name] = raw
         else:
-            raw = frame[col.name]
-            if raw.dtype == object and pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty"):
-                out[col.name] = raw
-            else:
-                out[col.name] = raw.where(raw.isna(), raw.astype(str)).astype(object)
+            out[col.name] = raw.where(raw.isna(), raw.astype(str)).astype(object)
     # side by side without consolidating into 2-D blocks: a copy of every column that nothing here needs
     names = contract.required_columns(table)
     typed = pd.concat([out[name].rename(name) for name in names], axis=1, copy=False)
     typed.index = frame.index
     return typed, failures
+
+
+def _record_failures(
+    failures: dict[int, list[str]], mask: np.ndarray, column: str, raw: pd.Series, expected: str
+) -> None:
+    for pos in np.flatnonzero(mask):
+        value = raw.iloc[pos]
+        value = value.item() if isinstance(value, np.generic) else value
+        failures.setdefault(int(pos), []).append(f"type({column}): expected {expected}, got {value!r}")
+
+
+def _numbers(raw: pd.Series, column: str, integer: bool, failures: dict[int, list[str]]) -> pd.Series:
+    """A numeric column as int64 or float64; a cell that is no number (or a fractional integer) fails its row."""
+    if pd.api.types.is_integer_dtype(raw.dtype) and not pd.api.types.is_extension_array_dtype(raw.dtype):
+        # already right: nothing to check, nothing copied
+        return raw.astype("int64" if integer else "float64", copy=False)
+    if not integer and pd.api.types.is_float_dtype(raw.dtype):
+        return raw.astype("float64", copy=False)
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = raw.notna().to_numpy() & values.isna().to_numpy()
+    if integer:
+        fractional = values.notna().to_numpy() & (np.asarray(values.fillna(0)) % 1 != 0)
+        bad |= fractional
+        values = values.where(~fractional)
+    _record_failures(failures, bad, column, raw, "an integer" if integer else "a number")
+    # numpy dtypes, so that GX compares whole columns at once (it loops in Python over nullable Int64)
+    return values.astype("int64") if integer and not values.isna().any() else values.astype("float64")
+
+
+def _booleans(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
+    """true/false/1/0 in any case as a nullable boolean; any other value fails its row."""
+    mapped = raw.map(
+        lambda v: {"true": True, "1": True, "false": False, "0": False}.get(str(v).strip().lower())
+        if pd.notna(v)
+        else None
+    )
+    _record_failures(failures, raw.notna().to_numpy() & mapped.isna().to_numpy(), column, raw, "true or false")
+    return mapped.astype("boolean")
 
 
 def _timestamps(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
@@ -316,23 +322,64 @@ def validate(frame: pd.DataFrame, contract: Contract, table: str, now: datetime)
     if not frame.index.equals(pd.RangeIndex(len(frame))):
         frame = frame.reset_index(drop=True)  # positions are row numbers below; a copy only when needed
     rows_in = len(frame)
-
-    def whole(
-        reason: str, failing: dict[str, int] | None = None, gx_result: dict[str, Any] | None = None
-    ) -> Validation:
-        rejected = frame.assign(_source_row=np.arange(rows_in), _reasons=reason)
-        return Validation(table, rows_in, frame.iloc[0:0], rejected, failing or {}, gx_result, reason)
-
     try:
         check_schema(frame, contract, table)
     except UnusableBatch as exc:
-        return whole(str(exc))
+        return _whole(frame, table, str(exc))
     typed, type_failures = coerce(frame, contract, table)
     suite = build_suite(contract, table, now)
     masks = unexpected_masks(typed, suite)
     if masks is None:  # an expectation only GX knows: let GX judge every row
-        document = run_suite(typed, suite)
-        masks = _masks_from(document, rows_in)
+        masks = _masks_from(run_suite(typed, suite), rows_in)
+    reasons, failing = _row_reasons(type_failures, masks)
+    bad = np.array(sorted(reasons), dtype=np.int64)
+    good_mask = np.ones(rows_in, dtype=bool)
+    good_mask[bad] = False
+    # GX's own verdict in one run: on every rejected row (the document kept in quarantine) and on a sample of
+    # the accepted rows, where it must find nothing
+    accepted = typed.loc[good_mask]
+    accepted.index = pd.RangeIndex(len(accepted))  # no second copy
+    sample = accepted.sample(GX_SAMPLE_ROWS, random_state=0) if len(accepted) > GX_SAMPLE_ROWS else accepted
+    # one consolidated copy: GX's pandas engine copies the batch once per metric, re-merging blocks each time
+    document = run_suite(pd.concat([typed.iloc[bad], sample], ignore_index=True).copy(), suite)
+    disagreement = _rejected_by_gx_among_accepted(document, len(bad))
+    if disagreement:
+        return _whole(
+            frame,
+            table,
+            f"validator disagreement: GX rejects accepted rows on {sorted(disagreement)}; batch held for review",
+            gx_result=document,
+        )
+    rejected = frame.iloc[bad].assign(_source_row=bad, _reasons=["; ".join(reasons[int(p)]) for p in bad])
+    failing = dict(sorted(failing.items(), key=lambda kv: -kv[1]))
+    share = len(bad) / rows_in
+    if share > contract.max_bad_row_share:
+        top = ", ".join(f"{k} ({v})" for k, v in list(failing.items())[:3])
+        reason = f"{share:.0%} of rows are bad, over the contract's limit of {contract.max_bad_row_share:.0%}: {top}"
+        rejected = frame.assign(
+            _source_row=np.arange(rows_in),
+            _reasons=["; ".join(reasons.get(i, [])) or "batch over the bad-row limit" for i in range(rows_in)],
+        )
+        return Validation(table, rows_in, typed.iloc[0:0], rejected, failing, document, reason)
+    return Validation(table, rows_in, accepted, rejected, failing, document)
+
+
+def _whole(
+    frame: pd.DataFrame,
+    table: str,
+    reason: str,
+    failing: dict[str, int] | None = None,
+    gx_result: dict[str, Any] | None = None,
+) -> Validation:
+    """Every row of the batch rejected for one reason: the batch is quarantined whole."""
+    rejected = frame.assign(_source_row=np.arange(len(frame)), _reasons=reason)
+    return Validation(table, len(frame), frame.iloc[0:0], rejected, failing or {}, gx_result, reason)
+
+
+def _row_reasons(
+    type_failures: dict[int, list[str]], masks: dict[str, np.ndarray]
+) -> tuple[dict[int, list[str]], dict[str, int]]:
+    """Each bad row's reasons (type failures first, then broken expectations) and the rows each rule rejected."""
     reasons: dict[int, list[str]] = {pos: list(msgs) for pos, msgs in type_failures.items()}
     failing: dict[str, int] = {}
     for msgs in type_failures.values():
@@ -350,39 +397,17 @@ def validate(frame: pd.DataFrame, contract: Contract, table: str, now: datetime)
             reasons.setdefault(int(pos), []).append(name)
         if len(positions):
             failing[name] = len(positions)
-    bad = np.array(sorted(reasons), dtype=np.int64)
-    good_mask = np.ones(rows_in, dtype=bool)
-    good_mask[bad] = False
-    # GX's own verdict in one run: on every rejected row (the document kept in quarantine) and on a sample of
-    # the accepted rows, where it must find nothing
-    accepted = typed.loc[good_mask]
-    accepted.index = pd.RangeIndex(len(accepted))  # no second copy
-    sample = accepted.sample(GX_SAMPLE_ROWS, random_state=0) if len(accepted) > GX_SAMPLE_ROWS else accepted
-    # one consolidated copy: GX's pandas engine copies the batch once per metric, re-merging blocks each time
-    document = run_suite(pd.concat([typed.iloc[bad], sample], ignore_index=True).copy(), suite)
-    disagreement = {
+    return reasons, failing
+
+
+def _rejected_by_gx_among_accepted(document: dict[str, Any], rejected_rows: int) -> set[str]:
+    """Expectations GX finds broken on a row this pass accepted (rows after the first ``rejected_rows``)."""
+    return {
         describe(item["expectation_config"])
         for item in document["results"]
         if not item["success"]
-        and any(i >= len(bad) for i in item.get("result", {}).get("unexpected_index_list") or [len(bad)])
+        and any(i >= rejected_rows for i in item.get("result", {}).get("unexpected_index_list") or [rejected_rows])
     }
-    if disagreement:
-        return whole(
-            f"validator disagreement: GX rejects accepted rows on {sorted(disagreement)}; batch held for review",
-            gx_result=document,
-        )
-    rejected = frame.iloc[bad].assign(_source_row=bad, _reasons=["; ".join(reasons[int(p)]) for p in bad])
-    failing = dict(sorted(failing.items(), key=lambda kv: -kv[1]))
-    share = len(bad) / rows_in
-    if share > contract.max_bad_row_share:
-        top = ", ".join(f"{k} ({v})" for k, v in list(failing.items())[:3])
-        reason = f"{share:.0%} of rows are bad, over the contract's limit of {contract.max_bad_row_share:.0%}: {top}"
-        rejected = frame.assign(
-            _source_row=np.arange(rows_in),
-            _reasons=["; ".join(reasons.get(i, [])) or "batch over the bad-row limit" for i in range(rows_in)],
-        )
-        return Validation(table, rows_in, typed.iloc[0:0], rejected, failing, document, reason)
-    return Validation(table, rows_in, accepted, rejected, failing, document)
 
 
 def _masks_from(document: dict[str, Any], rows: int) -> dict[str, np.ndarray]:

@@ -1,50 +1,43 @@
-"""Package, check and promote a registered model version; roll back.
+"""Promote a registered version, roll it back, and run its shadow or canary rollout: the registry side.
 
-- **Golden records**: at registration, 50 test rows and the model's scores on them are kept with the version
-  (``evidence/golden.json``); infra validation scores them again in a fresh interpreter from the registry URI.
-- **Bundle**: model, contract, FeatureService definition, model card and evidence written together to object
-  storage (a local folder, or ``s3://`` through boto3 in production), with a manifest of SHA-256 digests.
 - **Promotion** is a compare-and-set on the registry aliases: ``champion`` moves only if it still points at the
   version the challenger was compared with; the old champion becomes ``previous``. Deploy runs are serialised by
   the deployment's concurrency limit, so no two promotions race between the check and the move.
-- Every deploy, approval and rollback is appended to ``evidence/deployments.json`` of the versions involved.
+- **Rollouts**: the ``candidate`` alias on a version plus ``rollout.*`` tags on that version (strategy, share,
+  budgets, verdict). Every scoring service watching the registry routes to it (canary: a sticky share of entities
+  by hash; shadow: scores every request, answer not returned), guards it against its error and latency budgets and
+  ends it itself on a breach; the deploy flow watches the verdict and promotes only after a clean observation.
+- Every deploy, approval, rollout and rollback is appended to ``evidence/deployments.json`` of the versions involved.
+
+The rules (eligibility, compare-and-set, rollout verdicts) are in ``policy.py``; this module reads and moves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from closedloop import storage
-from closedloop.contract import Contract
-from closedloop.registry import CHALLENGER, CHAMPION, champion_version, client, read_evidence
-
-__all__ = ["champion_version"]  # re-exported for the deploy flow
+from closedloop.inference_log import read_window
+from closedloop.lake import Lake
+from closedloop.registry import CHALLENGER, CHAMPION, PREVIOUS, champion_version, client, read_evidence
+from tasks.promote import policy
+from tasks.promote.policy import DeployError
 
 logger = logging.getLogger(__name__)
 
-PREVIOUS = "previous"
-GOLDEN_ROWS = 50
-TOLERANCE = 1e-6
+CANDIDATE = "candidate"  # the alias of a version in shadow or canary
+
+ROLLOUT_POLL_SECONDS = 2.0
+LOG_FLUSH_GRACE_SECONDS = 6.0  # the scoring service flushes its inference log every 5 s
 
 
-class DeployError(RuntimeError):
-    """A deployment step refused to go on; the message says why. Nothing was promoted."""
-
-
-class PromotionConflict(DeployError):
-    """The champion moved since the challenger was evaluated: re-evaluate against the new champion."""
-
-
-def _download(tracking_uri: str, name: str, version: str, path: str) -> Path:
+def run_artifact(tracking_uri: str, name: str, version: str, path: str) -> Path:
+    """A local copy of an artifact of the version's run (``""``: the whole run)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -55,7 +48,9 @@ def _download(tracking_uri: str, name: str, version: str, path: str) -> Path:
 def golden(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
     """The golden records of a version: feature rows and the scores the model gave them at training time."""
     try:
-        record: dict[str, Any] = json.loads(_download(tracking_uri, name, version, "evidence/golden.json").read_text())
+        record: dict[str, Any] = json.loads(
+            run_artifact(tracking_uri, name, version, "evidence/golden.json").read_text()
+        )
     except Exception as exc:
         raise DeployError(
             f"{name} v{version} has no golden records (registered before they were kept?): {exc}"
@@ -63,183 +58,83 @@ def golden(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
     return record
 
 
-def validate_infra(
-    tracking_uri: str, name: str, version: str, contract_path: str, env: dict[str, str], latency_budget_ms: float
-) -> dict[str, Any]:
-    """Load the version in a fresh interpreter from its registry URI, re-score the golden records, time one request.
-
-    Fails closed: any difference above 1e-6, a load failure or a latency over budget raises :class:`DeployError`.
-    """
-    command = [sys.executable, "-m", "tasks.promote.infra_check", tracking_uri, name, version, contract_path]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)  # noqa: S603
-    except subprocess.TimeoutExpired as exc:
-        raise DeployError(f"infra validation of {name} v{version} did not finish in 300 s") from exc
-    if done.returncode != 0:
-        raise DeployError(f"infra validation of {name} v{version} failed to run: {done.stderr.strip()[-2000:]}")
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    report["latency_budget_ms"] = latency_budget_ms
-    problems = []
-    if report["max_abs_difference"] > TOLERANCE:
-        problems.append(
-            f"golden records scored differently: max |difference| {report['max_abs_difference']:.3g} > {TOLERANCE}"
-        )
-    if report["latency_p50_ms"] > latency_budget_ms:
-        problems.append(
-            f"single-request latency {report['latency_p50_ms']:.1f} ms over the {latency_budget_ms} ms budget"
-        )
-    report["verdict"] = "fail" if problems else "pass"
-    report["problems"] = problems
-    return report
-
-
-def write_bundle(
-    tracking_uri: str,
-    name: str,
-    version: str,
-    contract: Contract,
-    contract_path: str,
-    bundles_uri: str,
-    endpoint: str | None,
-) -> dict[str, Any]:
-    """Model, scorer package, contract, FeatureService, model card and evidence together, with a digest manifest."""
-    from feature_repo.definitions import build_repo
-
-    base = storage.join(bundles_uri, name, f"v{version}")
-    model_dir = _download(tracking_uri, name, version, "")  # the whole run: model/ and evidence/
-    files: dict[str, bytes] = {"contract.yaml": Path(contract_path).read_bytes()}
-    service = build_repo(contract, "offline").model_service
-    files["feature_service.json"] = json.dumps(
-        {
-            "name": service.name,
-            "features": [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features],
-        },
-        indent=2,
-    ).encode()
-    for path in sorted(model_dir.rglob("*")):
-        if path.is_file():
-            files[str(path.relative_to(model_dir))] = path.read_bytes()
-    # the registered model and its deployable package live beside the run in MLflow 3 (logged models)
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    packages = {"model": f"models:/{name}/{version}"}
-    scorer = (client(tracking_uri).get_model_version(name, version).tags or {}).get("scorer_uri")
-    if scorer:
-        packages["scorer"] = scorer
-    for prefix, uri in packages.items():
-        folder = Path(mlflow.artifacts.download_artifacts(uri))
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                files[f"{prefix}/{path.relative_to(folder)}"] = path.read_bytes()
-    manifest = {
-        "model": name,
-        "version": version,
-        "contract_fingerprint": contract.fingerprint,
-        "written_at": datetime.now(UTC).isoformat(),
-        "files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(files.items())},
-    }
-    for relative, data in files.items():
-        storage.write_bytes(storage.join(base, relative), data, endpoint)
-    storage.write_bytes(storage.join(base, "MANIFEST.json"), json.dumps(manifest, indent=2).encode(), endpoint)
-    return {"uri": base, "files": len(files)}
+def model_card(tracking_uri: str, name: str, version: str) -> str:
+    """The version's model card (markdown), shown to whoever approves it."""
+    return run_artifact(tracking_uri, name, version, "evidence/model_card.md").read_text()
 
 
 def record(tracking_uri: str, name: str, version: str, entry: dict[str, Any]) -> None:
     """Append one entry to the version's deployment history (``evidence/deployments.json``)."""
     c = client(tracking_uri)
     run_id = c.get_model_version(name, version).run_id
-    try:
-        history = json.loads(_download(tracking_uri, name, version, "evidence/deployments.json").read_text())
-    except Exception:
-        history = []
-    history.append({"at": datetime.now(UTC).isoformat(), **entry})
-    c.log_text(run_id, json.dumps(history, indent=2, default=str), "evidence/deployments.json")
+    entries = history(tracking_uri, name, version)
+    entries.append({"at": datetime.now(UTC).isoformat(), **entry})
+    c.log_text(run_id, json.dumps(entries, indent=2, default=str), "evidence/deployments.json")
 
 
 def history(tracking_uri: str, name: str, version: str) -> list[dict[str, Any]]:
+    """The version's deployment history, oldest first (empty when it was never deployed)."""
     try:
         entries: list[dict[str, Any]] = json.loads(
-            _download(tracking_uri, name, version, "evidence/deployments.json").read_text()
+            run_artifact(tracking_uri, name, version, "evidence/deployments.json").read_text()
         )
         return entries
     except Exception:
         return []
 
 
-def resolve_candidate(tracking_uri: str, name: str, version: str | None) -> tuple[str, dict[str, Any]]:
-    """The version to deploy (default: the challenger) and its evidence; refuses one that is not eligible."""
-    c = client(tracking_uri)
+def _alias(tracking_uri: str, name: str, alias: str) -> str | None:
+    try:
+        return str(client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except Exception:
+        return None
+
+
+def resolve_candidate(tracking_uri: str, name: str, version: str | None) -> policy.Candidate:
+    """The version to deploy (default: the challenger); refuses one whose evidence is not eligible."""
     if version is None:
         try:
-            version = str(c.get_model_version_by_alias(name, CHALLENGER).version)
+            version = str(client(tracking_uri).get_model_version_by_alias(name, CHALLENGER).version)
         except Exception as exc:
             raise DeployError(f"{name} has no challenger: train an eligible model first ({exc})") from exc
-    evidence = read_evidence(tracking_uri, name, version)
-    if not evidence.get("eligible"):
-        failed = {k: v["verdict"] for k, v in evidence.get("gates", {}).items() if v.get("verdict") != "pass"}
-        raise DeployError(f"{name} v{version} is not eligible for promotion (gates: {failed})")
-    return version, evidence
+    return policy.eligible_candidate(name, version, read_evidence(tracking_uri, name, version))
 
 
-def promote(tracking_uri: str, name: str, version: str, compared_with: str | None) -> dict[str, Any]:
+def promote(tracking_uri: str, name: str, version: str, compared_with: str | None) -> policy.Promotion:
     """Compare-and-set: champion := version only if the champion is still ``compared_with``."""
-    current = champion_version(tracking_uri, name)
-    if current == version:
-        raise DeployError(f"{name} v{version} is already the champion")
-    if current != compared_with:
-        raise PromotionConflict(
-            f"the champion of {name} is v{current}, but v{version} was compared with "
-            f"{'v' + compared_with if compared_with else 'no champion'}: re-evaluate it against v{current}"
-        )
+    moved = policy.plan_promotion(name, version, champion_version(tracking_uri, name), compared_with)
     c = client(tracking_uri)
-    if current is not None:
-        c.set_registered_model_alias(name, PREVIOUS, current)
+    if moved.previous is not None:
+        c.set_registered_model_alias(name, PREVIOUS, moved.previous)
     c.set_registered_model_alias(name, CHAMPION, version)
-    with contextlib.suppress(Exception):  # the challenger alias goes only if it named this version
-        if str(c.get_model_version_by_alias(name, CHALLENGER).version) == version:
+    if _alias(tracking_uri, name, CHALLENGER) == version:  # the challenger alias goes only if it named this version
+        with contextlib.suppress(Exception):
             c.delete_registered_model_alias(name, CHALLENGER)
-    return {"champion": version, "previous": current}
+    return moved
 
 
-def rollback(tracking_uri: str, name: str, reason: str, by: str) -> dict[str, Any]:
+def rollback(tracking_uri: str, name: str, reason: str, by: str) -> policy.Rollback:
     """Champion := previous (and previous := the rolled-back version), recorded in both versions' history."""
-    c = client(tracking_uri)
     current = champion_version(tracking_uri, name)
-    try:
-        previous = str(c.get_model_version_by_alias(name, PREVIOUS).version)
-    except Exception as exc:
-        raise DeployError(f"{name} has no previous champion to roll back to") from exc
-    if current is None:
-        raise DeployError(f"{name} has no champion to roll back")
-    c.set_registered_model_alias(name, CHAMPION, previous)
-    c.set_registered_model_alias(name, PREVIOUS, current)
-    entry = {"action": "rollback", "from": current, "to": previous, "reason": reason, "by": by}
-    record(tracking_uri, name, current, entry)
-    record(tracking_uri, name, previous, entry)
-    return {"champion": previous, "rolled_back": current}
+    moved = policy.plan_rollback(name, current, _alias(tracking_uri, name, PREVIOUS))
+    c = client(tracking_uri)
+    c.set_registered_model_alias(name, CHAMPION, moved.champion)
+    c.set_registered_model_alias(name, PREVIOUS, moved.rolled_back)
+    entry = {"action": "rollback", "from": moved.rolled_back, "to": moved.champion, "reason": reason, "by": by}
+    record(tracking_uri, name, moved.rolled_back, entry)
+    record(tracking_uri, name, moved.champion, entry)
+    return moved
 
 
 # --- shadow and canary rollouts -------------------------------------------------------------------------------
-# A rollout is the ``candidate`` alias on a version plus ``rollout.*`` tags on that version (strategy, share,
-# budgets, verdict). Every scoring service watching the registry routes to it (canary: a sticky share of entities
-# by hash; shadow: scores every request, answer not returned), guards it against its error and latency budgets and
-# ends it itself on a breach; the deploy flow watches the verdict and promotes only after a clean observation.
-CANDIDATE = "candidate"
-STRATEGIES = ("direct", "shadow", "canary")
 
 
-def start_rollout(tracking_uri: str, name: str, version: str, plan: dict[str, Any]) -> None:
+def start_rollout(tracking_uri: str, name: str, version: str, plan: policy.RolloutPlan) -> None:
     """Put ``version`` on the candidate alias with its rollout plan (strategy, share, budgets)."""
+    policy.check_no_other_rollout(name, _alias(tracking_uri, name, CANDIDATE), version)
     c = client(tracking_uri)
-    try:
-        current = str(c.get_model_version_by_alias(name, CANDIDATE).version)
-    except Exception:
-        current = None
-    if current is not None and current != version:
-        raise DeployError(f"{name} v{current} is already being rolled out: end that rollout first")
-    for key, value in {**plan, "verdict": "running"}.items():
-        c.set_model_version_tag(name, version, f"rollout.{key}", str(value))
+    for key, value in plan.tags().items():
+        c.set_model_version_tag(name, version, key, value)
     c.set_registered_model_alias(name, CANDIDATE, version)
 
 
@@ -275,10 +170,9 @@ def end_rollout(tracking_uri: str, name: str, version: str, verdict: str, entry:
     Returns whether this call ended it: two services seeing the same breach record it once between them (the
     alias check is not atomic across processes, so a duplicate history entry is possible but harmless).
     """
-    c = client(tracking_uri)
-    state = rollout_state(tracking_uri, name)
-    if state is None or state["version"] != version or state.get("verdict") != "running":
+    if not policy.rollout_running(rollout_state(tracking_uri, name), version):
         return False
+    c = client(tracking_uri)
     c.set_model_version_tag(name, version, "rollout.verdict", verdict)
     record(tracking_uri, name, version, {"action": f"rollout {verdict}", **entry})  # before the alias goes:
     with contextlib.suppress(Exception):  # whoever sees the alias gone finds the reason recorded
@@ -286,64 +180,51 @@ def end_rollout(tracking_uri: str, name: str, version: str, verdict: str, entry:
     return True
 
 
-ROLLOUT_POLL_SECONDS = 2.0
-LOG_FLUSH_GRACE_SECONDS = 6.0  # the scoring service flushes its inference log every 5 s
-
-
 def observe_rollout(
-    tracking_uri: str, name: str, version: str, plan: dict[str, Any], observe_seconds: float, lake: Any, by: str
-) -> dict[str, Any]:
+    tracking_uri: str,
+    name: str,
+    version: str,
+    plan: policy.RolloutPlan,
+    observe_seconds: float,
+    lake: Lake,
+    by: str,
+) -> policy.RolloutOutcome:
     """Put the version in shadow or canary, watch it, and judge it on what the inference log recorded.
 
     The scoring services end the rollout themselves on a breach of the error or latency budget (their verdict is
     read here); after ``observe_seconds`` the candidate passes only with ``min_requests`` answers logged and a
     p99 latency within budget. Fails closed: too little traffic is a failed rollout, not a pass.
     """
-    import numpy as np
-
-    from closedloop.inference_log import read_window
-
-    plan = {**plan, "champion": champion_version(tracking_uri, name)}
-    strategy, min_requests, max_p99_ms = plan["strategy"], int(plan["min_requests"]), float(plan["max_p99_ms"])
+    plan = plan.model_copy(update={"champion": champion_version(tracking_uri, name)})
     started = datetime.now(UTC)
     start_rollout(tracking_uri, name, version, plan)
-    record(tracking_uri, name, version, {"action": f"{strategy} rollout started", "by": by, **plan})
-    logger.info("v%s in %s rollout for %s s: %s", version, strategy, observe_seconds, plan)
-    deadline = time.monotonic() + observe_seconds
-    while time.monotonic() < deadline:
-        state = rollout_state(tracking_uri, name)
-        if state is None or state["version"] != version or state.get("verdict") != "running":
-            entries = history(tracking_uri, name, version)
-            ended: dict[str, Any] = next((e for e in reversed(entries) if e.get("action") == "rollout rolled back"), {})
-            reason = ended.get("reason", "ended outside this run")
-            logger.warning("v%s rolled back during its %s rollout: %s", version, strategy, reason)
-            return {**plan, "verdict": "rolled back", "reason": reason, "requests": ended.get("requests")}
-        time.sleep(min(ROLLOUT_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+    record(tracking_uri, name, version, {"action": f"{plan.strategy} rollout started", "by": by, **plan.model_dump()})
+    logger.info("v%s in %s rollout for %s s: %s", version, plan.strategy, observe_seconds, plan.model_dump())
+    if not _watch(tracking_uri, name, version, observe_seconds):
+        outcome = policy.rolled_back(plan, history(tracking_uri, name, version))
+        logger.warning("v%s rolled back during its %s rollout: %s", version, plan.strategy, outcome.reason)
+        return outcome
     time.sleep(LOG_FLUSH_GRACE_SECONDS)
     logged = read_window(lake, started, datetime.now(UTC))
-    mine = logged[(logged["model_version"] == version) & (logged["variant"] == strategy)]
-    stats: dict[str, Any] = {"requests": len(mine)}
-    if len(mine):
-        stats["p99_ms"] = round(float(np.percentile(mine["latency_ms"], 99)), 3)
-    if strategy == "shadow" and len(mine):
-        twins = logged[logged["variant"] == "champion"].set_index("request_id")
-        paired = mine.join(twins[["score", "decision"]], on="request_id", rsuffix="_champion", how="inner")
-        if len(paired):
-            stats["paired_with_champion"] = len(paired)
-            difference = (paired["score"] - paired["score_champion"]).abs().mean()
-            stats["mean_abs_score_difference"] = round(float(difference), 6)
-            agreement = (paired["decision"] == paired["decision_champion"]).mean()
-            stats["decision_agreement"] = round(float(agreement), 4)
-    if len(mine) < min_requests:
-        verdict = "failed"
-        reason = f"only {len(mine)} answers logged in {observe_seconds} s (needs {min_requests})"
-    elif stats["p99_ms"] > max_p99_ms:
-        verdict, reason = "failed", f"p99 latency {stats['p99_ms']} ms over budget {max_p99_ms} ms"
-    else:
-        verdict, reason = "passed", f"{len(mine)} answers within budget"
-    if not end_rollout(tracking_uri, name, version, verdict, {"by": by, "reason": reason, **stats}):
+    stats = policy.rollout_stats(logged, version, plan.strategy)
+    outcome = policy.judge_rollout(plan, stats, observe_seconds)
+    entry = {"by": by, "reason": outcome.reason, **stats.model_dump()}
+    if not end_rollout(tracking_uri, name, version, outcome.verdict, entry):
         state = rollout_state(tracking_uri, name)
         if state is None or state["version"] != version:
-            verdict, reason = "rolled back", "ended by a scoring service as the window closed"
-    logger.info("%s rollout of v%s %s: %s %s", strategy, version, verdict, reason, stats)
-    return {**plan, **stats, "verdict": verdict, "reason": reason}
+            reason = "ended by a scoring service as the window closed"
+            outcome = outcome.model_copy(update={"verdict": "rolled back", "reason": reason})
+    logger.info(
+        "%s rollout of v%s %s: %s %s", plan.strategy, version, outcome.verdict, outcome.reason, stats.model_dump()
+    )
+    return outcome
+
+
+def _watch(tracking_uri: str, name: str, version: str, observe_seconds: float) -> bool:
+    """Wait out the observation; False as soon as the rollout is no longer running (a service ended it)."""
+    deadline = time.monotonic() + observe_seconds
+    while time.monotonic() < deadline:
+        if not policy.rollout_running(rollout_state(tracking_uri, name), version):
+            return False
+        time.sleep(min(ROLLOUT_POLL_SECONDS, max(deadline - time.monotonic(), 0)))
+    return True

@@ -46,55 +46,6 @@ def test_unknown_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 2 and "unknown setting(s) CLOSEDLOOP_PROFLE" in result.stderr
 
 
-def test_data_commands_fill_the_landing_zone(settings: Settings) -> None:
-    result = runner.invoke(
-        app,
-        [
-            "data",
-            "synth",
-            "--customers",
-            "1500",
-            "--months",
-            "3",
-            "--scenario",
-            "quality_bug",
-            "--format",
-            "mixed",
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout)
-    landing = settings.state_dir / "lake" / "credit_synthetic" / "landing"
-    assert payload["landing_uri"] == landing.as_uri()
-    assert payload["rows"]["profiles"] == 1500 and payload["config"]["scenario"] == "quality_bug"
-    assert {p.suffix for p in landing.rglob("*.*")} == {".csv", ".parquet"}
-
-    result = runner.invoke(app, ["data", "taiwan", "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["rows"]["credit_history"] == 180_000
-
-
-def test_bad_generator_options_are_explained(settings: Settings) -> None:
-    result = runner.invoke(app, ["data", "synth", "--scenario", "earthquake"])
-    assert result.exit_code == 2 and "'earthquake' is not a valid Scenario" in result.stderr
-
-
-@pytest.mark.slow
-def test_bench_reports_project_baseline_and_ratio(settings: Settings, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["bench", "generator", "--rows", "20000", "--out", str(tmp_path), "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    rows = report["measurements"]
-    assert [r["unit"] for r in rows] == ["rows/s", "MB", "MB"]
-    for row in rows:
-        assert row["project"] > 0 and row["baseline"] > 0
-        assert row["ratio"] == pytest.approx(row["project"] / row["baseline"], rel=1e-3)
-    assert len(list(tmp_path.glob("bench-*.json"))) == 1
-    assert "| generator |" in next(tmp_path.glob("bench-*.md")).read_text()
-    assert runner.invoke(app, ["bench", "nonsense"]).exit_code == 2
-
-
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "closedloop"
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -26,13 +26,15 @@ from closedloop.registry import CHAMPION, client
 from closedloop.settings import PROJECT_ROOT, Settings, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.monitor import MonitorParams, monitor
-from flows.train_evaluate import AUTOMATIC_TAG, RetrainGuards, TrainParams, train_evaluate
+from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import Scenario, SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import create_app
 from tasks.monitor.window import MonitorPolicy, history
 from tasks.promote import promotion
 from tasks.shared.features import feature_names
-from tasks.train.fit import Gates
+from tasks.train.fit import TrainingConfig
+from tasks.train.gates import Gates
+from tasks.train.guards import AUTOMATIC_TAG, RetrainGuards
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +67,7 @@ def world(
         ingest_validate(IngestParams(contract=SYNTHETIC))
         drift_at = datetime.fromisoformat(f"{config.drift_start}-01T00:00:00+00:00")
         first = train_evaluate(
-            TrainParams(contract=SYNTHETIC, cutoff=drift_at + timedelta(days=90), n_estimators=150, gates=LENIENT)
+            TrainParams(contract=SYNTHETIC, cutoff=drift_at + timedelta(days=90), training=QUICK, gates=LENIENT)
         )
         assert first.version is not None
         client(settings.mlflow_tracking_uri).set_registered_model_alias(NAME, CHAMPION, first.version)
@@ -174,20 +176,20 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     starved = train_evaluate(
         TrainParams(
             contract=SYNTHETIC,
-            n_estimators=150,
+            training=QUICK,
             gates=LENIENT,
             guards=RetrainGuards(enabled=True, min_new_labels=10**6),
         )
     )
     assert starved.version is None and starved.status.startswith("deferred: not enough labels")
-    assert starved.guards and starved.guards["new_labels"] > 0  # labels matured since the champion's window ...
+    assert starved.guards and (starved.guards.new_labels or 0) > 0  # labels matured since the champion's window ...
     trained = train_evaluate(
-        TrainParams(contract=SYNTHETIC, n_estimators=150, gates=LENIENT, guards=RetrainGuards(enabled=True))
+        TrainParams(contract=SYNTHETIC, training=QUICK, gates=LENIENT, guards=RetrainGuards(enabled=True))
     )
     assert trained.status == "trained" and trained.version not in before
     assert client(uri).get_model_version(NAME, trained.version).tags[AUTOMATIC_TAG] == "true"
     again = train_evaluate(
-        TrainParams(contract=SYNTHETIC, n_estimators=150, gates=LENIENT, guards=RetrainGuards(enabled=True))
+        TrainParams(contract=SYNTHETIC, training=QUICK, gates=LENIENT, guards=RetrainGuards(enabled=True))
     )
     assert again.version is None and again.status.startswith("deferred: cool-down")
     after = {v.version for v in client(uri).search_model_versions(f"name='{NAME}'")}

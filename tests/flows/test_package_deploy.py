@@ -12,14 +12,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from closedloop import storage
 from closedloop.lake import Lake
-from closedloop.registry import CHALLENGER, CHAMPION, client
+from closedloop.registry import CHALLENGER, CHAMPION, PREVIOUS, champion_version, client, read_evidence
 from closedloop.settings import PROJECT_ROOT, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.package_deploy import DeployParams, package_deploy
 from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import SyntheticConfig, write_synthetic
 from tasks.promote import promotion
-from tasks.train.fit import Gates
+from tasks.promote.policy import DeployError, Rollback
+from tasks.train.gates import Gates
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def configured(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str
 
 
 def _train(**gates: Any) -> str:
-    result = train_evaluate(TrainParams(contract=SYNTHETIC, n_estimators=150, gates=LENIENT.model_copy(update=gates)))
+    result = train_evaluate(TrainParams(contract=SYNTHETIC, training=TrainingConfig(n_estimators=150), gates=LENIENT.model_copy(update=gates)))
     return result.version
 
 
@@ -67,8 +68,8 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
     # 1. the first champion: bundle, infra validation in a fresh interpreter, promotion, event, history
     result = package_deploy(DeployParams(contract=SYNTHETIC, require_approval=False))
     assert result.promoted and result.champion == first and result.previous is None
-    assert result.infra["verdict"] == "pass" and result.infra["max_abs_difference"] <= 1e-6
-    assert result.infra["golden_rows"] == 50
+    assert result.infra.verdict == "pass" and result.infra.max_abs_difference <= 1e-6
+    assert result.infra.golden_rows == 50
     manifest = json.loads(storage.read_bytes(storage.join(result.bundle_uri or "", "MANIFEST.json")))
     assert {
         "contract.yaml",
@@ -80,8 +81,9 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
         "scorer/MLmodel",
         "scorer/python_model.pkl",
     } <= set(manifest["files"])
-    assert any(f.startswith("scorer/code/tasks/") for f in manifest["files"])  # the package carries its code
-    assert result.infra["scorer_uri"] == c.get_model_version(NAME, first).tags["scorer_uri"]
+    assert "scorer/code/tasks/score/scoring.py" in manifest["files"]  # the package carries the code it scores with
+    assert not any(f.startswith(("scorer/code/tasks/train/", "scorer/code/tasks/monitor/")) for f in manifest["files"])
+    assert result.infra.scorer_uri == c.get_model_version(NAME, first).tags["scorer_uri"]
     for relative, digest in manifest["files"].items():
         import hashlib
 
@@ -92,10 +94,7 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
 
     # 2. a challenger compared with v(first) is refused once the champion has moved elsewhere
     second = _train()
-    assert (
-        json.loads(json.dumps(promotion.read_evidence(uri, NAME, second)["gates"]["champion"]))["compared_with"]
-        == first
-    )
+    assert json.loads(json.dumps(read_evidence(uri, NAME, second)["gates"]["champion"]))["compared_with"] == first
     elsewhere = c.copy_model_version(f"models:/{NAME}/{first}", NAME).version
     c.set_registered_model_alias(NAME, CHAMPION, elsewhere)
     refused = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
@@ -106,11 +105,11 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
     c.set_registered_model_alias(NAME, CHAMPION, first)
     promoted = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
     assert promoted.promoted and promoted.previous == first
-    assert str(c.get_model_version_by_alias(NAME, promotion.PREVIOUS).version) == first
+    assert str(c.get_model_version_by_alias(NAME, PREVIOUS).version) == first
 
     # 4. rollback: champion := previous, recorded in both versions' history
     back = promotion.rollback(uri, NAME, reason="test", by="pytest")
-    assert back == {"champion": first, "rolled_back": second}
+    assert back == Rollback(champion=first, rolled_back=second)
     assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
     assert promotion.history(uri, NAME, second)[-1]["action"] == "rollback"
     assert promotion.history(uri, NAME, first)[-1] == {
@@ -122,19 +121,19 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
 
 def test_infra_validation_fails_closed(configured: dict[str, Any]) -> None:
     uri = configured["uri"]
-    before = promotion.champion_version(uri, NAME)
+    before = champion_version(uri, NAME)
     version = _train(noninferiority_margin=1.0)
     result = package_deploy(
         DeployParams(contract=SYNTHETIC, version=version, require_approval=False, latency_budget_ms=0.0001)
     )
     assert not result.promoted and "latency" in result.reason
-    assert promotion.champion_version(uri, NAME) == before
+    assert champion_version(uri, NAME) == before
     assert promotion.history(uri, NAME, version)[-1]["action"] == "deploy refused"
 
 
 def test_a_version_that_failed_a_gate_is_never_deployed(configured: dict[str, Any]) -> None:
     version = _train(min_roc_auc=0.99)
-    with pytest.raises(promotion.DeployError, match="not eligible"):
+    with pytest.raises(DeployError, match="not eligible"):
         package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=False))
 
 
@@ -161,7 +160,7 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     import threading
 
     uri = configured["uri"]
-    before = promotion.champion_version(uri, NAME)
+    before = champion_version(uri, NAME)
     version = _train(noninferiority_margin=1.0)
     reviewer = threading.Thread(
         target=_answer_when_paused, args=(prefect_server, {"approve": False, "reviewer": "bob", "comment": "too soon"})
@@ -170,7 +169,7 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     refused = package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=True))
     reviewer.join()
     assert not refused.promoted and refused.approval == {"approve": False, "reviewer": "bob", "comment": "too soon"}
-    assert promotion.champion_version(uri, NAME) == before
+    assert champion_version(uri, NAME) == before
     reviewer = threading.Thread(
         target=_answer_when_paused, args=(prefect_server, {"approve": True, "reviewer": "alice"})
     )
@@ -190,7 +189,7 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     from flows.batch_score import BatchScoreParams, batch_score
 
     settings = configured["settings"]
-    if promotion.champion_version(configured["uri"], NAME) is None:
+    if champion_version(configured["uri"], NAME) is None:
         package_deploy(DeployParams(contract=SYNTHETIC, version=_train(), require_approval=False))
     lake = Lake.of(settings.lake_uri, NAME)
     apps = lake.read_offline("applications")
@@ -198,7 +197,7 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     start = end - timedelta(days=30)
     expected = int(((apps["applied_at"] >= start) & (apps["applied_at"] < end)).sum())
     result = batch_score(BatchScoreParams(contract=SYNTHETIC, start=start, end=end))
-    assert result.rows == expected > 0 and result.model_version == promotion.champion_version(configured["uri"], NAME)
+    assert result.rows == expected > 0 and result.model_version == champion_version(configured["uri"], NAME)
     scores = pd.read_parquet(storage.parse(result.uri or "").path)
     assert len(scores) == expected and scores["application_id"].is_unique
     assert scores["probability"].between(0, 1).all() and set(scores["decision"]) <= {"approve", "refuse"}

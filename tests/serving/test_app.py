@@ -20,6 +20,7 @@ from flows.ingest_validate import IngestParams, ingest_validate
 from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import MAX_BODY_BYTES, create_app
+from tasks.promote.policy import RolloutPlan
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def served(
         settings = load_settings()
         write_synthetic(SyntheticConfig(customers=4_000), Lake.of(settings.lake_uri, CONTRACT.name).landing)
         ingest_validate(IngestParams(contract=str(SYNTHETIC)))
-        trained = train_evaluate(TrainParams(contract=str(SYNTHETIC), n_estimators=200))
+        trained = train_evaluate(TrainParams(contract=str(SYNTHETIC), training=TrainingConfig(n_estimators=200)))
         client(settings.mlflow_tracking_uri).set_registered_model_alias(CONTRACT.name, CHAMPION, trained.version)
         lake = Lake.of(settings.lake_uri, CONTRACT.name)
         applications = lake.read_offline("applications")
@@ -264,7 +265,9 @@ def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served
     from feature_repo.definitions import model_service_name
     from feature_repo.online_read import OnlineReader, feast_rows
     from feature_repo.store import open_store
-    from tasks.score.scoring import FeatureSource, UnknownEntities, load_version, score
+    from tasks.score.loading import load_version
+    from tasks.score.online import FeatureSource
+    from tasks.score.scoring import UnknownEntities, score
     from tasks.shared.features import typed_features
 
     settings = served["settings"]
@@ -367,10 +370,10 @@ def _until(predicate: Any, seconds: float = 30.0) -> bool:
     return False
 
 
-def _plan(strategy: str, **changes: Any) -> dict[str, Any]:
+def _plan(strategy: str, **changes: Any) -> RolloutPlan:
     plan = {"strategy": strategy, "share": 0.0, "max_error_rate": 0.01, "max_p99_ms": 10_000.0, "min_requests": 10_000}
     plan.update(changes)
-    return plan
+    return RolloutPlan.model_validate(plan)
 
 
 def test_a_group_threshold_policy_places_applicants_by_their_stored_age(served: dict[str, Any]) -> None:
@@ -378,7 +381,9 @@ def test_a_group_threshold_policy_places_applicants_by_their_stored_age(served: 
     import dataclasses
 
     from feature_repo.store import open_store
-    from tasks.score.scoring import FeatureSource, ScoringInputError, load_version, policy_group, score
+    from tasks.score.loading import load_version
+    from tasks.score.online import FeatureSource
+    from tasks.score.scoring import ScoringInputError, policy_group, score
     from tasks.shared.fairness import groups_of
 
     settings = served["settings"]
@@ -519,7 +524,7 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
     monkeypatch.setattr(promotion, "LOG_FLUSH_GRACE_SECONDS", 1.0)
     monkeypatch.setattr(promotion, "ROLLOUT_POLL_SECONDS", 0.2)
     quiet = promotion.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 1.0, lake, "test")
-    assert quiet["verdict"] == "failed" and "only 0 answers" in quiet["reason"]
+    assert quiet.verdict == "failed" and "only 0 answers" in quiet.reason
     assert promotion.rollout_state(uri, CONTRACT.name) is None  # a failed rollout leaves no candidate behind
 
     log = InferenceLog(lake, flush_seconds=0.2)
@@ -543,9 +548,9 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
         stop.set()
         sender.join(timeout=10)
         log.close()
-    assert busy["verdict"] == "passed", busy
-    assert busy["requests"] >= 5 and busy["decision_agreement"] == 1.0  # the twin is the same model
-    assert busy["mean_abs_score_difference"] == 0.0
+    assert busy.verdict == "passed", busy
+    assert (busy.requests or 0) >= 5 and busy.decision_agreement == 1.0  # the twin is the same model
+    assert busy.mean_abs_score_difference == 0.0
     assert client(uri).get_model_version(CONTRACT.name, twin).tags["rollout.verdict"] == "passed"
 
 
@@ -555,11 +560,11 @@ def test_the_packaged_pyfunc_scores_raw_applications_as_the_service_does(
     """The deployable package fetches its own features: a fresh load answers as the running service."""
     import mlflow
 
-    from tasks.promote.bundle import log_scorer
+    from tasks.promote.packaging import log_scorer
 
     settings: Settings = served["settings"]
-    uri = log_scorer(settings.mlflow_tracking_uri, CONTRACT.name, served["version"], str(SYNTHETIC))
-    assert log_scorer(settings.mlflow_tracking_uri, CONTRACT.name, served["version"], str(SYNTHETIC)) == uri  # once
+    uri = log_scorer(settings.mlflow_tracking_uri, CONTRACT, str(SYNTHETIC), served["version"])
+    assert log_scorer(settings.mlflow_tracking_uri, CONTRACT, str(SYNTHETIC), served["version"]) == uri  # once
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     with pytest.MonkeyPatch.context() as patch:  # the package reads the active profile's settings, as deployed
         patch.setenv("CLOSEDLOOP_STATE_DIR", str(settings.state_dir))

@@ -1,4 +1,4 @@
-"""Every kind of bad input the ingest rejects: the message names the problem and no row is lost."""
+"""The ingest tasks: every kind of bad input is rejected with a message naming the problem, and no row is lost."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 
 from closedloop import storage
-from closedloop.contract import contract_at
+from closedloop.contract import contract_at, parse_contract
 from closedloop.lake import Lake
-from closedloop.landing import BatchRef, identify
+from closedloop.landing import identify
+from closedloop.settings import PROJECT_ROOT
 from samples.synthetic import SyntheticConfig, generate_block
-from tasks.ingest.tasks import BatchOutcome, ingest_batch
+from tasks.ingest.tasks import BatchOutcome, ingest_batch, replay_quarantined
 
-REPO = Path(__file__).resolve().parents[2]
-CONTRACT = str(REPO / "datasets/credit_synthetic/contract.yaml")
+CONTRACT = contract_at(str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
 NOW = datetime(2026, 1, 15, tzinfo=UTC)
 ROWS = 40
 
@@ -51,7 +51,7 @@ def _csv(frame: pd.DataFrame, **kwargs: object) -> bytes:
 def _ingest(lake: Lake, name: str, data: bytes) -> BatchOutcome:
     table = name.split("-", 1)[0]
     uri = storage.write_bytes(storage.join(lake.landing, table, name), data)
-    ref = identify(uri, lake.landing, contract_at(CONTRACT))
+    ref = identify(uri, lake.landing, CONTRACT)
     outcome: BatchOutcome = ingest_batch.fn(ref, CONTRACT, lake, NOW)
     assert outcome.rows_in == outcome.rows_accepted + outcome.rows_quarantined
     assert lake.read_ledger(outcome.batch_id) is not None or outcome.status == "duplicate"
@@ -320,28 +320,25 @@ def test_the_same_batch_twice_is_a_no_op_that_says_so(lake: Lake, tables: dict[s
     assert again.rows_in == 0 and len(lake.read_offline("applications")) == ROWS
 
 
-def test_batch_ref_names_the_table_by_folder_or_prefix() -> None:
-    contract = contract_at(CONTRACT)
-    assert identify("file:///l/credit_history/x.csv", "file:///l", contract) == BatchRef(
-        "file:///l/credit_history/x.csv", "credit_history", "csv"
-    )
-    assert identify("file:///l/credit_history-2025-01-01.parquet", "file:///l", contract).table == "credit_history"
-    assert identify("file:///l/other/x.csv", "file:///l", contract).table is None
-
-
-@pytest.mark.parametrize(("case", "fmt", "mutate", "bad", "reason"), ROW_CASES, ids=[c[0] for c in ROW_CASES])
-def test_the_fast_pass_and_gx_agree_row_by_row(
-    tables: dict[str, pd.DataFrame], case: str, fmt: str, mutate: Mutation, bad: list[int], reason: str
+def test_a_replay_after_the_contract_is_fixed_accepts_the_rows_and_keeps_the_history(
+    lake: Lake, tables: dict[str, pd.DataFrame]
 ) -> None:
-    """The vectorised pass over the suite flags exactly the rows GX's own engine flags, rule by rule."""
-    from tasks.ingest.validation import _masks_from, build_suite, coerce, run_suite, unexpected_masks
-
-    contract = contract_at(CONTRACT)
-    frame = mutate(tables["applications"].copy())
-    if fmt == "csv":
-        frame = pd.read_csv(io.BytesIO(_csv(frame)), dtype=str, keep_default_na=False, na_values=[""])
-    typed, _ = coerce(frame, contract, "applications")
-    suite = build_suite(contract, "applications", NOW)
-    fast = {k: v.nonzero()[0].tolist() for k, v in (unexpected_masks(typed, suite) or {}).items() if v.any()}
-    slow = {k: v.nonzero()[0].tolist() for k, v in _masks_from(run_suite(typed, suite), len(typed)).items()}
-    assert fast == slow
+    frame = tables["applications"].copy()
+    frame.loc[[2, 7], "loan_purpose"] = "yacht"
+    first = _ingest(lake, "applications-q.parquet", _parquet(frame))
+    assert first.status == "partial" and first.rows_quarantined == 2
+    data = CONTRACT.model_dump(mode="json", exclude_defaults=True)
+    for column in data["columns"]:
+        if column["name"] == "loan_purpose":
+            column["categories"].append("yacht")
+    fixed = parse_contract(data)
+    replay = replay_quarantined.fn(first.batch_id, fixed, lake, NOW)
+    assert (replay.batch_id, replay.replay_of) == (f"{first.batch_id}-r1", first.batch_id)
+    assert (replay.status, replay.rows_in, replay.rows_accepted) == ("accepted", 2, 2)
+    assert len(lake.read_offline("applications")) == ROWS
+    history = lake.read_reason(first.batch_id)["replays"]
+    assert [(h["batch_id"], h["status"], h["contract_fingerprint"]) for h in history] == [
+        (replay.batch_id, "accepted", fixed.fingerprint)
+    ]
+    again = replay_quarantined.fn(first.batch_id, CONTRACT, lake, NOW)  # the old contract rejects them again
+    assert (again.batch_id, again.status, again.rows_quarantined) == (f"{first.batch_id}-r2", "quarantined", 2)

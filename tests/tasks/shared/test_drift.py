@@ -1,4 +1,4 @@
-"""Drift verdicts from reference profiles, the label-free performance estimate and the alert policy."""
+"""Drift verdicts from reference profiles and the label-free performance estimate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 
 from closedloop.contract import Drift, load_contract
 from closedloop.settings import PROJECT_ROOT
-from tasks.monitor import window
 from tasks.shared import drift
 
 CONTRACT = load_contract(PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml")
@@ -108,46 +107,3 @@ def test_expected_auc_estimates_the_auc_of_calibrated_scores_without_labels() ->
     assert drift.expected_auc(p) == pytest.approx(roc_auc_score(y, p), abs=0.01)
     uninformative = np.full(1000, 0.1)
     assert drift.expected_auc(uninformative) <= 0.5 + 1e-9  # ties give no credit
-
-
-def test_fast_verdicts_agree_with_evidently_on_the_same_sample() -> None:
-    reference = frame(5_000, 11)
-    current = frame(5_000, 12, income_factor=1.4, new_purpose_share=0.25)
-    profile = profile_of(reference)
-    fast = drift.window_drift(profile, current, drift.drift_rules(CONTRACT, FEATURES), None)
-    ours = {c["column"]: c["drifted"] for c in fast["columns"]}
-    html, theirs = window.evidently_report(reference, current, CONTRACT, FEATURES)
-    assert set(theirs) == set(FEATURES)
-    assert theirs == ours, {"ours": ours, "evidently": theirs}
-    assert ours["income"] and ours["loan_purpose"] and not ours["utilisation"]
-    assert "<html" in html.lower()
-
-
-def record(champion: str, violated: bool, status: str = "judged") -> dict:
-    return {"champion": champion, "status": status, "violations": ["feature_drift"] if violated else []}
-
-
-def test_alert_needs_k_of_the_last_n_judged_windows_the_latest_included() -> None:
-    policy = window.MonitorPolicy(alert_k=2, alert_n=3)
-    assert not window.alert([record("1", True)], policy)["alert"]  # one violation is noise
-    assert window.alert([record("1", True), record("1", False), record("1", True)], policy)["alert"]
-    assert not window.alert([record("1", True), record("1", True), record("1", False)], policy)["alert"]  # recovered
-    assert not window.alert([record("1", True), record("1", False), record("1", False), record("1", True)], policy)[
-        "alert"
-    ]  # the first violation fell out of the last three
-    no_data = record("1", False, status="no_data")
-    assert window.alert([record("1", True), no_data, record("1", True)], policy)["alert"]  # empty windows don't count
-    assert not window.alert([record("1", True), record("2", True)], policy)["alert"]  # a new champion starts afresh
-    with pytest.raises(ValueError, match="cannot exceed"):
-        window.MonitorPolicy(alert_k=4, alert_n=3)
-
-
-def test_data_quality_flags_rows_outside_the_contract() -> None:
-    window = frame(1_000, 1)
-    window.loc[:9, "utilisation"] = 75.0  # reported in percent by a broken upstream job
-    window.loc[:49, "loan_purpose"] = "crypto"
-    quality = window.data_quality(CONTRACT, window, FEATURES)
-    assert quality["columns"]["utilisation"] == {"out_of_range": pytest.approx(0.01)}
-    assert quality["columns"]["loan_purpose"] == {"unseen_category": pytest.approx(0.05)}
-    assert "income" not in quality["columns"]
-    assert window.violations({"quality": quality}, window.MonitorPolicy()) == ["data_quality"]

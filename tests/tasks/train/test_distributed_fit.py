@@ -9,7 +9,7 @@ import pytest
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.harness import scale_training_set
+from benchmarks.scale import scale_training_set
 from closedloop.contract import load_contract
 from closedloop.settings import PROJECT_ROOT
 from tasks.shared.distributed import cluster, worker_count

@@ -1,0 +1,167 @@
+"""The data commands: synthetic and Taiwan data into the landing zone; quarantined batches listed, shown, replayed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.console import (
+    ContractOption,
+    JsonFlag,
+    connect,
+    contract_option,
+    emit,
+    fail,
+    known_errors,
+    settings_or_fail,
+)
+from closedloop.settings import Settings
+
+data_app = typer.Typer(help="Put data into the landing zone.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Inspect and replay quarantined batches.", no_args_is_help=True)
+
+
+@data_app.command("synth")
+def data_synth(
+    customers: Annotated[int, typer.Option(min=1, help="customers, one application each (~8.7 rows each)")] = 20_000,
+    seed: int = 7,
+    start: Annotated[str | None, typer.Option(help="first application month, YYYY-MM (default: a year ago)")] = None,
+    months: Annotated[int, typer.Option(min=1)] = 12,
+    scenario: Annotated[
+        str, typer.Option(help="none, covariate_shift, new_category, concept_drift, quality_bug, delayed_labels")
+    ] = "none",
+    drift_start: Annotated[str | None, typer.Option(help="YYYY-MM the scenario starts (default: 2/3 in)")] = None,
+    batch: Annotated[str, typer.Option(help="month or week")] = "month",
+    file_format: Annotated[str, typer.Option("--format", help="parquet, csv or mixed")] = "parquet",
+    out: Annotated[str | None, typer.Option(help="landing URI (default: the lake's landing zone)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate synthetic credit data as dated batches in the landing zone."""
+    from samples.synthetic import FileFormat, Scenario, SyntheticConfig, write_synthetic
+
+    settings = settings_or_fail()
+    try:
+        config = SyntheticConfig(
+            customers=customers,
+            seed=seed,
+            start=start,
+            months=months,
+            scenario=Scenario(scenario),
+            drift_start=drift_start,
+            batch=batch,
+            file_format=FileFormat(file_format),
+        )
+        target = out or settings.landing_uri("credit_synthetic")
+        summary = write_synthetic(config, target, settings.s3_endpoint_url)
+    except ValueError as exc:
+        fail(str(exc))
+    except known_errors() as exc:
+        fail(str(exc))
+    payload = {
+        "landing_uri": target,
+        "rows": summary.rows,
+        "total_rows": summary.total_rows,
+        "files": len(summary.files),
+        "config": summary.config,
+    }
+    emit(
+        payload,
+        as_json,
+        f"wrote {summary.total_rows:,} rows ({summary.rows}) in {len(summary.files)} files to {target}",
+    )
+
+
+@data_app.command("taiwan")
+def data_taiwan(
+    out: Annotated[str | None, typer.Option(help="landing URI (default: the lake's landing zone)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Reshape the shipped UCI Taiwan credit-default data into contract tables in the landing zone."""
+    from samples.taiwan import write_taiwan
+
+    settings = settings_or_fail()
+    target = out or settings.landing_uri("taiwan_credit_default")
+    try:
+        rows = write_taiwan(target, endpoint_url=settings.s3_endpoint_url)
+    except known_errors() as exc:
+        fail(str(exc))
+    emit({"landing_uri": target, "rows": rows}, as_json, f"wrote {rows} to {target}")
+
+
+def _lake(settings: Settings, contract: Path | None) -> Any:
+    from closedloop.contract import ContractError, load_contract
+    from closedloop.lake import Lake
+
+    try:
+        loaded = load_contract(contract_option(contract, settings))
+    except ContractError as exc:
+        fail(str(exc))
+    return Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url)
+
+
+@quarantine_app.command("list")
+def quarantine_list(contract: ContractOption = None, as_json: JsonFlag = False) -> None:
+    """Quarantined batches of the dataset, newest first, with their reasons."""
+    settings = settings_or_fail()
+    records = sorted(_lake(settings, contract).quarantined(), key=lambda r: r["quarantined_at"], reverse=True)
+    text = (
+        "\n".join(
+            f"{r['batch_id']}  {r['status']:<11} {r['table'] or '?':<15} {r['rows_quarantined']:>7} rows  "
+            f"{r.get('source_name')}  replays: {len(r['replays'])}\n    {r['reason'] or _top(r['failing'])}"
+            for r in records
+        )
+        or "no quarantined batches"
+    )
+    emit(records, as_json, text)
+
+
+def _top(failing: dict[str, int]) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in list(failing.items())[:3])
+
+
+@quarantine_app.command("show")
+def quarantine_show(batch: str, contract: ContractOption = None, rows: int = 10, as_json: JsonFlag = False) -> None:
+    """One quarantined batch: its reason record and its first rejected rows with their reasons."""
+    from closedloop import storage
+
+    settings = settings_or_fail()
+    lake = _lake(settings, contract)
+    try:
+        record = lake.read_reason(batch)
+    except storage.StorageError as exc:
+        fail(str(exc))
+    sample: list[dict[str, Any]] = []
+    if storage.exists(lake.quarantine(batch, "rejected.parquet"), lake.endpoint_url):
+        sample = lake.read_rejected(batch).head(rows).astype(str).to_dict(orient="records")
+    text = (
+        json.dumps(record, indent=2, default=str)
+        + "\n\nrejected rows:\n"
+        + "\n".join(f"  row {r['_source_row']}: {r['_reasons']}" for r in sample)
+    )
+    emit({**record, "rejected_rows": sample}, as_json, text)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    batches: Annotated[list[str], typer.Argument(help="quarantined batch ids")],
+    contract: ContractOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-validate quarantined batches through the ingest/validate flow (after fixing the contract or the data)."""
+    settings = settings_or_fail()
+    connect(settings)
+    from flows.ingest_validate import IngestParams, ingest_validate
+
+    try:
+        result = ingest_validate(IngestParams(replay=batches, contract=contract_option(contract, settings)))
+    except known_errors() as exc:
+        fail(str(exc))
+    text = "\n".join(
+        f"{o.replay_of} -> {o.batch_id}: {o.status} ({o.rows_accepted} accepted, "
+        f"{o.rows_quarantined} still quarantined)"
+        for o in result.batches
+    )
+    emit(result.model_dump(mode="json"), as_json, text)

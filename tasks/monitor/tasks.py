@@ -1,0 +1,128 @@
+"""The monitor's Prefect tasks: judge a window, judge a chunk of its columns, report, verify a new champion.
+
+Each reads what it needs (the champion's reference, the lake's outcomes) and calls the pure code of
+:mod:`tasks.monitor.window`, :mod:`tasks.monitor.report` and :mod:`tasks.monitor.verification`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_link_artifact
+from prefect.cache_policies import NO_CACHE
+
+from closedloop.contract import Contract, Drift
+from closedloop.lake import Lake
+from closedloop.registry import load_model
+from closedloop.settings import Settings
+from tasks.monitor import records, report, sources, verification, window
+from tasks.monitor.policy import MonitorPolicy
+from tasks.shared.drift import column_drift, drift_rules, window_drift
+from tasks.shared.features import feature_names, typed_features
+
+logger = logging.getLogger(__name__)
+
+
+@task(name="judge_window", cache_policy=NO_CACHE)
+def judge_window(
+    settings: Settings,
+    contract: Contract,
+    lake: Lake,
+    frame: pd.DataFrame,
+    champion: str,
+    policy: MonitorPolicy,
+    now: datetime,
+    drift: dict[str, Any] | None = None,
+) -> window.Verdicts:
+    """Drift of every feature and of the score, data quality, performance (labelled and estimated), violations.
+
+    ``drift``: the window's drift record when it was already computed on a cluster (the ``drift_by_chunks`` flow).
+    """
+    profile = sources.reference_profile(settings.mlflow_tracking_uri, contract.name, champion)
+    if drift is None:
+        scores = frame["score"].to_numpy(dtype="float64")
+        drift = window_drift(profile, frame, drift_rules(contract, feature_names(contract)), scores)
+    rows = window.attach_outcomes(contract, frame, sources.outcome_tables(lake, contract), now)
+    return window.verdicts(contract, frame, rows, profile, drift, policy)
+
+
+@task(name="column_drift_chunk", cache_policy=NO_CACHE)
+def column_drift_chunk(
+    window_uri: str, reference: dict[str, Any], rules: dict[str, Drift], endpoint_url: str | None
+) -> list[dict[str, Any]]:
+    """Drift verdicts of one chunk of columns; the worker reads only its columns of the staged window."""
+    staged = sources.read_columns(window_uri, list(rules), endpoint_url)
+    return [column_drift(name, reference[name], staged[name], rule).to_dict() for name, rule in rules.items()]
+
+
+def _log_report(
+    tracking_uri: str, dataset: str, champion: str, end: datetime, html: str, drifted: dict[str, dict[str, bool]]
+) -> str:
+    """One run of the dataset's monitoring experiment with the report and both drifted-column counts."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = f"{dataset}-monitoring"
+    found = mlflow.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"window {end:%Y-%m-%d %H:%M}") as run:
+        mlflow.set_tags({"closedloop.dataset": dataset, "champion": champion})
+        mlflow.log_text(html, "evidently/data_drift.html")
+        mlflow.log_metric("drifted_columns_evidently", sum(drifted["evidently"].values()))
+        mlflow.log_metric("drifted_columns_fast", sum(drifted["fast"].values()))
+    return str(run.info.run_id)
+
+
+@task(name="evidently_report", cache_policy=NO_CACHE)
+def evidently_report(
+    settings: Settings,
+    contract: Contract,
+    lake: Lake,
+    frame: pd.DataFrame,
+    champion: str,
+    end: datetime,
+    drifted: dict[str, bool],
+) -> report.Agreement:
+    """Evidently's report on a sample of the window: saved to the lake, logged to MLflow, linked from Prefect."""
+    sample = sources.reference_sample(settings.mlflow_tracking_uri, contract.name, champion)
+    html, verdicts = report.drift_report(sample, frame, contract, feature_names(contract))
+    uri = records.write_report(lake, end, html)
+    run_id = _log_report(
+        settings.mlflow_tracking_uri, contract.name, champion, end, html, {"evidently": verdicts, "fast": drifted}
+    )
+    link = uri if "://" in uri else f"file://{uri}"
+    create_link_artifact(link=link, link_text="Evidently data drift report", description=f"window ending {end}")
+    return report.agreement(uri, run_id, verdicts, drifted)
+
+
+@task(name="post_deploy_verification", cache_policy=NO_CACHE)
+def verify_new_champion(
+    settings: Settings,
+    contract: Contract,
+    lake: Lake,
+    frame: pd.DataFrame,
+    champion: str,
+    violations: list[str],
+    earlier: list[str],
+    margin: float,
+) -> verification.Verification:
+    """First judged window of a new champion: are the violations that led to it gone, and is it no worse?
+
+    ``earlier``: the violations of the last window judged for the champion before it.
+    """
+    tracking_uri, name = settings.mlflow_tracking_uri, contract.name
+    previous = sources.previous_version(tracking_uri, name)
+    if previous is None:
+        return verification.uncompared(champion, earlier, violations, verification.NO_PREVIOUS)
+    rows = window.attach_outcomes(contract, frame, sources.outcome_tables(lake, contract), datetime.now(UTC))
+    known, y = window.labelled(contract, rows)
+    if not verification.enough_labels(y):
+        return verification.uncompared(champion, earlier, violations, verification.TOO_FEW_LABELS, len(y))
+    served = window.labelled_requests(frame, rows, known)
+    previous_scores = load_model(tracking_uri, name, previous).predict_proba(typed_features(served, contract))[:, 1]
+    champion_scores = served["score"].to_numpy(dtype="float64")
+    return verification.compare(champion, earlier, violations, previous, y, champion_scores, previous_scores, margin)

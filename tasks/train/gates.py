@@ -1,0 +1,138 @@
+"""The promotion gates: quality floor, non-inferiority to the champion, fairness, behaviour; every one fails closed.
+
+Each function turns what the evaluation measured into a :class:`GateVerdict`; a version is eligible for promotion
+only when every gate passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.train.evidence import GateVerdict, Mitigation
+
+
+class Gates(BaseModel):
+    """Promotion thresholds; every gate fails closed."""
+
+    min_roc_auc: float = Field(default=0.65, description="absolute floor on the test window")
+    min_test_rows: int = Field(default=200, description="fewer test rows: the gate cannot decide")
+    min_test_positives: int = Field(default=20)
+    noninferiority_margin: float = Field(
+        default=0.01, description="lower bound of AUC(new)-AUC(champion) above -margin"
+    )
+    max_demographic_parity_difference: float = 0.15
+    max_equalized_odds_difference: float = 0.15
+    min_disparate_impact: float = 0.8
+    min_group_rows: int = 50
+    min_group_outcomes: int = Field(default=30, description="defaults and repayments for a group's TPR/FPR to count")
+    max_fairness_worsening: float = Field(
+        default=0.02, description="vs the champion, per disparity measure, and beyond bootstrap noise"
+    )
+    mitigation: Literal["threshold_optimizer", "none"] = Field(
+        default="threshold_optimizer",
+        description="when the fairness gate fails: try group thresholds on an attribute the contract allows",
+    )
+    decision_seed: int = Field(default=7, description="seed of the group-threshold candidate's randomised mix")
+
+
+def undecidable_quality(test_rows: int, test_positives: int, gates: Gates) -> GateVerdict | None:
+    """The quality gate blocked when the test window is too small or one-sided to judge; None when it can decide."""
+    if test_rows >= gates.min_test_rows and test_positives >= gates.min_test_positives and test_positives < test_rows:
+        return None
+    return GateVerdict(
+        verdict="blocked",
+        reason=(
+            f"cannot decide on {test_rows} test rows with {test_positives} positives "
+            f"(need {gates.min_test_rows} rows and {gates.min_test_positives} positives of each class)"
+        ),
+    )
+
+
+def quality_floor(roc_auc: float, gates: Gates) -> GateVerdict:
+    """The absolute floor on the test window's ROC-AUC."""
+    return GateVerdict(
+        verdict="pass" if roc_auc >= gates.min_roc_auc else "fail",
+        reason=f"ROC-AUC {roc_auc:.4f} vs floor {gates.min_roc_auc}",
+    )
+
+
+def behaviour_verdict(report: dict[str, Any]) -> GateVerdict:
+    """The behavioural tests (directional, invariance, minimum functionality) as a gate."""
+    return GateVerdict(
+        verdict=report["verdict"],
+        reason="; ".join(report["failures"]) or "directional, invariance, minimum functionality",
+    )
+
+
+def no_champion() -> GateVerdict:
+    """The first model of a dataset: nothing to compare with, the absolute floors decide."""
+    return GateVerdict(verdict="pass", reason="no champion yet: absolute floors only")
+
+
+def champion_unavailable(reason: str) -> GateVerdict:
+    """A champion exists but cannot be scored: the comparison cannot be made, so the gate blocks."""
+    return GateVerdict(verdict="blocked", reason=reason)
+
+
+def noninferiority(difference: dict[str, float], champion: str, gates: Gates) -> GateVerdict:
+    """Not worse than the champion: the paired bootstrap's lower bound of AUC(new) - AUC(champion) above -margin."""
+    return GateVerdict(
+        verdict="pass" if difference["lower"] > -gates.noninferiority_margin else "fail",
+        compared_with=champion,
+        reason=(
+            f"AUC difference {difference['difference']:+.4f}, 95% lower bound {difference['lower']:+.4f} vs margin "
+            f"-{gates.noninferiority_margin}"
+        ),
+    )
+
+
+def fairness_verdict(
+    new: dict[str, Any],
+    old: dict[str, Any] | None,
+    gates: Gates,
+    bounds: dict[tuple[str, str], float] | None = None,
+) -> GateVerdict:
+    """Absolute limits on the point estimates; "worse than the champion" needs practical and statistical evidence.
+
+    Worse means: the disparity exceeds the champion's by more than ``max_fairness_worsening`` AND the paired
+    bootstrap's one-sided 95% lower bound of the difference is above zero (``bounds``); without bounds, the point
+    estimates alone decide.
+    """
+    problems = []
+    for attribute, result in new.items():
+        if result.get("verdict") == "fail":
+            problems.append(f"{attribute}: {', '.join(result['failures'])}")
+        if (
+            old
+            and result.get("verdict") in ("pass", "fail")
+            and old.get(attribute, {}).get("verdict") in ("pass", "fail")
+        ):
+            for measure in ("demographic_parity_difference", "equalized_odds_difference"):
+                if not result[measure] > old[attribute][measure] + gates.max_fairness_worsening:
+                    continue
+                lower = (bounds or {}).get((attribute, measure))
+                if lower is None or lower > 0:
+                    evidence = f", 95% lower bound of the increase {lower:+.3f}" if lower is not None else ""
+                    problems.append(f"{attribute}: {measure} worse than the champion's{evidence}")
+    skipped = [a for a, r in new.items() if r.get("verdict") == "skipped"]
+    reason = "; ".join(problems) or "within limits" + (f" (not judged: {', '.join(skipped)})" if skipped else "")
+    return GateVerdict(verdict="fail" if problems else "pass", reason=reason)
+
+
+def mitigated_fairness(single_threshold: GateVerdict, candidate: Mitigation) -> GateVerdict:
+    """The fairness gate once the group-threshold candidate was judged: that candidate's verdict decides."""
+    if candidate.verdict is None:  # not tried or not judged: the single threshold's verdict stands
+        return single_threshold
+    return GateVerdict(
+        verdict=candidate.verdict.verdict,
+        reason=f"with group thresholds on {candidate.attribute}: {candidate.verdict.reason} "
+        f"(single threshold: {single_threshold.reason})",
+        mitigation=f"threshold_optimizer:{candidate.attribute}",
+    )
+
+
+def eligible(verdicts: dict[str, GateVerdict]) -> bool:
+    """Eligible for promotion: every gate passed (no gate at all decides nothing, so it is not eligible)."""
+    return bool(verdicts) and all(v.verdict == "pass" for v in verdicts.values())
