@@ -7,7 +7,7 @@ led to it are gone and, on labelled rows, that it does no worse than ``previous`
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
@@ -27,6 +27,9 @@ from tasks.monitor.verification import Comparison, Verification, replaced_champi
 from tasks.promote import promotion
 from tasks.shared.distributed import dask_runner
 from tasks.shared.drift import window_summary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class MonitorParams(BaseModel):
@@ -85,9 +88,17 @@ def drift_by_chunks(contract_path: str, window_uri: str, champion: str, chunks: 
     return window_summary(profile, len(scores), [column for future in futures for column in future.result()], scores)
 
 
-def drift_on_dask(settings: Settings, contract_path: str, lake: Lake, frame: Any, champion: str, chunks: int) -> Any:
+def drift_on_dask(
+    settings: Settings,
+    contract_path: str,
+    contract: Contract,
+    lake: Lake,
+    frame: pd.DataFrame,
+    champion: str,
+    chunks: int,
+) -> dict[str, Any]:
     """Stage the window's features and scores in the lake, judge them by column chunks on Dask, drop the stage."""
-    uri = sources.stage_window(lake, contract_at(contract_path), frame)
+    uri = sources.stage_window(lake, contract, frame)
     try:
         runner = dask_runner(settings.dask_address, settings.dask_workers)
         return drift_by_chunks.with_options(task_runner=runner)(contract_path, uri, champion, chunks)
@@ -131,7 +142,7 @@ def _judged(
     contract_path: str,
     contract: Contract,
     lake: Lake,
-    frame: Any,
+    frame: pd.DataFrame,
     record: window.WindowRecord,
     earlier: list[dict[str, Any]],
     params: MonitorParams,
@@ -140,7 +151,7 @@ def _judged(
     champion, end = record.champion, datetime.fromisoformat(record.window.end)
     drift = None
     if params.engine == "dask":  # the column chunks run on the cluster's workers, side by side
-        drift = drift_on_dask(settings, contract_path, lake, frame, champion, params.column_chunks)
+        drift = drift_on_dask(settings, contract_path, contract, lake, frame, champion, params.column_chunks)
     verdicts = judge_window(settings, contract, lake, frame, champion, params.policy, datetime.now(UTC), drift)
     record = record.model_copy(update={"verdicts": verdicts})
     if params.evidently:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import prefect_api
 
-from closedloop import storage
+from closedloop import events, storage
 from closedloop.contract import load_contract
 from closedloop.lake import Lake
 from closedloop.settings import Settings
@@ -84,13 +84,13 @@ def test_a_year_of_synthetic_data_with_a_mixed_batch(prefect_server: str, settin
     assert {b.status for b in again.batches} == {"duplicate"} and again.rows_in == 0
 
     # the run told the world: an event with the counts, and a markdown artifact
-    events: list[dict[str, object]] = []
+    emitted: list[dict[str, object]] = []
     for _ in range(40):  # events reach the server through a background worker
-        events = [e for e in _events(prefect_server, events.INGESTED) if e["id"] == result.event_id]
-        if events:
+        emitted = [e for e in _events(prefect_server, events.INGESTED) if e["id"] == result.event_id]
+        if emitted:
             break
         time.sleep(0.5)
-    assert events and events[0]["payload"]["rows_quarantined"] == 2  # type: ignore[index]
+    assert emitted and emitted[0]["payload"]["rows_quarantined"] == 2  # type: ignore[index]
     artifacts = prefect_api(
         "POST", f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["ingest-credit-synthetic"]}}}
     ).json()

@@ -29,7 +29,9 @@ from flows.monitor import MonitorParams, monitor
 from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import Scenario, SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import create_app
-from tasks.monitor.window import MonitorPolicy, history
+from tasks.monitor.policy import MonitorPolicy
+from tasks.monitor.records import history
+from tasks.monitor.verification import Comparison
 from tasks.promote import promotion
 from tasks.shared.features import feature_names
 from tasks.train.fit import TrainingConfig
@@ -43,6 +45,7 @@ CONTRACT = load_contract(SYNTHETIC)
 NAME = CONTRACT.name
 TOKEN = "monitor-test-token"
 LENIENT = Gates(max_demographic_parity_difference=1, max_equalized_odds_difference=1, min_disparate_impact=0)
+QUICK = TrainingConfig(n_estimators=150)
 POLICY = MonitorPolicy(min_rows=100, min_labelled=100)
 
 
@@ -114,7 +117,7 @@ def judge(start: datetime, end: datetime, **changes: Any) -> Any:
 
 def test_an_empty_window_is_no_data_not_an_error(configured: dict[str, Any]) -> None:
     result = judge(datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))
-    assert result.status == "no_data" and result.rows == 0 and not result.alert["alert"]
+    assert result.status == "no_data" and result.rows == 0 and result.alert and not result.alert.alert
     assert history(configured["lake"])[-1]["status"] == "no_data"  # recorded, and ignored by the alert policy
 
 
@@ -123,17 +126,17 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
     assert first.status == "judged" and first.rows == len(configured["bodies"])
     assert "income" in first.drifted and "feature_drift" in first.violations
     assert "loan_term_months" not in first.drifted  # untouched by the scenario
-    assert not first.alert["alert"] and first.event_id is None  # one window is not enough (2 of 3)
+    assert first.alert and not first.alert.alert and first.event_id is None  # one window is not enough (2 of 3)
     record = history(configured["lake"])[-1]
     assert record["performance"]["verdict"] == "no_verdict"  # recent applications: no label has matured
     assert 0.5 < record["estimated_performance"]["expected_auc"] < 1
     report = storage.read_bytes(first.report_uri or "").decode()
     assert "<html" in report.lower()
-    assert first.agreement and first.agreement["compared_columns"] == len(feature_names(CONTRACT))
-    assert "income" in first.agreement["evidently_drifted"]
+    assert first.agreement and first.agreement.compared_columns == len(feature_names(CONTRACT))
+    assert "income" in first.agreement.evidently_drifted
 
     second = judge(*serve_window(configured))
-    assert second.alert["alert"] and second.event_id
+    assert second.alert and second.alert.alert and second.event_id
     events: list[dict[str, Any]] = []
     for _ in range(60):  # events reach the server through a background worker and are persisted in batches
         events = prefect_api(
@@ -151,17 +154,17 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
 
 def test_drift_by_column_chunks_on_dask_workers_matches_the_flow_process(configured: dict[str, Any]) -> None:
     """The monitor's ``engine: dask`` path: the same verdicts and scores, computed by two worker processes."""
-    from flows.monitor import _drift_on_dask
-    from tasks.monitor.window import read_window_frame, reference
+    from flows.monitor import drift_on_dask
+    from tasks.monitor.sources import read_served, reference_profile
     from tasks.shared.drift import drift_rules, window_drift
 
     start, end = serve_window(configured)
-    frame = read_window_frame(configured["lake"], start, end)
+    frame = read_served(configured["lake"], start, end)
     uri = configured["settings"].mlflow_tracking_uri
     champion = str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version)
-    profile, _ = reference(uri, NAME, champion)
+    profile = reference_profile(uri, NAME, champion)
     here = window_drift(profile, frame, drift_rules(CONTRACT, feature_names(CONTRACT)), frame["score"].to_numpy())
-    there = _drift_on_dask(configured["settings"], SYNTHETIC, frame, champion, chunks=3)  # staged, 2 workers
+    there = drift_on_dask(configured["settings"], SYNTHETIC, CONTRACT, configured["lake"], frame, champion, chunks=3)
     assert not storage.list_objects(storage.join(configured["lake"].root, "monitor", "staging"))  # stage dropped
     assert len(there["columns"]) == len(feature_names(CONTRACT)) == len(here["columns"])
     assert [c["column"] for c in there["columns"]] == [c["column"] for c in here["columns"]]  # the contract's order
@@ -199,9 +202,9 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     promotion.promote(uri, NAME, str(trained.version), configured["first"])
     verified = judge(*serve_window(configured))
     assert verified.verification is not None
-    assert verified.verification["earlier_violations"] == ["feature_drift"]
-    assert "income" not in verified.drifted and not verified.alert["alert"]
-    assert verified.verification["comparison"] == "not enough labelled rows yet"
+    assert verified.verification.earlier_violations == ["feature_drift"]
+    assert "income" not in verified.drifted and verified.alert and not verified.alert.alert
+    assert verified.verification.comparison == "not enough labelled rows yet"
 
 
 def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(configured: dict[str, Any]) -> None:
@@ -234,10 +237,11 @@ def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(conf
     log.close()
     result = judge(start, datetime.now(UTC) + timedelta(microseconds=1))
     check = result.verification
-    assert check is not None and check["verdict"] == "rolled back", check
-    assert check["labelled_rows"] == len(labelled)
-    assert check["comparison"]["champion_auc"] < 0.6 < check["comparison"]["previous_auc"]
+    assert check is not None and check.verdict == "rolled back", check
+    assert check.labelled_rows == len(labelled)
+    assert isinstance(check.comparison, Comparison)
+    assert check.comparison.champion_auc < 0.6 < check.comparison.previous_auc
     assert str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version) == good
-    assert check["event_id"]
+    assert check.event_id and check.rollback == {"champion": good, "rolled_back": configured["first"]}
     record = history(configured["lake"])[-1]
     assert record["performance"]["verdict"] == "degraded"  # the labelled window also says so

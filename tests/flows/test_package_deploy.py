@@ -20,6 +20,7 @@ from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import SyntheticConfig, write_synthetic
 from tasks.promote import promotion
 from tasks.promote.policy import DeployError, Rollback
+from tasks.train.fit import TrainingConfig
 from tasks.train.gates import Gates
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,8 @@ def configured(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str
 
 
 def _train(**gates: Any) -> str:
-    result = train_evaluate(TrainParams(contract=SYNTHETIC, training=TrainingConfig(n_estimators=150), gates=LENIENT.model_copy(update=gates)))
+    quick = TrainingConfig(n_estimators=150)
+    result = train_evaluate(TrainParams(contract=SYNTHETIC, training=quick, gates=LENIENT.model_copy(update=gates)))
     return result.version
 
 

@@ -21,6 +21,7 @@ from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import MAX_BODY_BYTES, create_app
 from tasks.promote.policy import RolloutPlan
+from tasks.train.fit import TrainingConfig
 
 pytestmark = pytest.mark.integration
 

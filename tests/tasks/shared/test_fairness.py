@@ -8,7 +8,7 @@ import pandas as pd
 from closedloop.contract import load_contract
 from tasks.shared.fairness import FairnessLimits, assess, groups_of
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONTRACT = load_contract(REPO / "datasets/credit_synthetic/contract.yaml")
 
 

@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
 from closedloop.contract import load_contract
+from closedloop.settings import PROJECT_ROOT
 from tasks.shared.features import feature_names, monotone_constraints
 from tasks.train.behaviour import run_all
 
-REPO = Path(__file__).resolve().parents[2]
-CONTRACT = load_contract(REPO / "datasets/credit_synthetic/contract.yaml")
+CONTRACT = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
 
 
 def _probes(n: int = 300) -> pd.DataFrame:

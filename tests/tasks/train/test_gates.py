@@ -1,0 +1,107 @@
+"""The promotion gates: each decides from what the evaluation measured, and fails closed when it cannot decide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.train.evidence import GateVerdict, Mitigation
+from tasks.train.gates import (
+    Gates,
+    behaviour_verdict,
+    champion_unavailable,
+    eligible,
+    fairness_verdict,
+    mitigated_fairness,
+    no_champion,
+    noninferiority,
+    quality_floor,
+    undecidable_quality,
+)
+
+GATES = Gates()
+
+
+def _judged(verdict: str, dp: float = 0.05, eo: float = 0.05, failures: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "verdict": verdict,
+        "demographic_parity_difference": dp,
+        "equalized_odds_difference": eo,
+        "failures": failures or [],
+    }
+
+
+def test_a_test_window_too_small_or_one_sided_blocks_the_quality_gate() -> None:
+    assert undecidable_quality(1_000, 100, GATES) is None
+    small = undecidable_quality(199, 50, GATES)
+    assert small is not None and small.verdict == "blocked"
+    assert (
+        small.reason
+        == "cannot decide on 199 test rows with 50 positives (need 200 rows and 20 positives of each class)"
+    )
+    few = undecidable_quality(1_000, 19, GATES)
+    assert few is not None and few.verdict == "blocked"
+    only_defaults = undecidable_quality(500, 500, GATES)
+    assert only_defaults is not None and only_defaults.verdict == "blocked"
+
+
+def test_the_quality_floor_is_inclusive() -> None:
+    assert quality_floor(0.65, GATES).verdict == "pass"
+    below = quality_floor(0.6499, GATES)
+    assert below.verdict == "fail" and below.reason == "ROC-AUC 0.6499 vs floor 0.65"
+
+
+def test_behaviour_failures_are_named() -> None:
+    passed = behaviour_verdict({"verdict": "pass", "failures": []})
+    assert passed == GateVerdict(verdict="pass", reason="directional, invariance, minimum functionality")
+    failed = behaviour_verdict({"verdict": "fail", "failures": ["directional(income)", "minimum functionality"]})
+    assert failed.verdict == "fail" and failed.reason == "directional(income); minimum functionality"
+
+
+def test_a_champion_that_cannot_be_scored_blocks_and_none_lets_the_floors_decide() -> None:
+    assert champion_unavailable("champion v3 cannot be loaded").verdict == "blocked"
+    assert no_champion() == GateVerdict(verdict="pass", reason="no champion yet: absolute floors only")
+
+
+def test_non_inferiority_judges_the_lower_bound_against_the_margin() -> None:
+    close = noninferiority({"difference": -0.002, "lower": -0.009, "upper": 0.005}, "4", GATES)
+    assert close.verdict == "pass" and close.compared_with == "4"
+    worse = noninferiority({"difference": -0.004, "lower": -0.01, "upper": 0.002}, "4", GATES)
+    assert worse.verdict == "fail"  # the bound must be above -margin, not on it
+    assert worse.reason == "AUC difference -0.0040, 95% lower bound -0.0100 vs margin -0.01"
+
+
+def test_fairness_fails_on_an_absolute_limit_and_lists_what_it_could_not_judge() -> None:
+    failed = fairness_verdict({"sex": _judged("fail", failures=["disparate impact 0.71 < 0.8"])}, None, GATES)
+    assert failed.verdict == "fail" and failed.reason == "sex: disparate impact 0.71 < 0.8"
+    passed = fairness_verdict({"sex": _judged("pass"), "age": {"verdict": "skipped"}}, None, GATES)
+    assert passed.verdict == "pass" and passed.reason == "within limits (not judged: age)"
+
+
+def test_worse_than_the_champion_needs_the_margin_and_the_bootstrap_bound() -> None:
+    new, old = {"sex": _judged("pass", dp=0.10)}, {"sex": _judged("pass", dp=0.05)}
+    assert fairness_verdict(new, old, GATES).verdict == "fail"  # point estimates alone: 0.10 > 0.05 + 0.02
+    noise = fairness_verdict(new, old, GATES, {("sex", "demographic_parity_difference"): -0.01})
+    assert noise.verdict == "pass"  # the increase is within the bootstrap's noise
+    real = fairness_verdict(new, old, GATES, {("sex", "demographic_parity_difference"): 0.01})
+    assert real.verdict == "fail" and "95% lower bound of the increase +0.010" in real.reason
+    small = fairness_verdict({"sex": _judged("pass", dp=0.06)}, old, GATES)
+    assert small.verdict == "pass"  # within the allowed worsening
+
+
+def test_the_group_threshold_candidate_decides_the_fairness_gate_only_when_judged() -> None:
+    single = GateVerdict(verdict="fail", reason="age: disparate impact 0.7 < 0.8")
+    assert mitigated_fairness(single, Mitigation(skipped="no failing attribute (sex) allows it")) == single
+    judged = Mitigation(attribute="age", verdict=GateVerdict(verdict="pass", reason="within limits"))
+    mitigated = mitigated_fairness(single, judged)
+    assert mitigated.verdict == "pass" and mitigated.mitigation == "threshold_optimizer:age"
+    assert mitigated.reason == (
+        "with group thresholds on age: within limits (single threshold: age: disparate impact 0.7 < 0.8)"
+    )
+
+
+def test_eligible_only_when_every_gate_passed() -> None:
+    passed = GateVerdict(verdict="pass", reason="")
+    assert eligible({"quality_floor": passed, "champion": passed})
+    assert not eligible({"quality_floor": passed, "champion": GateVerdict(verdict="blocked", reason="")})
+    assert not eligible({"quality_floor": passed, "fairness": GateVerdict(verdict="fail", reason="")})
+    assert not eligible({})  # no gate decided anything

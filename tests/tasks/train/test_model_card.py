@@ -1,0 +1,81 @@
+"""The model card: what a reader of the registered version sees, from its evidence record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.train.model_card import model_card
+
+
+def _evidence(**report: Any) -> dict[str, Any]:
+    return {
+        "contract_version": 2,
+        "contract_fingerprint": "0123456789abcdef",
+        "feature_service": "credit_model_v1",
+        "data_window": ["2025-01-01T00:00:00+00:00", "2025-09-30T00:00:00+00:00"],
+        "training_rows": 12_345,
+        "training_positives": 678,
+        "code_commit": "0123456789abcdef0123",
+        "started_by": "event:evt-1",
+        "eligible": False,
+        "report": {"test_rows": 10, "test_positives": 2, **report},
+        "gates": {"quality_floor": {"verdict": "pass", "reason": "ROC-AUC 0.8000 vs floor 0.65"}},
+    }
+
+
+def test_the_card_names_lineage_metrics_and_gates() -> None:
+    card = model_card(
+        "credit",
+        _evidence(
+            metrics={"roc_auc": 0.8},
+            intervals={"roc_auc": [0.75, 0.85]},
+            decision={"threshold": 0.2, "expected_cost": 0.31, "tp": 1, "fp": 2, "tn": 3, "fn": 4},
+        ),
+    )
+    assert card.startswith("# Model card: credit\n")
+    assert "- Contract: credit v2 (`0123456789abcdef`), FeatureService `credit_model_v1`" in card
+    assert "- Data window: 2025-01-01 to 2025-09-30, 12,345 labelled applications (678 defaults)" in card
+    assert "- Code: `0123456789ab`; started by: event:evt-1" in card
+    assert "| roc_auc | 0.8000 | 0.7500 - 0.8500 |" in card
+    assert "TP 1, FP 2, TN 3, FN 4." in card
+    assert "- **quality_floor**: pass (ROC-AUC 0.8000 vs floor 0.65)" in card
+    assert "Fairness mitigation" not in card and "group thresholds (" not in card
+
+
+def test_a_blocked_evaluation_still_gives_a_card() -> None:
+    card = model_card("credit", _evidence())
+    assert "## Metrics on the out-of-time test window" in card and "Decision threshold" not in card
+
+
+def test_group_thresholds_are_shown_with_their_policy_and_the_scoring_limit() -> None:
+    evidence = _evidence(
+        mitigation={
+            "attribute": "age",
+            "method": "fairlearn ThresholdOptimizer",
+            "policy": {
+                "18-25": {
+                    "operator0": ">",
+                    "threshold0": 0.3,
+                    "p0": 0.4,
+                    "operator1": ">",
+                    "threshold1": 0.5,
+                    "p1": 0.6,
+                }
+            },
+            "expected_cost": 0.33,
+            "expected_cost_single_threshold": 0.31,
+            "verdict": {"verdict": "pass", "reason": "within limits"},
+        },
+        tuning={"trials": [{}, {}, {}], "chosen": {"max_depth": 5, "learning_rate": 0.0712}},
+    )
+    evidence["gates"]["fairness"] = {"verdict": "pass", "reason": "ok", "mitigation": "threshold_optimizer:age"}
+    card = model_card("credit", evidence)
+    assert "verdict: **pass** (within limits)" in card
+    assert "| 18-25 | > 0.3000 | 0.400 | > 0.5000 | 0.600 |" in card
+    assert "random search of 3 trials judged on the validation split: max_depth=5, learning_rate=0.0712." in card
+    assert "- Decisions use group thresholds (threshold_optimizer:age): the attribute must be supplied" in card
+
+
+def test_a_mitigation_not_tried_says_why() -> None:
+    card = model_card("credit", _evidence(mitigation={"skipped": "no failing attribute (sex) allows group thresholds"}))
+    assert "Not tried: no failing attribute (sex) allows group thresholds" in card
