@@ -22,6 +22,7 @@ from closedloop.settings import Settings
 from tasks.shared.features import EVENT_TIMESTAMP, feature_names, monotone_constraints
 from tasks.train import dataset
 from tasks.train.dataset import TrainingData, TrainingSet
+from tasks.train.evidence import Evaluation
 from tasks.train.fit import TrainingConfig, TrainingDataError, Trial, Tuning, fit_model, trial_of
 from tasks.train.gates import Gates, undecidable_quality
 from tasks.train.guards import (
@@ -35,7 +36,6 @@ from tasks.train.guards import (
 
 if TYPE_CHECKING:
     from tasks.train.evaluation import Champion
-    from tasks.train.evidence import Evaluation
 
 logger = logging.getLogger(__name__)
 

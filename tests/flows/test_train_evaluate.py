@@ -17,7 +17,7 @@ from closedloop.settings import PROJECT_ROOT, load_settings
 from flows.ingest_validate import IngestParams, ingest_validate
 from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import SyntheticConfig, write_synthetic
-from tasks.train.fit import TrainingDataError
+from tasks.train.fit import TrainingConfig, TrainingDataError
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     assert result.metrics["roc_auc"] > 0.75
     low, high = result.intervals["roc_auc"]
     assert low < result.metrics["roc_auc"] < high
-    assert result.gates["champion"]["reason"] == "no champion yet: absolute floors only"
+    assert result.gates["champion"].reason == "no champion yet: absolute floors only"
     assert result.started_by == "event:evt-123"
     c = client(configured)
     version = c.get_model_version("credit_synthetic", result.version)
@@ -89,11 +89,11 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     assert (mitigation is not None) == bool(failed)
     if mitigation and "age" not in failed:
         assert mitigation["skipped"].startswith("no failing attribute")  # sex, marital status: never
-        assert result.gates["fairness"]["verdict"] == "fail" and not result.eligible
+        assert result.gates["fairness"].verdict == "fail" and not result.eligible
     elif mitigation:
         assert mitigation["attribute"] == "age"
         assert set(mitigation["policy"]) >= {"25-35", "35-50"}
-        assert result.gates["fairness"]["mitigation"] == "threshold_optimizer:age"
+        assert result.gates["fairness"].mitigation == "threshold_optimizer:age"
         assert version.tags["decision_policy"] == "threshold_optimizer:age"
     # the most recent applications are never trained on: their labels have not matured
     assert evidence["data_window"][1] < "2025-12-01"
@@ -109,16 +109,15 @@ def test_the_training_set_streams_to_parquet_in_time_order(configured: str) -> N
 
     from closedloop.contract import load_contract
     from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names
-    from tasks.train.fit import TrainingConfig
     from tasks.train.tasks import build_training_set
 
     contract = load_contract(SYNTHETIC)
     settings = load_settings()
     now = datetime.now(UTC)
-    training = build_training_set.fn(settings, SYNTHETIC, now, TrainingConfig())
+    training = build_training_set.fn(settings, contract, now, TrainingConfig())
     whole = pd.read_parquet(training.uri[7:])
     sliced = build_training_set.fn(
-        settings.model_copy(update={"retrieval_rows": 1_000}), SYNTHETIC, now, TrainingConfig(), batch_rows=700
+        settings.model_copy(update={"retrieval_rows": 1_000}), contract, now, TrainingConfig(), batch_rows=700
     )
     assert sliced.uri == training.uri and sliced.rows == training.rows > 3_000  # the same entity frame
     file = pq.ParquetFile(training.uri[7:])
@@ -152,9 +151,11 @@ def test_a_challenger_is_compared_with_the_champion_on_the_same_rows(configured:
     client(configured).set_registered_model_alias("credit_synthetic", CHAMPION, first.version)
     # on the Dask engine: trials through prefect-dask's task runner, the final fit through xgboost.dask, both on
     # a LocalCluster of two worker processes
-    second = train_evaluate(TrainParams(contract=SYNTHETIC, seed=8, tuning_trials=3, engine="dask"))
+    second = train_evaluate(
+        TrainParams(contract=SYNTHETIC, training=TrainingConfig(seed=8, engine="dask"), tuning_trials=3)
+    )
     gate = second.gates["champion"]
-    assert gate["compared_with"] == first.version and gate["verdict"] in ("pass", "fail")
+    assert gate.compared_with == first.version and gate.verdict in ("pass", "fail")
     evidence = read_evidence(configured, "credit_synthetic", second.version)
     # the search ran as three mapped tasks (on the Dask workers), judged on validation; the final fit used the
     # winner's parameters
@@ -177,8 +178,8 @@ def test_a_champion_that_cannot_be_loaded_blocks(configured: str) -> None:
     )
     c.set_registered_model_alias("credit_synthetic", CHAMPION, broken.version)
     result = train_evaluate(TrainParams(contract=SYNTHETIC))
-    assert result.gates["champion"]["verdict"] == "blocked"
-    assert "cannot be loaded" in result.gates["champion"]["reason"]
+    assert result.gates["champion"].verdict == "blocked"
+    assert "cannot be loaded" in result.gates["champion"].reason
     assert result.eligible is False
     assert c.get_model_version("credit_synthetic", result.version).tags["gate.champion"] == "blocked"
 
