@@ -1,46 +1,36 @@
-"""The ``bench`` command: runs the benchmarks of a source checkout (they are not part of the installed package)."""
+"""The ``bench`` command: hands its arguments to ``python -m benchmarks`` in a process of its own.
+
+The benchmarks are a program of the source checkout that uses the shell (they start the stack), not a part of the
+installed package; a fresh process also gives them their own peak memory.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+import importlib.util
+import subprocess
+import sys
 
 import typer
 
-from cli.console import JsonFlag, emit, fail, settings_or_fail
+from cli.console import fail
+
+CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def bench(
-    names: Annotated[list[str] | None, typer.Argument(help="benchmarks to run (default: all)")] = None,
-    rows: Annotated[int, typer.Option(help="generator: rows to write")] = 1_000_000,
-    customers: Annotated[
-        int | None, typer.Option(min=1000, help="train: synthetic customers ingested first (1,400,000: ~1M rows)")
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="train: keep the ingested data in this folder; a later run with as many customers reuses it"),
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="folder for the JSON and markdown results")] = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Run benchmarks; each reports closedloop's figure, a raw baseline and their ratio."""
+def checkout_has_benchmarks() -> bool:
+    """Whether the ``benchmarks`` package of a source checkout can be imported here."""
     try:
-        from benchmarks import harness
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("benchmarks", "benchmarks.harness"):
-            raise
+        return importlib.util.find_spec("benchmarks") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def bench(ctx: typer.Context) -> None:
+    """Run benchmarks (``closedloop bench --help`` lists their options); each reports a figure, a raw baseline, a ratio."""
+    if not checkout_has_benchmarks():
         fail(
             "the benchmarks are not part of the installed package: run 'closedloop bench' from closedloop's "
             "source checkout, installed with 'uv sync' or 'pip install -e .'"
         )
-    settings = settings_or_fail()
-    try:
-        options: dict[str, dict[str, Any]] = {"generator": {"rows": rows}}
-        if customers is not None:
-            options["train"] = {"customers": customers}
-        if data is not None:
-            options.setdefault("train", {})["data"] = str(data.resolve())
-        report, path = harness.run(list(names or []), out or settings.state_dir / "bench", **options)
-    except KeyError as exc:
-        fail(str(exc.args[0]))
-    emit(report.to_dict(), as_json, report.markdown() + f"\nresults: {path} (+ .md)")
+    done = subprocess.run([sys.executable, "-m", "benchmarks", *ctx.args], check=False)  # noqa: S603
+    raise typer.Exit(done.returncode)

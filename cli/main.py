@@ -383,7 +383,7 @@ def deploy_flows(
     emit({"pool": pool, "type": kind, "deployments": registered}, as_json, text)
 
 
-app.command()(benchmarks.bench)
+app.command(context_settings=benchmarks.CONTEXT, add_help_option=False)(benchmarks.bench)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Scoring applications: one code path for the online service, the MLflow package, batch scoring and tests.
 
 A version's model and decision rule (:class:`ScoringModel`: one threshold, or group thresholds when its fairness
-gate chose them); probabilities, decisions and reasons of applications whose model inputs come from a
-:class:`tasks.score.online.FeatureSource`; a retrieved feature frame as the model matrix (:func:`frame_matrix`).
+gate chose them); probabilities, decisions and reasons of applications whose model inputs come from
+:class:`StoredFeatures` (the online store: :class:`tasks.score.online.FeatureSource`); a retrieved feature frame
+as the model matrix (:func:`frame_matrix`).
 The model sees one contiguous float matrix with categories as the contract's category codes, which is what the
 pandas path hands XGBoost (tested equal). A single row through a pandas frame costs milliseconds in XGBoost; this
 path keeps a request to one small numpy matrix, one DMatrix, one prediction and one SHAP pass.
@@ -14,7 +15,7 @@ import bisect
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,8 +23,18 @@ from closedloop.contract import ColumnType, Contract
 from closedloop.registry import decision_policy
 from tasks.shared import explain
 
-if TYPE_CHECKING:
-    from tasks.score.online import FeatureSource
+
+class StoredFeatures(Protocol):
+    """Where an application's stored features come from: the online store (``tasks.score.online``) or a test's table."""
+
+    contract: Contract
+    join_key: str
+
+    def matrix(self, applications: Sequence[dict[str, Any]], columns: Sequence[str]) -> np.ndarray: ...
+
+    def policy_values(self, attribute: str, keys: Sequence[Any]) -> list[Any]: ...
+
+    def readable(self, matrix_row: np.ndarray, columns: Sequence[str]) -> dict[str, Any]: ...
 
 
 class ScoringInputError(ValueError):
@@ -165,7 +176,7 @@ def decisions(model: ScoringModel, probabilities: np.ndarray) -> np.ndarray:
 
 def score(
     model: ScoringModel,
-    source: FeatureSource,
+    source: StoredFeatures,
     applications: Sequence[dict[str, Any]],
     group_of: Any = None,
     reasons: int = 3,
@@ -191,7 +202,7 @@ def score(
 
 
 def _policy_groups(
-    model: ScoringModel, source: FeatureSource, applications: Sequence[dict[str, Any]], group_of: Any
+    model: ScoringModel, source: StoredFeatures, applications: Sequence[dict[str, Any]], group_of: Any
 ) -> list[str | None]:
     """Each application's group under the model's decision policy: from the request, else from the online store."""
     attribute = model.policy_attribute
