@@ -26,7 +26,7 @@ def checkout_has_benchmarks() -> bool:
 
 
 def bench(ctx: typer.Context) -> None:
-    """Run benchmarks (``closedloop bench --help`` lists their options); each reports a figure, a raw baseline, a ratio."""
+    """Run benchmarks (``closedloop bench --help`` lists their options): figure, raw baseline, ratio."""
     if not checkout_has_benchmarks():
         fail(
             "the benchmarks are not part of the installed package: run 'closedloop bench' from closedloop's "
