@@ -15,7 +15,7 @@ from closedloop.settings import load_settings
 from tasks.shared.distributed import dask_runner
 from tasks.train.dataset import TrainingSet
 from tasks.train.evidence import GateVerdict
-from tasks.train.fit import TrainingConfig, Trial, choose, search_space
+from tasks.train.fit import TrainingConfig, Trial, Tuning, choose, search_space
 from tasks.train.gates import Gates
 from tasks.train.guards import GuardVerdict, RetrainGuards
 from tasks.train.tasks import (
@@ -74,6 +74,40 @@ def _started_by(params: TrainParams) -> str:
     return "direct call (CLI or code)"
 
 
+def _deferred(dataset: str, guarded: GuardVerdict, started_by: str) -> TrainResult:
+    """A guard held this automatic retrain back: say why in the log and in an event, train nothing."""
+    get_run_logger().warning("retrain of %s deferred: %s", dataset, guarded.deferred)
+    deferred = emit_event(
+        event=events.RETRAIN_DEFERRED,
+        resource=events.model_resource(dataset),
+        payload={"reason": guarded.deferred, "started_by": started_by},
+    )
+    return TrainResult(
+        dataset=dataset,
+        version=None,
+        eligible=False,
+        started_by=started_by,
+        event_id=str(deferred.id) if deferred else None,
+        status=f"deferred: {guarded.deferred}",
+        guards=guarded,
+    )
+
+
+def _tune(
+    training: TrainingSet, contract_path: str, config: TrainingConfig, trials: int
+) -> tuple[TrainingConfig, Tuning]:
+    """The random search's best configuration (on the Dask cluster's workers with the dask engine)."""
+    search = tuning_search
+    if config.engine == "dask":  # the trials run on the Dask cluster's workers, side by side
+        settings = load_settings()
+        search = tuning_search.with_options(task_runner=dask_runner(settings.dask_address, settings.dask_workers))
+    results = search(training, contract_path, search_space(config, trials, config.seed))
+    chosen, tuning = choose(config, results)
+    best = max(trial.validation_auc for trial in results)
+    get_run_logger().info("tuning: %d trials, best validation AUC %.4f with %s", len(results), best, tuning.chosen)
+    return chosen, tuning
+
+
 @flow(name="train_evaluate")
 def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     """Train a challenger on matured labels, evaluate it against the gates, register it with its evidence."""
@@ -87,21 +121,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     if params.guards.enabled:
         guarded = check_retrain_guards(settings, contract, params.guards, now)
         if guarded.deferred:
-            logger.warning("retrain of %s deferred: %s", contract.name, guarded.deferred)
-            deferred = emit_event(
-                event=events.RETRAIN_DEFERRED,
-                resource=events.model_resource(contract.name),
-                payload={"reason": guarded.deferred, "started_by": started_by},
-            )
-            return TrainResult(
-                dataset=contract.name,
-                version=None,
-                eligible=False,
-                started_by=started_by,
-                event_id=str(deferred.id) if deferred else None,
-                status=f"deferred: {guarded.deferred}",
-                guards=guarded,
-            )
+            return _deferred(contract.name, guarded, started_by)
     config = params.training
     training = build_training_set(settings, contract, params.cutoff or now, config)
     logger.info(
@@ -113,13 +133,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     )
     tuning = None
     if params.tuning_trials > 1:
-        search = tuning_search
-        if config.engine == "dask":  # the trials run on the Dask cluster's workers, side by side
-            search = tuning_search.with_options(task_runner=dask_runner(settings.dask_address, settings.dask_workers))
-        trials = search(training, contract_path, search_space(config, params.tuning_trials, config.seed))
-        config, tuning = choose(config, trials)
-        best = max(trial.validation_auc for trial in trials)
-        logger.info("tuning: %d trials, best validation AUC %.4f with %s", len(trials), best, tuning.chosen)
+        config, tuning = _tune(training, contract_path, config, params.tuning_trials)
     model_path = train_model(training, contract, config, settings)
     evaluation = evaluate_candidate(training, model_path, contract, settings.mlflow_tracking_uri, params.gates)
     version, card, _ = register_candidate(
