@@ -25,6 +25,23 @@ def _raw_psi(current: Any, edges: Any, ref_shares: Any) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
+def _raw_reference(reference: Any, names: list[str]) -> dict[str, tuple[Any, Any]]:
+    """The raw baseline's reference per column: (decile edges, shares per decile), or (None, share per category)."""
+    import numpy as np
+
+    rows = len(reference)
+    raw_reference: dict[str, tuple[Any, Any]] = {}
+    for name in names:
+        x = reference[name].to_numpy()
+        if x.dtype == object:
+            values, counts = np.unique(x.astype(str), return_counts=True)
+            raw_reference[name] = (None, dict(zip(values.tolist(), (counts / rows).tolist(), strict=True)))
+        else:
+            edges = np.concatenate([[-np.inf], np.quantile(x, np.linspace(0, 1, 11)[1:-1]), [np.inf]])
+            raw_reference[name] = (edges, np.histogram(x, edges)[0] / rows)
+    return raw_reference
+
+
 def bench_drift(rows: int = 1_000_000, columns: int = 30) -> list[Measurement]:
     """Drift verdicts for a window against the stored reference profile vs raw numpy PSI; the Evidently report."""
     import numpy as np
@@ -41,15 +58,7 @@ def bench_drift(rows: int = 1_000_000, columns: int = 30) -> list[Measurement]:
     # the reference side is paid once, when the version is registered: neither side is timed on it
     profile = profile_frame(reference, contract, names, np.zeros(rows))
     rules = drift_rules(contract, names)
-    raw_reference: dict[str, tuple[Any, Any]] = {}
-    for name in names:
-        x = reference[name].to_numpy()
-        if x.dtype == object:
-            values, counts = np.unique(x.astype(str), return_counts=True)
-            raw_reference[name] = (None, dict(zip(values.tolist(), (counts / rows).tolist(), strict=True)))
-        else:
-            edges = np.concatenate([[-np.inf], np.quantile(x, np.linspace(0, 1, 11)[1:-1]), [np.inf]])
-            raw_reference[name] = (edges, np.histogram(x, edges)[0] / rows)
+    raw_reference = _raw_reference(reference, names)
     arrays = {name: current[name].to_numpy() for name in names}
     ours_runs, raw_runs = [], []
     for _ in range(REPEATS):

@@ -243,54 +243,69 @@ def _over_http(
         _wait_ready(f"http://127.0.0.1:{port}")
         scoring_requests = requests_to("/v1/score", bodies, token)
         health_requests = requests_to("/healthz", None, token)
-        # the load generator runs in its own fresh process: a client stalled by this process's heap
-        # (frames, models, a garbage collector walking them) would be charged to the server
-        client_process(load_run, port, scoring_requests, rate, 5)  # warm-up
-        floor = client_process(load_run, port, health_requests, rate, seconds)
-        scored = client_process(load_run, port, scoring_requests, rate, seconds)
-        out = [
-            Measurement(
-                "serving",
-                f"HTTP {stat[:3]} at {rate:.0f} req/s for {seconds:.0f} s, POST /v1/score",
-                "ms",
-                scored[stat],
-                floor[stat],
-                False,
-                f"{scored['errors']:.0f} errors in {scored['requests']:.0f} requests "
-                f"({scored['achieved_rps']:.0f} req/s achieved); baseline: GET /healthz, same load, "
-                "same server; open loop, latency from the scheduled send time",
-            )
-            for stat in ("p50_ms", "p99_ms")
-        ]
-        sturdy = client_process(reliability, port, scoring_requests, malformed(bodies, token))
-        out.append(
-            Measurement(
-                "serving",
-                "malformed requests answered 4xx with a reason, 10,000 requests with 1% malformed",
-                "requests",
-                sturdy["malformed_4xx_with_reason"],
-                sturdy["malformed"],
-                True,
-                f"{sturdy['server_errors']:.0f} 5xx; {sturdy['ok']:.0f} of {10_000 - sturdy['malformed']:.0f} "
-                f"good requests answered 200 ({sturdy['other']:.0f} otherwise); baseline: malformed sent; "
-                "kinds: missing field, text for a number, out of range, unknown field, unknown entity, "
-                "not JSON, body over the limit",
-            )
-        )
-        top = client_process(saturation, port, scoring_requests, 15)
-        top_floor = client_process(saturation, port, health_requests, 15)
-        out.append(
-            Measurement(
-                "serving",
-                "HTTP saturation throughput, POST /v1/score, 16 concurrent clients",
-                "req/s",
-                top["rps"],
-                top_floor["rps"],
-                True,
-                f"{top['errors']:.0f} errors; baseline: GET /healthz; client and server share the 2 cores",
-            )
-        )
+        out = _latency_under_load(port, scoring_requests, health_requests, rate, seconds)
+        out.append(_malformed_answered(port, scoring_requests, bodies, token))
+        out.append(_saturation(port, scoring_requests, health_requests))
     finally:
         server.terminate()  # by its pid, through the Process handle
         server.join(timeout=15)
     return out
+
+
+def _latency_under_load(
+    port: int, scoring_requests: list[bytes], health_requests: list[bytes], rate: float, seconds: float
+) -> list[Measurement]:
+    """p50 and p99 of POST /v1/score at an open-loop ``rate``, against GET /healthz under the same load."""
+    # the load generator runs in its own fresh process: a client stalled by this process's heap
+    # (frames, models, a garbage collector walking them) would be charged to the server
+    client_process(load_run, port, scoring_requests, rate, 5)  # warm-up
+    floor = client_process(load_run, port, health_requests, rate, seconds)
+    scored = client_process(load_run, port, scoring_requests, rate, seconds)
+    return [
+        Measurement(
+            "serving",
+            f"HTTP {stat[:3]} at {rate:.0f} req/s for {seconds:.0f} s, POST /v1/score",
+            "ms",
+            scored[stat],
+            floor[stat],
+            False,
+            f"{scored['errors']:.0f} errors in {scored['requests']:.0f} requests "
+            f"({scored['achieved_rps']:.0f} req/s achieved); baseline: GET /healthz, same load, "
+            "same server; open loop, latency from the scheduled send time",
+        )
+        for stat in ("p50_ms", "p99_ms")
+    ]
+
+
+def _malformed_answered(
+    port: int, scoring_requests: list[bytes], bodies: list[dict[str, Any]], token: str
+) -> Measurement:
+    """Of 10,000 requests with 1% malformed, how many malformed ones got a 4xx with a reason."""
+    sturdy = client_process(reliability, port, scoring_requests, malformed(bodies, token))
+    return Measurement(
+        "serving",
+        "malformed requests answered 4xx with a reason, 10,000 requests with 1% malformed",
+        "requests",
+        sturdy["malformed_4xx_with_reason"],
+        sturdy["malformed"],
+        True,
+        f"{sturdy['server_errors']:.0f} 5xx; {sturdy['ok']:.0f} of {10_000 - sturdy['malformed']:.0f} "
+        f"good requests answered 200 ({sturdy['other']:.0f} otherwise); baseline: malformed sent; "
+        "kinds: missing field, text for a number, out of range, unknown field, unknown entity, "
+        "not JSON, body over the limit",
+    )
+
+
+def _saturation(port: int, scoring_requests: list[bytes], health_requests: list[bytes]) -> Measurement:
+    """Throughput of POST /v1/score with 16 concurrent clients, against GET /healthz."""
+    top = client_process(saturation, port, scoring_requests, 15)
+    top_floor = client_process(saturation, port, health_requests, 15)
+    return Measurement(
+        "serving",
+        "HTTP saturation throughput, POST /v1/score, 16 concurrent clients",
+        "req/s",
+        top["rps"],
+        top_floor["rps"],
+        True,
+        f"{top['errors']:.0f} errors; baseline: GET /healthz; client and server share the 2 cores",
+    )

@@ -28,8 +28,6 @@ def bench_concept_drift(customers: int = 48_000) -> list[Measurement]:
     from closedloop.contract import contract_at
     from closedloop.lake import Lake
     from closedloop.settings import PROJECT_ROOT, load_settings
-    from samples.synthetic import Scenario, SyntheticConfig, write_synthetic
-    from tasks.ingest.tasks import earliest_new_events, find_batches, ingest_batch, materialize_features
     from tasks.shared.features import EVENT_TIMESTAMP
     from tasks.train.dataset import load_training
     from tasks.train.fit import TrainingConfig
@@ -39,16 +37,7 @@ def bench_concept_drift(customers: int = 48_000) -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
         settings = load_settings(state_dir=Path(tmp))
         contract = contract_at(str(PROJECT_ROOT / "datasets" / "credit_synthetic" / "contract.yaml"))
-        lake = Lake.of(settings.lake_uri, contract.name)
-        write_synthetic(
-            SyntheticConfig(
-                customers=customers, start="2024-01", months=24, scenario=Scenario.CONCEPT_DRIFT, drift_start="2025-01"
-            ),
-            lake.landing,
-        )
-        now = datetime.now(UTC)
-        outcomes = [ingest_batch.fn(ref, contract, lake, now) for ref in find_batches([], lake.landing, contract, None)]
-        materialize_features.fn(settings, contract, earliest_new_events(outcomes, contract), now)
+        _ingest_two_years_with_downturn(settings, contract, Lake.of(settings.lake_uri, contract.name), customers)
 
         def fit(cutoff: datetime, window_days: int | None = None) -> Any:
             window = config.model_copy(update={"window_days": window_days})
@@ -115,8 +104,6 @@ def bench_train(customers: int = 150_000, data: str | None = None) -> list[Measu
     from tasks.train import plots
     from tasks.train.dataset import load_training
     from tasks.train.fit import TrainingConfig, fit_model
-    from tasks.train.gates import Gates
-    from tasks.train.tasks import build_training_set, evaluate_candidate, register_candidate, train_model
 
     config = TrainingConfig()
     with contextlib.ExitStack() as cleanup:
@@ -132,19 +119,7 @@ def bench_train(customers: int = 150_000, data: str | None = None) -> list[Measu
 
             rng = np.random.default_rng(0)
             plots.roc_curve_png(rng.integers(0, 2, 100), rng.random(100))
-            stages: dict[str, float] = {}
-            started = time.perf_counter()
-            training = build_training_set.fn(settings, contract, now, config)
-            stages["retrieval"] = time.perf_counter() - started
-            model_path = train_model.fn(training, contract, config)
-            stages["fit"] = time.perf_counter() - started - sum(stages.values())
-            evaluation = evaluate_candidate.fn(training, model_path, contract, settings.mlflow_tracking_uri, Gates())
-            stages["evaluation"] = time.perf_counter() - started - sum(stages.values())
-            register_candidate.fn(
-                training, model_path, contract, settings.mlflow_tracking_uri, evaluation, config, "bench", now
-            )
-            stages["mlflow"] = time.perf_counter() - started - sum(stages.values())
-            ours = time.perf_counter() - started
+            training, stages, ours = _timed_train_path(settings, contract, config, now)
             matrix = load_training(training, contract)
             x, y = matrix.features, matrix.labels
             train, validation = matrix.split("train"), matrix.split("validation")
@@ -166,6 +141,42 @@ def bench_train(customers: int = 150_000, data: str | None = None) -> list[Measu
             f"{breakdown}; baseline: the bare fit of the same matrix",
         )
     ]
+
+
+def _ingest_two_years_with_downturn(settings: Any, contract: Any, lake: Any, customers: int) -> None:
+    """Two years of synthetic applications, a downturn from 2025-01 on, ingested through the flow's own tasks."""
+    from samples.synthetic import Scenario, SyntheticConfig, write_synthetic
+    from tasks.ingest.tasks import earliest_new_events, find_batches, ingest_batch, materialize_features
+
+    write_synthetic(
+        SyntheticConfig(
+            customers=customers, start="2024-01", months=24, scenario=Scenario.CONCEPT_DRIFT, drift_start="2025-01"
+        ),
+        lake.landing,
+    )
+    now = datetime.now(UTC)
+    outcomes = [ingest_batch.fn(ref, contract, lake, now) for ref in find_batches([], lake.landing, contract, None)]
+    materialize_features.fn(settings, contract, earliest_new_events(outcomes, contract), now)
+
+
+def _timed_train_path(settings: Any, contract: Any, config: Any, now: datetime) -> tuple[Any, dict[str, float], float]:
+    """The training set, the seconds of each stage of the train path (retrieval, fit, evaluation, mlflow), the total."""
+    from tasks.train.gates import Gates
+    from tasks.train.tasks import build_training_set, evaluate_candidate, register_candidate, train_model
+
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    training = build_training_set.fn(settings, contract, now, config)
+    stages["retrieval"] = time.perf_counter() - started
+    model_path = train_model.fn(training, contract, config)
+    stages["fit"] = time.perf_counter() - started - sum(stages.values())
+    evaluation = evaluate_candidate.fn(training, model_path, contract, settings.mlflow_tracking_uri, Gates())
+    stages["evaluation"] = time.perf_counter() - started - sum(stages.values())
+    register_candidate.fn(
+        training, model_path, contract, settings.mlflow_tracking_uri, evaluation, config, "bench", now
+    )
+    stages["mlflow"] = time.perf_counter() - started - sum(stages.values())
+    return training, stages, time.perf_counter() - started
 
 
 def _ingested(folder: Path, customers: int, kept: bool, settings: Any, contract: Any, lake: Any) -> datetime:

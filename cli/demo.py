@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -31,6 +31,9 @@ from pydantic import SecretStr
 from cli import stack
 from closedloop import storage
 from closedloop.settings import Settings
+
+if TYPE_CHECKING:
+    from closedloop.contract import Contract
 
 DRIFT_MONTH = 5  # months after the first synthetic month when incomes start to inflate
 BATCH = 200
@@ -283,22 +286,47 @@ def _version_started_by(settings: Settings, name: str, event_id: str) -> dict[st
 def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summary:
     """The whole loop; leaves the stack running."""
     from closedloop.contract import load_contract
-    from samples.synthetic import Scenario, SyntheticConfig, write_synthetic
 
     began = time.monotonic()
     summary = Summary()
-    if settings.serving_token is None:
-        token_file = settings.state_dir / "serving-token"
-        if not token_file.exists():
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
-            token_file.write_text(secrets.token_urlsafe(32))
-            token_file.chmod(0o600)
-        settings = settings.model_copy(update={"serving_token": SecretStr(token_file.read_text().strip())})
-        say(f"scoring service token: {token_file} (export CLOSEDLOOP_SERVING_TOKEN=$(cat {token_file}))")
+    settings = _with_serving_token(settings, say)
     stack.up(settings, flows=True)
     contract_path = str(settings.contract)
     contract = load_contract(Path(contract_path))
     name = contract.name
+    drift_start = _land_synthetic_year(settings, name, customers, say)
+    _ingest(settings, contract_path, name, summary, say)
+    champion = _first_champion(settings, contract, contract_path, drift_start, summary, say)
+    stack.up(settings, flows=True, serving=True)
+    bodies = _requests(settings, contract)
+    say(f"replaying {len(bodies):,} recent applications per window through the scoring service")
+    alerted = _replay_until_alert(settings, contract_path, name, bodies, champion, summary, say)
+    new_champion = _retrain_on_alert(settings, name, alerted, summary, say)
+    _verify(settings, contract_path, name, bodies, new_champion, summary, say)
+    summary.wall_seconds = round(time.monotonic() - began, 1)
+    return summary
+
+
+def _with_serving_token(settings: Settings, say: Callable[[str], None]) -> Settings:
+    """The settings with a scoring service token: the configured one, else one kept in the state folder."""
+    if settings.serving_token is not None:
+        return settings
+    token_file = settings.state_dir / "serving-token"
+    if not token_file.exists():
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(secrets.token_urlsafe(32))
+        token_file.chmod(0o600)
+    settings = settings.model_copy(update={"serving_token": SecretStr(token_file.read_text().strip())})
+    say(f"scoring service token: {token_file} (export CLOSEDLOOP_SERVING_TOKEN=$(cat {token_file}))")
+    return settings
+
+
+def _land_synthetic_year(settings: Settings, name: str, customers: int, say: Callable[[str], None]) -> str:
+    """Write a synthetic year drifting from DRIFT_MONTH on into the landing zone (unless it holds batches already).
+
+    Returns the drift's first month (YYYY-MM).
+    """
+    from samples.synthetic import Scenario, SyntheticConfig, write_synthetic
 
     config = SyntheticConfig(customers=customers, scenario=Scenario.INFLATION_DOWNTURN)
     config = SyntheticConfig(
@@ -312,20 +340,35 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
     else:
         written = write_synthetic(config, landing, settings.s3_endpoint_url)
         say(f"synthetic year ({config.scenario} from {config.drift_start}): {written.total_rows:,} rows -> {landing}")
+    return str(config.drift_start)
+
+
+def _ingest(settings: Settings, contract_path: str, name: str, summary: Summary, say: Callable[[str], None]) -> None:
+    """Run the ingest deployment and count from the lake's ledger what it accepted and quarantined."""
+    from closedloop.lake import Lake
 
     run_ = _flow_run("ingest_validate/ingest-validate", {"contract": contract_path})
     summary.runs["ingest"] = str(run_.id)
-    from closedloop.lake import Lake
-
     ledger = Lake.of(settings.lake_uri, name, settings.s3_endpoint_url).ledger_records()
     summary.rows_ingested = sum(int(r.get("rows_accepted", 0)) for r in ledger)
     summary.rows_quarantined = sum(int(r.get("rows_rejected", 0)) for r in ledger)
     summary.batches_quarantined = sum(1 for r in ledger if r.get("status") != "accepted")
     say(f"ingested {summary.rows_ingested:,} rows; {summary.rows_quarantined:,} rows quarantined")
 
+
+def _first_champion(
+    settings: Settings,
+    contract: Contract,
+    contract_path: str,
+    drift_start: str,
+    summary: Summary,
+    say: Callable[[str], None],
+) -> str:
+    """The champion in place, or the first one: trained on the world before the drift, deployed by its trigger."""
+    name = contract.name
     champion = _champion(settings, name)
     if champion is None:
-        drift_at = datetime.fromisoformat(f"{config.drift_start}-01T00:00:00+00:00")
+        drift_at = datetime.fromisoformat(f"{drift_start}-01T00:00:00+00:00")
         cutoff = drift_at + timedelta(days=contract.label.delay_days)  # every label of the world before the drift
         run_ = _flow_run("train_evaluate/train-evaluate", {"contract": contract_path, "cutoff": cutoff.isoformat()})
         summary.runs["first_training"] = str(run_.id)
@@ -334,25 +377,37 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
             lambda: _champion(settings, name) or _refused(settings, name) or _approve_paused(settings, say),
             timeout=900,
         )
-        say(f"first champion: v{champion} (trained on applications before {config.drift_start})")
+        say(f"first champion: v{champion} (trained on applications before {drift_start})")
     summary.versions["first_champion"] = str(champion)
+    return str(champion)
 
-    stack.up(settings, flows=True, serving=True)
-    bodies = _requests(settings, contract)
-    say(f"replaying {len(bodies):,} recent applications per window through the scoring service")
-    alerted: dict[str, Any] | None = None
+
+def _replay_until_alert(
+    settings: Settings,
+    contract_path: str,
+    name: str,
+    bodies: list[dict[str, Any]],
+    champion: str,
+    summary: Summary,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Replay and judge windows until the monitor raises a drift event (at most three); returns that window's record."""
     for _ in range(3):
-        record = _window(settings, contract_path, name, bodies, str(champion), summary)
+        record = _window(settings, contract_path, name, bodies, champion, summary)
         w = summary.windows[-1]
         say(
             f"window {len(summary.windows)}: {w['rows']} rows, violations {w['violations'] or 'none'}, "
             f"drifted {w['drifted'] or 'none'}, alert {w['alert']}"
         )
         if record.get("event_id"):
-            alerted = record
-            break
-    if alerted is None:
-        raise DemoError("the monitor raised no drift alert in three windows of drifted traffic")
+            return record
+    raise DemoError("the monitor raised no drift alert in three windows of drifted traffic")
+
+
+def _retrain_on_alert(
+    settings: Settings, name: str, alerted: dict[str, Any], summary: Summary, say: Callable[[str], None]
+) -> str:
+    """Follow the drift event to the retrain its trigger started, and on to the new version becoming champion."""
     event_id = str(alerted["event_id"])
     summary.drift = {
         "event_id": event_id,
@@ -387,14 +442,25 @@ def run(settings: Settings, customers: int, say: Callable[[str], None]) -> Summa
     )
     summary.versions["new_champion"] = made["version"]
     say(f"new champion: v{made['version']}")
-    _window(settings, contract_path, name, bodies, made["version"], summary)
+    return made["version"]
+
+
+def _verify(
+    settings: Settings,
+    contract_path: str,
+    name: str,
+    bodies: list[dict[str, Any]],
+    version: str,
+    summary: Summary,
+    say: Callable[[str], None],
+) -> None:
+    """A last window served by the new champion: the monitor's post-deploy check of it."""
+    _window(settings, contract_path, name, bodies, version, summary)
     w = summary.windows[-1]
     say(
         f"verification window: violations {w['violations'] or 'none'}; verdict "
         f"{(summary.verification or {}).get('verdict')}"
     )
-    summary.wall_seconds = round(time.monotonic() - began, 1)
-    return summary
 
 
 def _started(run_id: Any) -> datetime | None:

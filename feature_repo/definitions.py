@@ -128,74 +128,101 @@ def build_repo(contract: Contract, offline_root: str) -> FeatureRepo:
     repo = FeatureRepo(contract=contract, entity=entity)
     model_refs: list[Any] = []
     policy_refs: list[Any] = []
-    stored_inputs: list[Column] = []
     for table in feature_tables(contract):
-        spec = contract.tables[table]
-        ttl = timedelta(days=spec.ttl_days)
-        source = _source(table, f"{offline_root}/{table}", spec.event_time)
-        repo.sources.append(source)
-        inputs = [c for c in contract.columns_of(table) if c.is_model_input]
-        sensitive = [c for c in contract.columns_of(table) if c.sensitive and not c.is_model_input]
-        if inputs:
-            view = FeatureView(
-                name=table, entities=[entity], ttl=ttl, schema=_fields(inputs), source=source, online=True
-            )
-            repo.views.append(view)
-            repo.view_tables[table] = table
-            model_refs.append(view)
-            stored_inputs.extend(inputs)
-        if sensitive:
-            name = f"{table}_sensitive"
-            repo.views.append(
-                FeatureView(
-                    name=name, entities=[entity], ttl=ttl, schema=_fields(sensitive), source=source, online=False
-                )
-            )
-            repo.view_tables[name] = table
-        policy = [c for c in sensitive if c.group_thresholds]
-        if policy:
-            name = f"{table}_policy"
-            view = FeatureView(
-                name=name, entities=[entity], ttl=ttl, schema=_fields(policy), source=source, online=True
-            )
-            repo.views.append(view)
-            repo.view_tables[name] = table
-            policy_refs.append(view)
-        aggregates = contract.aggregates_of(table)
-        if aggregates:
-            hist_source = _source(history_table(table), f"{offline_root}/{history_table(table)}", spec.event_time)
-            repo.sources.append(hist_source)
-            hist = FeatureView(
-                name=history_table(table),
-                entities=[entity],
-                ttl=ttl,
-                schema=[Field(name=a.name, dtype=Float64) for a in aggregates],
-                source=hist_source,
-                online=True,
-            )
-            repo.views.append(hist)
-            repo.view_tables[hist.name] = history_table(table)
-            model_refs.append(hist)
+        model_views, policy_views = _add_table_views(repo, table, offline_root)
+        model_refs.extend(model_views)
+        policy_refs.extend(policy_views)
+    ratios = _add_request_and_ratios(repo)
+    if ratios is not None:
+        model_refs.append(ratios)
+    _add_services(repo, model_refs, policy_refs)
+    return repo
 
+
+def _add_table_views(repo: FeatureRepo, table: str, offline_root: str) -> tuple[list[FeatureView], list[FeatureView]]:
+    """Add one feature table's sources and views; return the views the model reads and those the policy reads."""
+    contract, entity = repo.contract, repo.entity
+    spec = contract.tables[table]
+    ttl = timedelta(days=spec.ttl_days)
+    source = _source(table, f"{offline_root}/{table}", spec.event_time)
+    repo.sources.append(source)
+    model_views: list[FeatureView] = []
+    policy_views: list[FeatureView] = []
+    inputs = [c for c in contract.columns_of(table) if c.is_model_input]
+    sensitive = [c for c in contract.columns_of(table) if c.sensitive and not c.is_model_input]
+    if inputs:
+        view = FeatureView(name=table, entities=[entity], ttl=ttl, schema=_fields(inputs), source=source, online=True)
+        repo.views.append(view)
+        repo.view_tables[table] = table
+        model_views.append(view)
+    if sensitive:
+        name = f"{table}_sensitive"
+        repo.views.append(
+            FeatureView(name=name, entities=[entity], ttl=ttl, schema=_fields(sensitive), source=source, online=False)
+        )
+        repo.view_tables[name] = table
+    policy = [c for c in sensitive if c.group_thresholds]
+    if policy:
+        name = f"{table}_policy"
+        view = FeatureView(name=name, entities=[entity], ttl=ttl, schema=_fields(policy), source=source, online=True)
+        repo.views.append(view)
+        repo.view_tables[name] = table
+        policy_views.append(view)
+    history = _add_history_view(repo, table, offline_root, ttl)
+    if history is not None:
+        model_views.append(history)
+    return model_views, policy_views
+
+
+def _add_history_view(repo: FeatureRepo, table: str, offline_root: str, ttl: timedelta) -> FeatureView | None:
+    """Add the view of the contract's aggregates over the table's recent rows, if it has any."""
+    aggregates = repo.contract.aggregates_of(table)
+    if not aggregates:
+        return None
+    name = history_table(table)
+    source = _source(name, f"{offline_root}/{name}", repo.contract.tables[table].event_time)
+    repo.sources.append(source)
+    view = FeatureView(
+        name=name,
+        entities=[repo.entity],
+        ttl=ttl,
+        schema=[Field(name=a.name, dtype=Float64) for a in aggregates],
+        source=source,
+        online=True,
+    )
+    repo.views.append(view)
+    repo.view_tables[view.name] = name
+    return view
+
+
+def _add_request_and_ratios(repo: FeatureRepo) -> OnDemandFeatureView | None:
+    """Add the request source of the prediction table's inputs and the on-demand view of the contract's ratios."""
+    contract = repo.contract
     request_inputs = [c for c in contract.columns_of(contract.prediction) if c.is_model_input]
     request: RequestSource | None = None
     if request_inputs:
         request = RequestSource(name=f"{contract.prediction}_request", schema=_fields(request_inputs))
         repo.sources.append(request)
-    if contract.ratios:
-        needed = {r.numerator for r in contract.ratios} | {r.denominator for r in contract.ratios}
-        ratio_sources: list[Any] = [v for v in repo.views if v.online and {f.name for f in v.schema} & needed]
-        if request is not None and {c.name for c in request_inputs} & needed:
-            ratio_sources.append(request)
-        specs = [(r.name, r.numerator, r.denominator) for r in contract.ratios]
-        ratios = _odfv(
-            name="ratios",
-            sources=ratio_sources,
-            schema=[Field(name=r.name, dtype=Float64) for r in contract.ratios],
-            source=_RATIOS.format(specs=specs),
-        )
-        repo.on_demand.append(ratios)
-        model_refs.append(ratios)
+    if not contract.ratios:
+        return None
+    needed = {r.numerator for r in contract.ratios} | {r.denominator for r in contract.ratios}
+    ratio_sources: list[Any] = [v for v in repo.views if v.online and {f.name for f in v.schema} & needed]
+    if request is not None and {c.name for c in request_inputs} & needed:
+        ratio_sources.append(request)
+    specs = [(r.name, r.numerator, r.denominator) for r in contract.ratios]
+    ratios = _odfv(
+        name="ratios",
+        sources=ratio_sources,
+        schema=[Field(name=r.name, dtype=Float64) for r in contract.ratios],
+        source=_RATIOS.format(specs=specs),
+    )
+    repo.on_demand.append(ratios)
+    return ratios
+
+
+def _add_services(repo: FeatureRepo, model_refs: list[Any], policy_refs: list[Any]) -> None:
+    """The model's versioned FeatureService first, then the decision policy's (only if it reads any attribute)."""
+    contract = repo.contract
     repo.services.append(
         FeatureService(
             name=model_service_name(contract),
@@ -213,7 +240,6 @@ def build_repo(contract: Contract, offline_root: str) -> FeatureRepo:
                 tags={"contract": contract.name, "contract_fingerprint": contract.fingerprint},
             )
         )
-    return repo
 
 
 # Feast stores an on-demand view's function as source text and re-creates it from that text wherever the

@@ -152,27 +152,78 @@ def _months_us(months: np.ndarray) -> np.ndarray:
     return months.astype("datetime64[us]").astype(np.int64)
 
 
-def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
-    """All rows of one block of customers, as Arrow tables keyed by contract table name."""
-    first = block * BLOCK_CUSTOMERS
-    n = min(BLOCK_CUSTOMERS, config.customers - first)
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(block,)))
-    drift_us = _months_us(np.array([config.drift_month]))[0]
-    end_us = int(config.end.astype(np.int64))
-    scenario = config.scenario
+@dataclass(frozen=True)
+class _Timing:
+    """When each customer applied: the month, the instant (microseconds) and whether it is past ``drift_start``."""
 
-    customer_id = np.arange(first, first + n, dtype=np.int64) + FIRST_CUSTOMER_ID
-    application_id = customer_id * 10 + 1
+    app_month: np.ndarray
+    applied_at: np.ndarray
+    drifted: np.ndarray
 
-    # --- when: one application per customer, with six months of history before it ----------
+
+@dataclass(frozen=True)
+class _Profile:
+    """Who each customer is, with the unobserved creditworthiness that drives the rest (higher = riskier)."""
+
+    latent: np.ndarray
+    age: np.ndarray
+    sex: np.ndarray
+    marital: np.ndarray
+    education: np.ndarray
+    region: np.ndarray
+    home: np.ndarray
+    employment_years: np.ndarray
+    income: np.ndarray
+    postcode: np.ndarray
+    profile_at: np.ndarray
+
+
+@dataclass(frozen=True)
+class _History:
+    """HISTORY_MONTHS monthly statements per customer (one row per customer, one column per month)."""
+
+    limit: np.ndarray
+    snapshot_at: np.ndarray
+    utilisation: np.ndarray  # the true utilisation, which drives the outcome
+    reported_util: np.ndarray  # what the upstream reports (x100 after drift_start under QUALITY_BUG)
+    months_delinquent: np.ndarray
+    payment_ratio: np.ndarray
+    open_accounts: np.ndarray
+    balance: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Application:
+    """The loan each customer applies for."""
+
+    purpose: np.ndarray
+    purpose_names: np.ndarray
+    loan_amount: np.ndarray
+    term: np.ndarray
+    channel: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """Whether each customer defaulted, and when that became known."""
+
+    defaulted: np.ndarray
+    observed_at: np.ndarray
+
+
+def _draw_timing(rng: np.random.Generator, config: SyntheticConfig, n: int, drift_us: int) -> _Timing:
+    """One application per customer, at a random instant of a random month of the period."""
     app_month = config.first_month + rng.integers(0, config.months, n)
     app_start = _months_us(app_month)
     month_len = _months_us(app_month + 1) - app_start
     applied_at = app_start + (rng.random(n) * month_len).astype(np.int64)
-    drifted = applied_at >= drift_us
+    return _Timing(app_month=app_month, applied_at=applied_at, drifted=applied_at >= drift_us)
 
-    # --- who: profile ----------------------------------------------------------------------------
-    latent = rng.standard_normal(n)  # unobserved creditworthiness (higher = riskier)
+
+def _draw_profile(rng: np.random.Generator, timing: _Timing, scenario: Scenario) -> _Profile:
+    """Profiles dated about HISTORY_MONTHS months before the application; incomes inflate under covariate shift."""
+    n = len(timing.applied_at)
+    latent = rng.standard_normal(n)
     age = np.clip(rng.normal(41, 12, n), 18, 85).astype(np.int64)
     sex = rng.integers(0, 2, n)
     marital = rng.choice(3, n, p=[0.5, 0.4, 0.1])
@@ -191,12 +242,31 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
     )
     income = np.round(np.exp(log_income), 2)
     if scenario in (Scenario.COVARIATE_SHIFT, Scenario.INFLATION_DOWNTURN):
-        income = np.where(drifted, np.round(income * 1.4, 2), income)
+        income = np.where(timing.drifted, np.round(income * 1.4, 2), income)
     postcode = rng.integers(1000, 10000, n)
-    profile_at = _months_us(app_month - HISTORY_MONTHS) + rng.integers(0, 27 * US_PER_DAY, n)
+    profile_at = _months_us(timing.app_month - HISTORY_MONTHS) + rng.integers(0, 27 * US_PER_DAY, n)
+    return _Profile(
+        latent=latent,
+        age=age,
+        sex=sex,
+        marital=marital,
+        education=education,
+        region=region,
+        home=home,
+        employment_years=employment_years,
+        income=income,
+        postcode=postcode,
+        profile_at=profile_at,
+    )
 
-    # --- monthly credit history: HISTORY_MONTHS statements before the application -------------
-    limit = np.round(income * rng.uniform(0.15, 0.45, n), -2) + 500.0
+
+def _draw_history(
+    rng: np.random.Generator, profile: _Profile, app_month: np.ndarray, drift_us: int, scenario: Scenario
+) -> _History:
+    """The HISTORY_MONTHS statements before the application, each dated the 28th of its month."""
+    n = len(profile.latent)
+    latent = profile.latent
+    limit = np.round(profile.income * rng.uniform(0.15, 0.45, n), -2) + 500.0
     k = np.arange(HISTORY_MONTHS)
     snap_month = app_month[:, None] - HISTORY_MONTHS + k[None, :]
     snapshot_at = _months_us(snap_month) + 27 * US_PER_DAY
@@ -212,8 +282,23 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
     reported_util = utilisation
     if scenario is Scenario.QUALITY_BUG:
         reported_util = np.where(snapshot_at >= drift_us, utilisation * 100, utilisation)
+    return _History(
+        limit=limit,
+        snapshot_at=snapshot_at,
+        utilisation=utilisation,
+        reported_util=reported_util,
+        months_delinquent=months_delinquent,
+        payment_ratio=payment_ratio,
+        open_accounts=open_accounts,
+        balance=balance,
+    )
 
-    # --- the application ---------------------------------------------------------------------
+
+def _draw_application(
+    rng: np.random.Generator, income: np.ndarray, drifted: np.ndarray, scenario: Scenario
+) -> _Application:
+    """Purpose, amount, term and channel; under NEW_CATEGORY a quarter of drifted applications get an unseen purpose."""
+    n = len(income)
     purpose = rng.choice(6, n, p=[0.35, 0.2, 0.15, 0.08, 0.07, 0.15])
     purpose_names = PURPOSES[purpose].astype(object)
     if scenario is Scenario.NEW_CATEGORY:
@@ -222,80 +307,126 @@ def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
     term = TERMS[rng.choice(6, n, p=[0.15, 0.25, 0.3, 0.1, 0.15, 0.05])]
     channel = CHANNELS[rng.choice(3, n, p=[0.3, 0.55, 0.15])].astype(object)
     channel[rng.random(n) < 0.03] = None
+    return _Application(
+        purpose=purpose, purpose_names=purpose_names, loan_amount=loan_amount, term=term, channel=channel
+    )
 
-    # --- the outcome -------------------------------------------------------------------------
+
+def _draw_outcome(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    timing: _Timing,
+    profile: _Profile,
+    history: _History,
+    application: _Application,
+) -> _Outcome:
+    """Default drawn from the latest statement, the loan and the latent risk; the label arrives after a delay."""
+    n = len(profile.latent)
     last = HISTORY_MONTHS - 1
     logit = (
         -2.6
-        + 1.4 * utilisation[:, last]
-        + 0.22 * months_delinquent[:, last]
-        - 1.3 * payment_ratio[:, last]
-        + 1.1 * np.minimum(loan_amount / income, 3)
-        - 0.03 * employment_years
-        + 0.25 * (home == 0)
-        + np.array([0.1, -0.2, -0.1, 0.0, 0.3, 0.45])[purpose]
-        + 0.012 * (term - 36) / 12
-        + 0.6 * latent
+        + 1.4 * history.utilisation[:, last]
+        + 0.22 * history.months_delinquent[:, last]
+        - 1.3 * history.payment_ratio[:, last]
+        + 1.1 * np.minimum(application.loan_amount / profile.income, 3)
+        - 0.03 * profile.employment_years
+        + 0.25 * (profile.home == 0)
+        + np.array([0.1, -0.2, -0.1, 0.0, 0.3, 0.45])[application.purpose]
+        + 0.012 * (application.term - 36) / 12
+        + 0.6 * profile.latent
     )
-    if scenario in (Scenario.CONCEPT_DRIFT, Scenario.INFLATION_DOWNTURN):
-        downturn = 0.5 + 1.0 * (region == 1) + 0.9 * (purpose == 5) - 0.5 * (home == 1)
-        logit = np.where(drifted, logit + downturn, logit)
+    if config.scenario in (Scenario.CONCEPT_DRIFT, Scenario.INFLATION_DOWNTURN):
+        downturn = 0.5 + 1.0 * (profile.region == 1) + 0.9 * (application.purpose == 5) - 0.5 * (profile.home == 1)
+        logit = np.where(timing.drifted, logit + downturn, logit)
     defaulted = (rng.random(n) < _sigmoid(logit)).astype(np.int64)
     delay = config.label_delay_days * US_PER_DAY + rng.integers(0, 30 * US_PER_DAY, n)
-    if scenario is Scenario.DELAYED_LABELS:
-        delay = np.where(drifted, delay + 150 * US_PER_DAY, delay)
-    observed_at = applied_at + delay
-    known = observed_at < end_us
+    if config.scenario is Scenario.DELAYED_LABELS:
+        delay = np.where(timing.drifted, delay + 150 * US_PER_DAY, delay)
+    return _Outcome(defaulted=defaulted, observed_at=timing.applied_at + delay)
 
-    def ts(values: np.ndarray) -> pa.Array:
-        return pa.array(values.ravel(), type=pa.int64()).cast(TS)
 
-    rep = np.repeat(customer_id, HISTORY_MONTHS)
+def _ts(values: np.ndarray) -> pa.Array:
+    return pa.array(values.ravel(), type=pa.int64()).cast(TS)
+
+
+def generate_block(config: SyntheticConfig, block: int) -> dict[str, pa.Table]:
+    """All rows of one block of customers, as Arrow tables keyed by contract table name.
+
+    The draws run in a fixed order (timing, profile, history, application, outcome) from one generator
+    seeded by ``(seed, block)``, so the same config always gives the same rows.
+    """
+    first = block * BLOCK_CUSTOMERS
+    n = min(BLOCK_CUSTOMERS, config.customers - first)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(block,)))
+    drift_us = int(_months_us(np.array([config.drift_month]))[0])
+    end_us = int(config.end.astype(np.int64))
+
+    customer_id = np.arange(first, first + n, dtype=np.int64) + FIRST_CUSTOMER_ID
+    timing = _draw_timing(rng, config, n, drift_us)
+    profile = _draw_profile(rng, timing, config.scenario)
+    history = _draw_history(rng, profile, timing.app_month, drift_us, config.scenario)
+    application = _draw_application(rng, profile.income, timing.drifted, config.scenario)
+    outcome = _draw_outcome(rng, config, timing, profile, history, application)
+    known = outcome.observed_at < end_us
+    return _block_tables(customer_id, timing, profile, history, application, outcome, known)
+
+
+def _block_tables(
+    customer_id: np.ndarray,
+    timing: _Timing,
+    profile: _Profile,
+    history: _History,
+    application: _Application,
+    outcome: _Outcome,
+    known: np.ndarray,
+) -> dict[str, pa.Table]:
+    """The drawn arrays as the four contract tables; only outcomes already observed by the generator's "now"."""
+    application_id = customer_id * 10 + 1
     return {
         "profiles": pa.table(
             {
                 "customer_id": customer_id,
-                "profile_at": ts(profile_at),
-                "age": age,
-                "sex": SEXES[sex],
-                "marital_status": MARITAL[marital],
-                "education": EDUCATION[education],
-                "region": REGIONS[region],
-                "home_ownership": HOME[home],
-                "income": income,
-                "employment_years": employment_years,
-                "postcode": postcode,
+                "profile_at": _ts(profile.profile_at),
+                "age": profile.age,
+                "sex": SEXES[profile.sex],
+                "marital_status": MARITAL[profile.marital],
+                "education": EDUCATION[profile.education],
+                "region": REGIONS[profile.region],
+                "home_ownership": HOME[profile.home],
+                "income": profile.income,
+                "employment_years": profile.employment_years,
+                "postcode": profile.postcode,
             }
         ),
         "credit_history": pa.table(
             {
-                "customer_id": rep,
-                "snapshot_at": ts(snapshot_at),
-                "credit_limit": np.repeat(limit, HISTORY_MONTHS),
-                "balance": balance.ravel(),
-                "utilisation": reported_util.ravel(),
-                "months_delinquent": months_delinquent.ravel(),
-                "payment_ratio": payment_ratio.ravel(),
-                "open_accounts": open_accounts.ravel().astype(np.int64),
+                "customer_id": np.repeat(customer_id, HISTORY_MONTHS),
+                "snapshot_at": _ts(history.snapshot_at),
+                "credit_limit": np.repeat(history.limit, HISTORY_MONTHS),
+                "balance": history.balance.ravel(),
+                "utilisation": history.reported_util.ravel(),
+                "months_delinquent": history.months_delinquent.ravel(),
+                "payment_ratio": history.payment_ratio.ravel(),
+                "open_accounts": history.open_accounts.ravel().astype(np.int64),
             }
         ),
         "applications": pa.table(
             {
                 "application_id": application_id,
                 "customer_id": customer_id,
-                "applied_at": ts(applied_at),
-                "loan_amount": loan_amount,
-                "loan_term_months": term.astype(np.int64),
-                "loan_purpose": pa.array(purpose_names, type=pa.string()),
-                "channel": pa.array(channel, type=pa.string()),
+                "applied_at": _ts(timing.applied_at),
+                "loan_amount": application.loan_amount,
+                "loan_term_months": application.term.astype(np.int64),
+                "loan_purpose": pa.array(application.purpose_names, type=pa.string()),
+                "channel": pa.array(application.channel, type=pa.string()),
             }
         ),
         "outcomes": pa.table(
             {
                 "application_id": application_id[known],
                 "customer_id": customer_id[known],
-                "observed_at": ts(observed_at[known]),
-                "defaulted": defaulted[known],
+                "observed_at": _ts(outcome.observed_at[known]),
+                "defaulted": outcome.defaulted[known],
             }
         ),
     }

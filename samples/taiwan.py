@@ -49,8 +49,8 @@ def _month_end(month: str) -> pd.Timestamp:
     return (pd.Period(month, "M").end_time.normalize()).tz_localize("UTC")
 
 
-def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Wide client rows -> ``profiles``, ``credit_history``, ``applications``, ``outcomes``."""
+def _check_raw(raw: pd.DataFrame) -> None:
+    """Refuse a file that lacks a published column or holds a code the data set's documentation does not list."""
     expected = {
         "ID",
         "LIMIT_BAL",
@@ -71,23 +71,19 @@ def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
         if unknown:
             raise TaiwanDataError(f"raw Taiwan column {column} holds undocumented codes {unknown}")
 
-    ids = raw["ID"].astype("int64")
-    profiles = pd.DataFrame(
-        {
-            "customer_id": ids,
-            "profile_at": pd.Series(PROFILE_AT, index=raw.index).astype(TS),
-            "credit_limit": raw["LIMIT_BAL"].astype("float64"),
-            "sex": raw["SEX"].map(SEX),
-            "education": raw["EDUCATION"].map(EDUCATION),
-            "marital_status": raw["MARRIAGE"].map(MARRIAGE),
-            "age": raw["AGE"].astype("int64"),
-        }
-    )
+
+def _at(moment: pd.Timestamp, raw: pd.DataFrame) -> pd.Series:
+    """The same instant on every client row."""
+    return pd.Series(moment, index=raw.index).astype(TS)
+
+
+def _credit_history(raw: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    """One statement row per client and month, oldest month first."""
     history = [
         pd.DataFrame(
             {
                 "customer_id": ids,
-                "snapshot_at": pd.Series(_month_end(month), index=raw.index).astype(TS),
+                "snapshot_at": _at(_month_end(month), raw),
                 "pay_status": raw[PAY_STATUS[i]].astype("int64"),
                 "bill_amount": raw[f"BILL_AMT{i + 1}"].astype("float64"),
                 "paid_amount": raw[f"PAY_AMT{i + 1}"].astype("float64"),
@@ -95,23 +91,39 @@ def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
         )
         for i, month in enumerate(MONTHS)
     ]
-    credit_history = pd.concat(history[::-1], ignore_index=True)  # oldest month first
-    applications = pd.DataFrame(
+    return pd.concat(history[::-1], ignore_index=True)
+
+
+def reshape_taiwan(raw: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Wide client rows -> ``profiles``, ``credit_history``, ``applications``, ``outcomes``."""
+    _check_raw(raw)
+    ids = raw["ID"].astype("int64")
+    profiles = pd.DataFrame(
         {
-            "application_id": ids,
             "customer_id": ids,
-            "applied_at": pd.Series(APPLIED_AT, index=raw.index).astype(TS),
+            "profile_at": _at(PROFILE_AT, raw),
+            "credit_limit": raw["LIMIT_BAL"].astype("float64"),
+            "sex": raw["SEX"].map(SEX),
+            "education": raw["EDUCATION"].map(EDUCATION),
+            "marital_status": raw["MARRIAGE"].map(MARRIAGE),
+            "age": raw["AGE"].astype("int64"),
         }
     )
+    applications = pd.DataFrame({"application_id": ids, "customer_id": ids, "applied_at": _at(APPLIED_AT, raw)})
     outcomes = pd.DataFrame(
         {
             "application_id": ids,
             "customer_id": ids,
-            "observed_at": pd.Series(OBSERVED_AT, index=raw.index).astype(TS),
+            "observed_at": _at(OBSERVED_AT, raw),
             "defaulted": raw["default.payment.next.month"].astype("int64"),
         }
     )
-    return {"profiles": profiles, "credit_history": credit_history, "applications": applications, "outcomes": outcomes}
+    return {
+        "profiles": profiles,
+        "credit_history": _credit_history(raw, ids),
+        "applications": applications,
+        "outcomes": outcomes,
+    }
 
 
 def write_taiwan(landing_uri: str, raw_csv: Path = RAW_CSV, endpoint_url: str | None = None) -> dict[str, int]:

@@ -64,90 +64,122 @@ def assess(
     on the score (group thresholds); AUC by group is still that of the scores ``p``.
     """
     refuse = (p >= threshold).astype(int) if decisions is None else np.asarray(decisions, dtype=int)
-    approve = 1 - refuse
     out: dict[str, Any] = {}
     for column in contract.sensitive:
         if column.name not in sensitive:
             out[column.name] = {"verdict": "skipped", "reason": "attribute not available for the test rows"}
             continue
         groups = groups_of(sensitive[column.name].reset_index(drop=True), column)
-        known = groups.notna().to_numpy()
-        sizes = groups[known].value_counts()
-        judged = [g for g, n in sizes.items() if n >= limits.min_group_rows]
-        small = [g for g, n in sizes.items() if n < limits.min_group_rows]
-        if len(judged) < 2:
-            out[column.name] = {
-                "verdict": "skipped",
-                "groups": sizes.to_dict(),
-                "reason": f"fewer than two groups with at least {limits.min_group_rows} rows",
-            }
-            continue
-        mask = known & groups.isin(judged).to_numpy()
-        labels = groups[mask].to_numpy()
-        y_in, refuse_in = y[mask], refuse[mask]
-        # Fairlearn sees one weighted row per (group, outcome, decision): the same rates and differences as on
-        # every test row, in a few dozen rows instead of hundreds of thousands (its metrics walk rows in Python)
-        cells, weight = _cells(labels, y_in, refuse_in)
-        frame = MetricFrame(
-            metrics={"approval_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate},
-            y_true=cells["y"],
-            y_pred=cells["refuse"],
-            sensitive_features=cells["group"],
-            sample_params={name: {"sample_weight": weight} for name in ("approval_rate", "tpr", "fpr")},
-        )
-        by_group = frame.by_group.to_dict(orient="index")
-        for g in by_group:
-            sel = labels == g
-            by_group[g]["approval_rate"] = float(approve[mask][sel].mean())
-            by_group[g]["roc_auc"] = _auc(y_in[sel], p[mask][sel])
-            by_group[g]["rows"] = int(sel.sum())
-        rates = [v["approval_rate"] for v in by_group.values()]
-        dp = float(
-            demographic_parity_difference(
-                cells["y"], cells["refuse"], sensitive_features=cells["group"], sample_weight=weight
-            )
-        )
-        # a TPR over a dozen defaults moves by 0.1 with one applicant: equalized odds is judged only between
-        # groups with enough defaults and repayments, the others are reported and flagged
-        counted = [
-            g
-            for g in judged
-            if min(int((y_in[labels == g] == 1).sum()), int((y_in[labels == g] == 0).sum()))
-            >= limits.min_group_outcomes
-        ]
-        among = np.isin(cells["group"], counted)
-        eo = (
-            float(
-                equalized_odds_difference(
-                    cells["y"][among],
-                    cells["refuse"][among],
-                    sensitive_features=cells["group"][among],
-                    sample_weight=weight[among],
-                )
-            )
-            if len(counted) >= 2
-            else float("nan")
-        )
-        di = float(min(rates) / max(rates)) if max(rates) > 0 else float("nan")
-        result: dict[str, Any] = {
-            "groups": {str(k): v for k, v in by_group.items()},
-            "small_groups": {str(g): int(sizes[g]) for g in small},
-            "demographic_parity_difference": dp,
-            "equalized_odds_difference": eo,
-            "disparate_impact": di,
-            "equalized_odds_groups": [str(g) for g in counted],
-        }
-        failures = []
-        if dp > limits.max_demographic_parity_difference:
-            failures.append("demographic parity difference")
-        if eo == eo and eo > limits.max_equalized_odds_difference:  # NaN: fewer than two groups could be judged
-            failures.append("equalized odds difference")
-        if not di >= limits.min_disparate_impact:
-            failures.append("disparate impact (four-fifths rule)")
-        result["verdict"] = "fail" if failures else "pass"
-        result["failures"] = failures
-        out[column.name] = result
+        out[column.name] = _assess_attribute(groups, y, p, refuse, limits)
     return out
+
+
+def _assess_attribute(
+    groups: pd.Series, y: np.ndarray, p: np.ndarray, refuse: np.ndarray, limits: FairnessLimits
+) -> dict[str, Any]:
+    """One attribute's groups judged against the limits; skipped unless two groups have ``min_group_rows`` rows."""
+    known = groups.notna().to_numpy()
+    sizes = groups[known].value_counts()
+    judged = [g for g, n in sizes.items() if n >= limits.min_group_rows]
+    small = [g for g, n in sizes.items() if n < limits.min_group_rows]
+    if len(judged) < 2:
+        return {
+            "verdict": "skipped",
+            "groups": sizes.to_dict(),
+            "reason": f"fewer than two groups with at least {limits.min_group_rows} rows",
+        }
+    mask = known & groups.isin(judged).to_numpy()
+    labels = groups[mask].to_numpy()
+    y_in, refuse_in = y[mask], refuse[mask]
+    # Fairlearn sees one weighted row per (group, outcome, decision): the same rates and differences as on
+    # every test row, in a few dozen rows instead of hundreds of thousands (its metrics walk rows in Python)
+    cells, weight = _cells(labels, y_in, refuse_in)
+    by_group = _metrics_by_group(cells, weight, labels, y_in, refuse_in, p[mask])
+    rates = [v["approval_rate"] for v in by_group.values()]
+    dp = float(
+        demographic_parity_difference(
+            cells["y"], cells["refuse"], sensitive_features=cells["group"], sample_weight=weight
+        )
+    )
+    counted = _groups_with_enough_outcomes(judged, labels, y_in, limits.min_group_outcomes)
+    eo = _equalized_odds_among(cells, weight, counted)
+    di = float(min(rates) / max(rates)) if max(rates) > 0 else float("nan")
+    result: dict[str, Any] = {
+        "groups": {str(k): v for k, v in by_group.items()},
+        "small_groups": {str(g): int(sizes[g]) for g in small},
+        "demographic_parity_difference": dp,
+        "equalized_odds_difference": eo,
+        "disparate_impact": di,
+        "equalized_odds_groups": [str(g) for g in counted],
+    }
+    failures = _failures(dp, eo, di, limits)
+    result["verdict"] = "fail" if failures else "pass"
+    result["failures"] = failures
+    return result
+
+
+def _metrics_by_group(
+    cells: dict[str, np.ndarray],
+    weight: np.ndarray,
+    labels: np.ndarray,
+    y: np.ndarray,
+    refuse: np.ndarray,
+    p: np.ndarray,
+) -> dict[Any, dict[str, Any]]:
+    """Approval rate, TPR, FPR, AUC and row count of each judged group."""
+    frame = MetricFrame(
+        metrics={"approval_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate},
+        y_true=cells["y"],
+        y_pred=cells["refuse"],
+        sensitive_features=cells["group"],
+        sample_params={name: {"sample_weight": weight} for name in ("approval_rate", "tpr", "fpr")},
+    )
+    by_group: dict[Any, dict[str, Any]] = frame.by_group.to_dict(orient="index")
+    approve = 1 - refuse
+    for g in by_group:
+        sel = labels == g
+        by_group[g]["approval_rate"] = float(approve[sel].mean())
+        by_group[g]["roc_auc"] = _auc(y[sel], p[sel])
+        by_group[g]["rows"] = int(sel.sum())
+    return by_group
+
+
+def _groups_with_enough_outcomes(judged: list[Any], labels: np.ndarray, y: np.ndarray, min_outcomes: int) -> list[Any]:
+    """The judged groups with at least ``min_outcomes`` defaults and as many repayments.
+
+    A TPR over a dozen defaults moves by 0.1 with one applicant: equalized odds is judged only between these
+    groups, the others are reported and flagged.
+    """
+    return [
+        g for g in judged if min(int((y[labels == g] == 1).sum()), int((y[labels == g] == 0).sum())) >= min_outcomes
+    ]
+
+
+def _equalized_odds_among(cells: dict[str, np.ndarray], weight: np.ndarray, counted: list[Any]) -> float:
+    """Equalized-odds difference between the ``counted`` groups; NaN when fewer than two."""
+    if len(counted) < 2:
+        return float("nan")
+    among = np.isin(cells["group"], counted)
+    return float(
+        equalized_odds_difference(
+            cells["y"][among],
+            cells["refuse"][among],
+            sensitive_features=cells["group"][among],
+            sample_weight=weight[among],
+        )
+    )
+
+
+def _failures(dp: float, eo: float, di: float, limits: FairnessLimits) -> list[str]:
+    """The measures beyond their limits, named as the evidence reports them."""
+    failures = []
+    if dp > limits.max_demographic_parity_difference:
+        failures.append("demographic parity difference")
+    if eo == eo and eo > limits.max_equalized_odds_difference:  # NaN: fewer than two groups could be judged
+        failures.append("equalized odds difference")
+    if not di >= limits.min_disparate_impact:
+        failures.append("disparate impact (four-fifths rule)")
+    return failures
 
 
 def _cells(*columns: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
