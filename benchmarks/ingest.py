@@ -150,7 +150,7 @@ def bench_materialize(rows: int = 100_000) -> list[Measurement]:
     import pandas as pd
 
     from closedloop.contract import contract_at
-    from closedloop.lake import Lake
+    from closedloop.lake import Lake, arrow_types
     from closedloop.settings import PROJECT_ROOT, load_settings
     from feature_repo.definitions import build_repo
     from feature_repo.store import open_store
@@ -169,7 +169,7 @@ def bench_materialize(rows: int = 100_000) -> list[Measurement]:
     def timed(side: str, frame: pd.DataFrame, folder: Path) -> float:
         settings = load_settings(state_dir=folder / side)
         lake = Lake.of(settings.lake_uri, contract.name)
-        lake.write_offline("profiles", frame, "profile_at", "bench", now)
+        lake.write_offline("profiles", frame, "profile_at", "bench", now, arrow_types(contract, "profiles"))
         started = time.perf_counter()
         if side == "closedloop":
             materialize_features.fn(settings, contract, {"profiles": frame["profile_at"].min()}, now)

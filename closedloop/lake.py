@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop import storage
+from closedloop.contract import ColumnType, Contract
+from closedloop.landing import exact_integers
 
 CREATED = "created_at"  # when closedloop accepted the row: Feast breaks event-time ties with it
 
@@ -76,11 +78,26 @@ class Lake:
 
     # --- offline store -----------------------------------------------------------------------------
     def write_offline(
-        self, table: str, frame: pd.DataFrame, event_time: str, batch_id: str, created: datetime
+        self,
+        table: str,
+        frame: pd.DataFrame,
+        event_time: str,
+        batch_id: str,
+        created: datetime,
+        types: dict[str, pa.DataType],
     ) -> list[str]:
-        """Append accepted rows as one parquet file per event day; returns the files written."""
+        """Append accepted rows as one parquet file per event day; returns the files written.
+
+        Every column is stored with its type in ``types`` (see :func:`arrow_types`), whatever the batch held:
+        a column empty in every row is not written as Arrow type null, nor an integer column as float64.
+        """
         if frame.empty:
             return []
+        columns = [str(c) for c in frame.columns if c != CREATED]  # the time of acceptance is this write's
+        unknown = [c for c in columns if c not in types]
+        if unknown:
+            raise ValueError(f"no stored type for column(s) {unknown} of offline table {table!r}")
+        schema = pa.schema([pa.field(c, types[c]) for c in columns] + [pa.field(CREATED, TIMESTAMP)])
         frame = frame.assign(**{CREATED: pd.Timestamp(created).tz_convert("UTC")})
         frame[CREATED] = frame[CREATED].astype("datetime64[us, UTC]")
         frame[event_time] = frame[event_time].astype("datetime64[us, UTC]")
@@ -88,7 +105,8 @@ class Lake:
         written = []
         for day, part in frame.groupby(days, sort=True):
             uri = storage.join(self.offline(table), f"event_date={day}", f"{batch_id}.parquet")
-            written.append(storage.write_bytes(uri, parquet_bytes(part.reset_index(drop=True)), self.endpoint_url))
+            body = parquet_bytes(part.reset_index(drop=True), schema)
+            written.append(storage.write_bytes(uri, body, self.endpoint_url))
         return written
 
     def read_offline(self, table: str, columns: list[str] | None = None, filters: Any = None) -> pd.DataFrame:
@@ -156,19 +174,55 @@ class Lake:
 
     def read_rejected(self, batch_id: str) -> pd.DataFrame:
         data = storage.read_bytes(self.quarantine(batch_id, "rejected.parquet"), self.endpoint_url)
-        return pq.read_table(io.BytesIO(data)).to_pandas()
+        return pq.read_table(io.BytesIO(data)).to_pandas(types_mapper=exact_integers)
 
 
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), buffer, compression="zstd")
     return buffer.getvalue()
 
 
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_COLUMN_TYPES = {
+    ColumnType.INT: pa.int64(),
+    ColumnType.FLOAT: pa.float64(),
+    ColumnType.CATEGORY: pa.string(),
+    ColumnType.BOOL: pa.bool_(),
+}
+
+
+def key_type(contract: Contract) -> pa.DataType:
+    """The Arrow type of the entity and primary keys."""
+    return pa.int64() if contract.key_type == "int" else pa.string()
+
+
+def arrow_types(contract: Contract, table: str) -> dict[str, pa.DataType]:
+    """The stored Arrow type of every column of a contract table: its keys, event time, label and columns."""
+    spec = contract.tables[table]
+    types = {key: key_type(contract) for key in [contract.entity.join_key, *spec.primary_key]}
+    types[spec.event_time] = TIMESTAMP
+    if table == contract.label.source:
+        types[contract.label.column] = pa.int64()
+    types.update({col.name: _COLUMN_TYPES[col.type] for col in contract.columns_of(table)})
+    return types
+
+
 def _textual(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rejected rows keep their values as read; mixed-type cells are stored as text so nothing is lost."""
+    """Rejected rows keep their values as read; mixed-type cells are stored as text so nothing is lost.
+
+    A missing cell stays missing (null), never the text 'nan': its replay must see what the batch held.
+    """
     out = frame.copy()
     for column in out.columns:
         if out[column].dtype == object:
-            out[column] = out[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+            out[column] = out[column].map(_as_text)
     return out
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    return str(value)

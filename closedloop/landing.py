@@ -2,15 +2,19 @@
 
 A batch is one file. Its identity is the SHA-256 of its bytes, so the same data under another name is
 still the same batch. Reading never guesses: an unreadable file, a CSV that is not UTF-8 or uses the
-wrong delimiter, or a file of an unknown kind raises :class:`UnusableBatch` with the reason.
+wrong delimiter, or a file of an unknown kind raises :class:`UnusableBatch` with the reason. A CSV line
+with more or fewer fields than the header is not guessed either: it stays a row of the batch, empty, and
+:class:`Readout` says which line it was, for validation to reject it while the readable lines go on.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +46,15 @@ def batch_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:20]
 
 
+def unplaced_id(data: bytes, uri: str) -> str:
+    """Identity of a batch that belongs to no table: its content and its place.
+
+    Such a batch is quarantined for where it landed, not for its bytes: the same file sent under a table's name
+    is a new batch (see :func:`batch_id`), while the misplaced copy seen again is still recognised.
+    """
+    return f"{batch_id(data)}-at-{batch_id(uri.encode())[:8]}"
+
+
 def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
     """Table from the first folder below the landing root (``<table>/...``) or the file name (``<table>-...``)."""
     relative = uri[len(landing_uri.rstrip("/")) + 1 :] if uri.startswith(landing_uri.rstrip("/")) else uri
@@ -57,7 +70,19 @@ def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
     return BatchRef(uri=uri, table=table, file_format=FORMATS.get(suffix))
 
 
-def read_frame(data: bytes, ref: BatchRef) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Readout:
+    """A batch as read: one row per record, and the records that could not be read as rows.
+
+    ``unreadable`` maps a row position to why its record was not read (e.g. ``line 7: 9 field(s) where the header
+    has 8``); that row holds no value.
+    """
+
+    frame: pd.DataFrame
+    unreadable: dict[int, str] = field(default_factory=dict)
+
+
+def read_batch(data: bytes, ref: BatchRef) -> Readout:
     """Parse a batch's bytes. CSV cells stay text: types are the contract's job, not the reader's."""
     if not data:
         raise UnusableBatch("empty file (0 bytes)")
@@ -67,7 +92,8 @@ def read_frame(data: bytes, ref: BatchRef) -> pd.DataFrame:
         )
     if ref.file_format == "parquet":
         try:
-            return pq.read_table(io.BytesIO(data)).to_pandas()
+            # integers as nullable integers: a column with one null would otherwise turn float64 and lose digits
+            return Readout(pq.read_table(io.BytesIO(data)).to_pandas(types_mapper=exact_integers))
         except (pa.ArrowInvalid, OSError) as exc:
             raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
     if ref.file_format == "csv":
@@ -75,12 +101,21 @@ def read_frame(data: bytes, ref: BatchRef) -> pd.DataFrame:
     raise UnusableBatch(f"unsupported file type {ref.name!r}: closedloop reads .parquet and .csv")
 
 
+def exact_integers(arrow_type: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+    """A ``types_mapper`` for Arrow's ``to_pandas``: integer columns as pandas' nullable integers, never float64."""
+    if pa.types.is_signed_integer(arrow_type):
+        return pd.Int64Dtype()
+    if pa.types.is_unsigned_integer(arrow_type):
+        return pd.UInt64Dtype()
+    return None
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_csv(data: bytes) -> pd.DataFrame:
+def _read_csv(data: bytes) -> Readout:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -89,8 +124,10 @@ def _read_csv(data: bytes) -> pd.DataFrame:
         ) from exc
     if b"\x00" in data[:4096]:
         raise UnusableBatch("not a CSV file: it holds binary data")
+    ragged = _ragged(data)
+    source = data if ragged is None else ragged.readable.encode("utf-8")
     try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+        frame = pd.read_csv(io.BytesIO(source), dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
     if len(frame.columns) == 1:
@@ -100,4 +137,56 @@ def _read_csv(data: bytes) -> pd.DataFrame:
                 raise UnusableBatch(
                     f"CSV header {header[:60]!r} is one column: the file is delimited by {sep!r}; closedloop reads ','"
                 )
-    return frame
+    if ragged is None:
+        return Readout(frame)
+    frame.index = pd.Index(ragged.positions)
+    return Readout(frame.reindex(pd.RangeIndex(ragged.rows)), ragged.unreadable)
+
+
+@dataclass(frozen=True)
+class _Ragged:
+    readable: str  # the header and every record with its field count
+    positions: list[int]  # row position of each readable record
+    unreadable: dict[int, str]  # row position -> why its record is not read
+    rows: int  # records in the file (blank lines are not records)
+
+
+def _ragged(data: bytes) -> _Ragged | None:
+    """The records whose field count is not the header's, with their line numbers; None when there is none.
+
+    The common case (no quotes, every line the header's field count) is decided in one vectorised pass over the
+    bytes; quoted files are split by the csv module, whose records may span lines.
+    """
+    if b'"' not in data and _same_field_counts(np.frombuffer(data, dtype=np.uint8)):
+        return None
+    text = data.decode("utf-8-sig")
+    if b'"' in data and len({len(r) for r in csv.reader(io.StringIO(text, newline="")) if r}) <= 1:
+        return None
+    lines = io.StringIO(text, newline="").readlines()
+    reader = csv.reader(lines)
+    header = next((record for record in reader if record), [])
+    start, rows = reader.line_num, 0
+    kept, positions, unreadable = lines[:start], [], {}
+    for record in reader:
+        end = reader.line_num
+        if record:  # a blank line is no record (pandas skips it too)
+            if len(record) == len(header):
+                kept.extend(lines[start:end])
+                positions.append(rows)
+            else:
+                unreadable[rows] = f"line {start + 1}: {len(record)} field(s) where the header has {len(header)}"
+            rows += 1
+        start = end
+    return _Ragged("".join(kept), positions, unreadable, rows)
+
+
+def _same_field_counts(buf: np.ndarray) -> bool:
+    """Every non-blank line of an unquoted CSV holds as many commas as the first."""
+    ends = np.flatnonzero(buf == ord("\n"))
+    bounds = np.concatenate(([-1], ends, [len(buf)]))
+    commas = np.concatenate(([0], np.cumsum(buf == ord(","))))  # commas[k]: commas before byte k
+    per_line = commas[bounds[1:]] - commas[bounds[:-1] + 1]
+    lengths = bounds[1:] - bounds[:-1] - 1
+    first = np.minimum(bounds[:-1] + 1, max(len(buf) - 1, 0))
+    blank = (lengths == 0) | ((lengths == 1) & (buf[first] == ord("\r")))
+    return bool(np.unique(per_line[~blank]).size <= 1)

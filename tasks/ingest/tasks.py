@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from closedloop import storage
 from closedloop.contract import Contract
-from closedloop.lake import Lake, parquet_bytes
-from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_frame
+from closedloop.lake import TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
+from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch, unplaced_id
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
 from feature_repo.online_write import materialize_view
@@ -78,7 +81,8 @@ def find_batches(
 def ingest_batch(ref: BatchRef, contract: Contract, lake: Lake, now: datetime) -> BatchOutcome:
     """Validate one landing batch; accepted rows to the offline store, the rest to quarantine; ledger it."""
     data = storage.read_bytes(ref.uri, lake.endpoint_url)
-    bid = batch_id(data)
+    # a file of no table is refused for its place: its bytes are not ledgered, so they still count under a table
+    bid = batch_id(data) if ref.table else unplaced_id(data, ref.uri)
     seen = lake.read_ledger(bid)
     if seen is not None:
         logger.info("batch %s (%s) already ingested at %s: skipped", bid, ref.name, seen["ingested_at"])
@@ -90,12 +94,12 @@ def ingest_batch(ref: BatchRef, contract: Contract, lake: Lake, now: datetime) -
             reason=f"same content as batch {bid} from {seen['uri']}, ingested {seen['ingested_at']} ({seen['status']})",
         )
     try:
-        frame = read_frame(data, ref)
+        readout = read_batch(data, ref)
     except UnusableBatch as exc:
         outcome = BatchOutcome(batch_id=bid, uri=ref.uri, table=ref.table, status="quarantined", reason=str(exc))
         return _finish(lake, outcome, data, ref.name, pd.DataFrame(), None, contract, now)
-    table = ref.table or ""  # read_frame has refused batches that belong to no table
-    result = validate(frame, contract, table, now)
+    table = ref.table or ""  # read_batch has refused batches that belong to no table
+    result = validate(readout.frame, contract, table, now, readout.unreadable)
     return _store(lake, contract, ref.uri, ref.name, table, bid, data, result, now)
 
 
@@ -115,7 +119,7 @@ def _store(
     status: Status = "quarantined" if result.batch_error else ("partial" if result.rows_quarantined else "accepted")
     first_event = None
     if not result.batch_error and not result.accepted.empty:
-        lake.write_offline(table, result.accepted, event_time, bid, now)
+        lake.write_offline(table, result.accepted, event_time, bid, now, arrow_types(contract, table))
         first_event = result.accepted[event_time].min().to_pydatetime()
         aggregates = contract.aggregates_of(table)
         if aggregates:
@@ -147,7 +151,12 @@ def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.Data
     history[event_time] = pd.to_datetime(history[event_time], utc=True)
     aggregated = compute_aggregates(history, contract.aggregates_of(table), key, event_time)
     mine = aggregated.iloc[len(earlier) :]
-    lake.write_offline(history_table(table), mine.reset_index(drop=True), event_time, bid, now)
+    types = {
+        key: key_type(contract),
+        event_time: TIMESTAMP,
+        **{a.name: pa.float64() for a in contract.aggregates_of(table)},
+    }
+    lake.write_offline(history_table(table), mine.reset_index(drop=True), event_time, bid, now, types)
 
 
 def _finish(
@@ -195,34 +204,19 @@ def _finish(
 def replay_quarantined(quarantined_id: str, contract: Contract, lake: Lake, now: datetime) -> BatchOutcome:
     """Re-validate a quarantined batch: a whole batch from its original bytes, a partial one from its rejected rows.
 
-    The replay gets its own ledger record (``<id>-r<n>``); the quarantine record keeps the history of replays.
+    The replay gets its own ledger record (``<id>-r<n>``); the quarantine record keeps the history of replays and
+    the rows replays have accepted (``accepted_rows``, by row of the batch): those are never replayed again, so
+    however often a batch is replayed, each of its rows is stored at most once.
     """
     record = lake.read_reason(quarantined_id)
-    table, name = record["table"], record.get("source_name", quarantined_id)
-    rid = f"{quarantined_id}-r{len(record['replays']) + 1}"
-    outcome: BatchOutcome | None = None
+    replay = _Replay(quarantined_id, f"{quarantined_id}-r{len(record['replays']) + 1}", record)
     if record["status"] == "quarantined":
-        suffix = name.rsplit(".", 1)[-1] if "." in name else "bin"
-        data = storage.read_bytes(lake.quarantine(quarantined_id, f"original.{suffix}"), lake.endpoint_url)
-        ref = BatchRef(uri=record["uri"], table=table, file_format=identify(name, "", contract).file_format)
-        try:
-            frame = read_frame(data, ref)
-        except UnusableBatch as exc:
-            outcome = BatchOutcome(
-                batch_id=rid,
-                uri=record["uri"],
-                table=table,
-                status="quarantined",
-                reason=str(exc),
-                replay_of=quarantined_id,
-            )
-            outcome = _finish(lake, outcome, data, name, pd.DataFrame(), None, contract, now)
+        outcome = _replay_whole(lake, contract, replay, now)
     else:
-        frame = lake.read_rejected(quarantined_id).drop(columns=["_source_row", "_reasons"])
-        data = parquet_bytes(frame)
-    if outcome is None:
-        result = validate(frame, contract, table, now)
-        outcome = _store(lake, contract, record["uri"], name, table, rid, data, result, now, replay_of=quarantined_id)
+        rejected = lake.read_rejected(quarantined_id)
+        rows = rejected["_source_row"].to_numpy(dtype="int64")
+        frame = rejected.drop(columns=["_source_row", "_reasons"])
+        outcome = _replay_rows(lake, contract, replay, record["table"], frame, {}, rows, None, now)
     record["replays"].append(
         {
             "at": now.isoformat(),
@@ -234,6 +228,89 @@ def replay_quarantined(quarantined_id: str, contract: Contract, lake: Lake, now:
         }
     )
     lake.write_reason(quarantined_id, record)
+    return outcome
+
+
+@dataclass(frozen=True)
+class _Replay:
+    quarantined_id: str
+    rid: str  # the replay's own batch id
+    record: dict[str, Any]  # the quarantine record (reason.json), updated by the replay
+
+    @property
+    def uri(self) -> str:
+        return str(self.record["uri"])
+
+    @property
+    def name(self) -> str:
+        return str(self.record.get("source_name", self.quarantined_id))
+
+
+def _replay_whole(lake: Lake, contract: Contract, replay: _Replay, now: datetime) -> BatchOutcome:
+    """A batch quarantined whole, from its original bytes."""
+    record, rid, qid = replay.record, replay.rid, replay.quarantined_id
+    suffix = replay.name.rsplit(".", 1)[-1] if "." in replay.name else "bin"
+    data = storage.read_bytes(lake.quarantine(qid, f"original.{suffix}"), lake.endpoint_url)
+    # a batch of no table may belong to one of this contract's tables (one added since)
+    table = record["table"] or identify(replay.uri, lake.landing, contract).table
+    seen = lake.read_ledger(batch_id(data)) if record["table"] is None else None
+    if seen is not None:  # the same bytes were ingested under a table's name since: their rows are stored once
+        reason = f"same content as batch {seen['batch_id']} from {seen['uri']}, ingested {seen['ingested_at']}"
+        return _nothing_to_store(lake, replay, table, reason, now)
+    ref = BatchRef(uri=replay.uri, table=table, file_format=identify(replay.name, "", contract).file_format)
+    try:
+        readout = read_batch(data, ref)
+    except UnusableBatch as exc:
+        outcome = BatchOutcome(
+            batch_id=rid, uri=replay.uri, table=table, status="quarantined", reason=str(exc), replay_of=qid
+        )
+        return _finish(lake, outcome, data, replay.name, pd.DataFrame(), None, contract, now)
+    rows = np.arange(len(readout.frame), dtype=np.int64)
+    table = table or ""  # read_batch has refused batches that belong to no table
+    return _replay_rows(lake, contract, replay, table, readout.frame, readout.unreadable, rows, data, now)
+
+
+def _replay_rows(
+    lake: Lake,
+    contract: Contract,
+    replay: _Replay,
+    table: str,
+    frame: pd.DataFrame,
+    unreadable: dict[int, str],
+    rows: np.ndarray,
+    data: bytes | None,
+    now: datetime,
+) -> BatchOutcome:
+    """Validate and store the rows of a quarantined batch (``rows``: their row in the batch) no replay accepted."""
+    done = replay.record.get("accepted_rows", [])
+    kept = np.flatnonzero(~np.isin(rows, done))
+    if not len(kept):
+        reason = f"every row of batch {replay.quarantined_id} was accepted by an earlier replay: nothing to replay"
+        return _nothing_to_store(lake, replay, table, reason, now)
+    renumber = {int(position): i for i, position in enumerate(kept)}
+    frame, rows = frame.iloc[kept].reset_index(drop=True), rows[kept]
+    unreadable = {renumber[p]: why for p, why in unreadable.items() if p in renumber}
+    result = validate(frame, contract, table, now, unreadable)
+    result.rejected["_source_row"] = rows[result.rejected["_source_row"].to_numpy(dtype="int64")]  # the batch's
+    if not result.batch_error:
+        accepted = set(rows.tolist()) - set(result.rejected["_source_row"].tolist())
+        replay.record["accepted_rows"] = sorted({*done, *accepted})
+    body = parquet_bytes(frame) if data is None else data
+    return _store(lake, contract, replay.uri, replay.name, table, replay.rid, body, result, now, replay.quarantined_id)
+
+
+def _nothing_to_store(lake: Lake, replay: _Replay, table: str | None, reason: str, now: datetime) -> BatchOutcome:
+    """A replay whose rows are all stored already: it says why, is ledgered, and stores nothing."""
+    outcome = BatchOutcome(
+        batch_id=replay.rid,
+        uri=replay.uri,
+        table=table,
+        status="duplicate",
+        reason=reason,
+        replay_of=replay.quarantined_id,
+    )
+    lake.write_ledger({**outcome.model_dump(mode="json"), "ingested_at": now.isoformat()})
+    logger.info("replay %s of %s: %s", replay.rid, replay.quarantined_id, reason)
     return outcome
 
 

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
 TS_DTYPE = "datetime64[us, UTC]"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _GX_LOCK = threading.Lock()  # the ephemeral GX context is not safe to mutate from two threads
 
 
@@ -189,21 +190,76 @@ def _record_failures(
 
 
 def _numbers(raw: pd.Series, column: str, integer: bool, failures: dict[int, list[str]]) -> pd.Series:
-    """A numeric column as int64 or float64; a cell that is no number (or a fractional integer) fails its row."""
-    if pd.api.types.is_integer_dtype(raw.dtype) and not pd.api.types.is_extension_array_dtype(raw.dtype):
-        # already right: nothing to check, nothing copied
-        return raw.astype("int64" if integer else "float64", copy=False)
-    if not integer and pd.api.types.is_float_dtype(raw.dtype):
-        return raw.astype("float64", copy=False)
+    """A numeric column: integers exactly (see :func:`_integers`), others as float64; a cell that is no number fails."""
+    if integer:
+        return _integers(raw, column, failures)
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        return raw.astype("float64", copy=False)  # already numbers: nothing to check
     values = pd.to_numeric(raw, errors="coerce")
     bad = raw.notna().to_numpy() & values.isna().to_numpy()
-    if integer:
-        fractional = values.notna().to_numpy() & (np.asarray(values.fillna(0)) % 1 != 0)
-        bad |= fractional
-        values = values.where(~fractional)
-    _record_failures(failures, bad, column, raw, "an integer" if integer else "a number")
-    # numpy dtypes, so that GX compares whole columns at once (it loops in Python over nullable Int64)
-    return values.astype("int64") if integer and not values.isna().any() else values.astype("float64")
+    _record_failures(failures, bad, column, raw, "a number")
+    return values.astype("float64")
+
+
+def _integers(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
+    """An integer column as exact 64-bit integers: int64 when no cell is missing, nullable Int64 otherwise.
+
+    Never float64, whose 53-bit mantissa would change large keys. A cell that is no number or a fractional one
+    fails its row, and so does an integer beyond the int64 range (it is never wrapped), each with its value.
+    """
+    if isinstance(raw.dtype, np.dtype) and raw.dtype.kind == "i":
+        return raw.astype("int64", copy=False)  # already right: nothing to check, nothing copied
+    if isinstance(raw.dtype, np.dtype) and raw.dtype.kind == "f":
+        data = raw.to_numpy()
+        with np.errstate(invalid="ignore"):
+            fractional = ~np.isnan(data) & (data % 1 != 0)
+            beyond = ~np.isnan(data) & ~fractional & ((data < INT64_MIN) | (data >= 2.0**63))
+        _record_failures(failures, fractional, column, raw, "an integer")
+        _record_failures(failures, beyond, column, raw, "an integer within the 64-bit range")
+        values = pd.Series(np.where(fractional | beyond, np.nan, data), index=raw.index).astype("Int64")
+    else:
+        values = pd.to_numeric(raw, errors="coerce", dtype_backend="numpy_nullable")
+        if isinstance(values.dtype, pd.Int64Dtype):  # every number fits: exact, in one vectorised pass
+            _record_failures(failures, raw.notna().to_numpy() & values.isna().to_numpy(), column, raw, "an integer")
+        else:  # a fraction, a float or an integer beyond int64 somewhere: judge each cell exactly
+            values = _exact_integers(raw, column, failures)
+    # numpy int64 when nothing is missing, so that GX compares whole columns at once
+    return values.astype("int64") if not values.isna().any() else values
+
+
+def _exact_integers(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
+    cells: list[int | None] = []
+    for pos, value in enumerate(raw.tolist()):
+        number, problem = _exact_integer(value)
+        if problem:
+            failures.setdefault(pos, []).append(f"type({column}): expected {problem}, got {value!r}")
+        cells.append(number)
+    return pd.Series(pd.array(cells, dtype="Int64"), index=raw.index)
+
+
+def _exact_integer(value: Any) -> tuple[int | None, str | None]:
+    """The cell as a Python integer (None when missing), or the reason it is not one."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None, None
+    number: int | float
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        number = int(value)
+    else:
+        text = str(value).strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return None, "an integer"
+    if isinstance(number, float):
+        if not np.isfinite(number) or number % 1 != 0:
+            return None, "an integer"
+        number = int(number)
+    if not INT64_MIN <= number <= INT64_MAX:
+        return None, "an integer within the 64-bit range"
+    return number, None
 
 
 def _booleans(raw: pd.Series, column: str, failures: dict[int, list[str]]) -> pd.Series:
@@ -279,8 +335,12 @@ def unexpected_masks(typed: pd.DataFrame, suite: Any) -> dict[str, np.ndarray] |
         values = typed[kwargs["column"]]
         present = presence.get(kwargs["column"])
         if present is None:
-            kind_of = values.dtype.kind
-            present = np.ones(len(values), dtype=bool) if kind_of in "iub" else values.notna().to_numpy()
+            numpy_dtype = isinstance(values.dtype, np.dtype)  # nullable Int64 and boolean may hold <NA>
+            present = (
+                np.ones(len(values), dtype=bool)
+                if numpy_dtype and values.dtype.kind in "iub"
+                else values.notna().to_numpy()
+            )
             presence[kwargs["column"]] = present
         masks[name] = _ROW_RULES[kind](values, present, kwargs)
     return masks
@@ -294,6 +354,8 @@ def _between(values: pd.Series, present: np.ndarray, kwargs: dict[str, Any]) -> 
             np.datetime64(pd.Timestamp(v).tz_convert("UTC").tz_localize(None), "us") if v is not None else None
             for v in (low, high)
         )
+    elif isinstance(values.dtype, pd.Int64Dtype):
+        data = values.to_numpy(dtype="float64", na_value=np.nan)  # the contract's bounds are numbers, not keys
     else:
         data = values.to_numpy()
     outside = np.zeros(len(values), dtype=bool)
@@ -317,21 +379,39 @@ _ROW_RULES: dict[str, Any] = {
 GX_SAMPLE_ROWS = 10_000
 
 
-def validate(frame: pd.DataFrame, contract: Contract, table: str, now: datetime) -> Validation:
-    """Validate a batch read from the landing zone; never drops a row without a reason."""
+UNREADABLE = "unreadable_line"  # the failure of a record the reader could not split into the header's fields
+
+
+def validate(
+    frame: pd.DataFrame, contract: Contract, table: str, now: datetime, unreadable: dict[int, str] | None = None
+) -> Validation:
+    """Validate a batch read from the landing zone; never drops a row without a reason.
+
+    ``unreadable`` (from :class:`closedloop.landing.Readout`) names the rows whose record could not be read: each
+    is rejected with that reason alone, and counts in the batch's rows like any other.
+    """
     if not frame.index.equals(pd.RangeIndex(len(frame))):
         frame = frame.reset_index(drop=True)  # positions are row numbers below; a copy only when needed
+    unreadable = unreadable or {}
     rows_in = len(frame)
     try:
         check_schema(frame, contract, table)
     except UnusableBatch as exc:
-        return _whole(frame, table, str(exc))
+        return _whole(frame, table, str(exc), unreadable=unreadable)
     typed, type_failures = coerce(frame, contract, table)
     suite = build_suite(contract, table, now)
     masks = unexpected_masks(typed, suite)
     if masks is None:  # an expectation only GX knows: let GX judge every row
         masks = _masks_from(run_suite(typed, suite), rows_in)
+    if unreadable:  # an empty row stands for each: its one reason is that it could not be read
+        lines = np.fromiter(unreadable, dtype=np.int64)
+        for mask in masks.values():
+            mask[lines] = False
     reasons, failing = _row_reasons(type_failures, masks)
+    for pos, why in unreadable.items():
+        reasons[pos] = [why]
+    if unreadable:
+        failing[UNREADABLE] = len(unreadable)
     bad = np.array(sorted(reasons), dtype=np.int64)
     good_mask = np.ones(rows_in, dtype=bool)
     good_mask[bad] = False
@@ -349,6 +429,7 @@ def validate(frame: pd.DataFrame, contract: Contract, table: str, now: datetime)
             table,
             f"validator disagreement: GX rejects accepted rows on {sorted(disagreement)}; batch held for review",
             gx_result=document,
+            unreadable=unreadable,
         )
     rejected = frame.iloc[bad].assign(_source_row=bad, _reasons=["; ".join(reasons[int(p)]) for p in bad])
     failing = dict(sorted(failing.items(), key=lambda kv: -kv[1]))
@@ -370,9 +451,11 @@ def _whole(
     reason: str,
     failing: dict[str, int] | None = None,
     gx_result: dict[str, Any] | None = None,
+    unreadable: dict[int, str] | None = None,
 ) -> Validation:
-    """Every row of the batch rejected for one reason: the batch is quarantined whole."""
-    rejected = frame.assign(_source_row=np.arange(len(frame)), _reasons=reason)
+    """Every row of the batch rejected for one reason (an unreadable line for its own): quarantined whole."""
+    why = [(unreadable or {}).get(pos, reason) for pos in range(len(frame))]
+    rejected = frame.assign(_source_row=np.arange(len(frame)), _reasons=why)
     return Validation(table, len(frame), frame.iloc[0:0], rejected, failing or {}, gx_result, reason)
 
 

@@ -6,12 +6,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from closedloop import storage
-from closedloop.lake import CREATED, Lake
+from closedloop.lake import CREATED, TIMESTAMP, Lake
 
 NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
+TYPES = {"id": pa.int64(), "at": TIMESTAMP, "amount": pa.float64()}
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def _rows() -> pd.DataFrame:
 
 
 def test_accepted_rows_land_one_file_per_event_day_with_the_time_they_were_accepted(lake: Lake, tmp_path: Path) -> None:
-    written = lake.write_offline("applications", _rows(), "at", "b1", NOW)
+    written = lake.write_offline("applications", _rows(), "at", "b1", NOW, TYPES)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
     assert files == [
         "credit/offline/applications/event_date=2025-03-01/b1.parquet",
@@ -46,13 +48,13 @@ def test_accepted_rows_land_one_file_per_event_day_with_the_time_they_were_accep
 
 
 def test_reading_a_table_with_no_rows_gives_an_empty_frame(lake: Lake) -> None:
-    assert lake.write_offline("applications", _rows().iloc[0:0], "at", "b0", NOW) == []
+    assert lake.write_offline("applications", _rows().iloc[0:0], "at", "b0", NOW, TYPES) == []
     assert lake.read_offline("applications", columns=["id"]).empty
     assert lake.read_offline_arrow("applications") is None
 
 
 def test_filters_and_columns_are_applied_when_reading(lake: Lake) -> None:
-    lake.write_offline("applications", _rows(), "at", "b1", NOW)
+    lake.write_offline("applications", _rows(), "at", "b1", NOW, TYPES)
     picked = lake.read_offline("applications", columns=["id", "amount"], filters=[("id", "in", [2, 3])])
     assert list(picked.columns) == ["id", "amount"] and sorted(picked["id"]) == [2, 3]
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from closedloop.contract import contract_at
-from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_frame
+from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch
 from closedloop.settings import PROJECT_ROOT
 
 CONTRACT = contract_at(str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
@@ -28,9 +28,9 @@ def test_the_same_bytes_are_the_same_batch_whatever_their_name() -> None:
 
 
 def test_csv_cells_stay_text_for_the_contract_to_type() -> None:
-    frame = read_frame(
+    frame = read_batch(
         b"application_id,loan_amount\n1,0012.50\n2,\n", BatchRef("x/applications/a.csv", "applications", "csv")
-    )
+    ).frame
     assert frame["loan_amount"].tolist()[0] == "0012.50" and pd.isna(frame["loan_amount"].iloc[1])
 
 
@@ -48,5 +48,17 @@ def test_csv_cells_stay_text_for_the_contract_to_type() -> None:
 )
 def test_an_unusable_batch_is_refused_with_its_reason(data: bytes, ref: BatchRef, message: str) -> None:
     with pytest.raises(UnusableBatch) as caught:
-        read_frame(data, ref)
+        read_batch(data, ref)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
+def test_a_ragged_csv_line_is_an_empty_row_named_by_its_line_number(quoted: bool) -> None:
+    first = '"a, quoted"' if quoted else "a"
+    data = f"id,name\n1,{first}\n2,b,extra\n\n3\n4,d\n".encode()
+    readout = read_batch(data, BatchRef("x/applications/a.csv", "applications", "csv"))
+    assert readout.frame["id"].tolist()[0::3] == ["1", "4"] and readout.frame.iloc[1:3].isna().all(axis=None)
+    assert readout.unreadable == {
+        1: "line 3: 3 field(s) where the header has 2",
+        2: "line 5: 1 field(s) where the header has 2",
+    }

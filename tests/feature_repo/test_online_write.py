@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from closedloop.contract import load_contract
-from closedloop.lake import Lake
+from closedloop.lake import Lake, arrow_types
 from closedloop.settings import load_settings
 from feature_repo.definitions import build_repo
 from feature_repo.online_write import entity_keys, materialize_view, supported
@@ -61,7 +61,7 @@ def test_bulk_write_is_byte_identical_to_feasts_materialize(tmp_path: Path) -> N
         settings = load_settings(state_dir=tmp_path / side)
         lake = Lake.of(settings.lake_uri, CONTRACT.name)
         for name, frame in tables.items():
-            lake.write_offline(name, frame, EVENT_TIME[name], "b1", NOW)
+            lake.write_offline(name, frame, EVENT_TIME[name], "b1", NOW, arrow_types(CONTRACT, name))
         store = open_store(settings, CONTRACT)
         store.apply(build_repo(CONTRACT, str(tmp_path / side / "lake" / CONTRACT.name / "offline")).objects)
         stores[side] = store

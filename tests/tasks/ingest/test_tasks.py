@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from closedloop import storage
-from closedloop.contract import contract_at, parse_contract
+from closedloop.contract import Contract, contract_at, parse_contract
 from closedloop.lake import Lake
 from closedloop.landing import identify
 from closedloop.settings import PROJECT_ROOT
@@ -327,18 +328,161 @@ def test_a_replay_after_the_contract_is_fixed_accepts_the_rows_and_keeps_the_his
     frame.loc[[2, 7], "loan_purpose"] = "yacht"
     first = _ingest(lake, "applications-q.parquet", _parquet(frame))
     assert first.status == "partial" and first.rows_quarantined == 2
-    data = CONTRACT.model_dump(mode="json", exclude_defaults=True)
-    for column in data["columns"]:
-        if column["name"] == "loan_purpose":
-            column["categories"].append("yacht")
-    fixed = parse_contract(data)
+    again = replay_quarantined.fn(first.batch_id, CONTRACT, lake, NOW)  # the same contract rejects them again
+    assert (again.batch_id, again.status, again.rows_quarantined) == (f"{first.batch_id}-r1", "quarantined", 2)
+    fixed = _admit_yacht()
     replay = replay_quarantined.fn(first.batch_id, fixed, lake, NOW)
-    assert (replay.batch_id, replay.replay_of) == (f"{first.batch_id}-r1", first.batch_id)
+    assert (replay.batch_id, replay.replay_of) == (f"{first.batch_id}-r2", first.batch_id)
     assert (replay.status, replay.rows_in, replay.rows_accepted) == ("accepted", 2, 2)
     assert len(lake.read_offline("applications")) == ROWS
     history = lake.read_reason(first.batch_id)["replays"]
     assert [(h["batch_id"], h["status"], h["contract_fingerprint"]) for h in history] == [
-        (replay.batch_id, "accepted", fixed.fingerprint)
+        (again.batch_id, "quarantined", CONTRACT.fingerprint),
+        (replay.batch_id, "accepted", fixed.fingerprint),
     ]
-    again = replay_quarantined.fn(first.batch_id, CONTRACT, lake, NOW)  # the old contract rejects them again
-    assert (again.batch_id, again.status, again.rows_quarantined) == (f"{first.batch_id}-r2", "quarantined", 2)
+
+
+def _stored_types(lake: Lake, table: str) -> set[tuple[str, str]]:
+    files = [u for u in storage.list_objects(lake.offline(table)) if u.endswith(".parquet")]
+    assert files
+    return {(f.name, str(f.type)) for u in files for f in pq.read_schema(io.BytesIO(storage.read_bytes(u)))}
+
+
+def test_a_column_empty_in_every_row_is_stored_with_the_contracts_type(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    _ingest(lake, "applications-full.parquet", _parquet(tables["applications"].head(20)))
+    _ingest(lake, "applications-empty.parquet", _parquet(tables["applications"].iloc[20:].assign(channel=None)))
+    types = _stored_types(lake, "applications")
+    assert ("channel", "string") in types and ("channel", "null") not in types
+    assert len(lake.read_offline("applications")) == ROWS
+
+
+def test_one_null_key_leaves_the_other_keys_exact_64_bit_integers(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    frame = tables["applications"].copy()
+    frame["application_id"] = frame["application_id"].astype("Int64")
+    frame.loc[0, "application_id"] = None
+    frame.loc[1, "application_id"] = 2**60 + 1  # not a float64: a float would store 2**60
+    for fmt, data in (("parquet", _parquet(frame)), ("csv", _csv(frame))):
+        batch_lake = Lake.of(storage.join(lake.root, fmt), "credit_synthetic")
+        _assert_rows(batch_lake, _ingest(batch_lake, f"applications-gap.{fmt}", data), [0], "not_be_null")
+        assert ("application_id", "int64") in _stored_types(batch_lake, "applications")
+        assert 2**60 + 1 in batch_lake.read_offline("applications")["application_id"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value"), [("parquet", 2**64 - 1), ("csv", "99999999999999999999"), ("csv", "-9223372036854775809")]
+)
+def test_an_integer_beyond_64_bits_is_rejected_with_its_value_never_wrapped(
+    lake: Lake, tables: dict[str, pd.DataFrame], fmt: str, value: object
+) -> None:
+    frame = tables["applications"].copy()
+    if fmt == "parquet":
+        frame["application_id"] = frame["application_id"].astype("uint64")
+        frame.loc[2, "application_id"] = value
+        data = _parquet(frame)
+    else:
+        frame = frame.astype({"application_id": object})
+        frame.loc[2, "application_id"] = value
+        data = _csv(frame)
+    expected = f"type(application_id): expected an integer within the 64-bit range, got {value!r}"
+    _assert_rows(lake, _ingest(lake, f"applications-big.{fmt}", data), [2], expected)
+    assert ("application_id", "int64") in _stored_types(lake, "applications")
+
+
+def _admit_yacht() -> Contract:
+    data = CONTRACT.model_dump(mode="json", exclude_defaults=True)
+    for column in data["columns"]:
+        if column["name"] == "loan_purpose":
+            column["categories"].append("yacht")
+    return parse_contract(data)
+
+
+def test_a_quarantined_csv_row_replays_with_its_missing_cells_still_missing(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    frame = tables["applications"].copy()
+    frame.loc[[2, 7], "loan_purpose"] = "yacht"
+    frame.loc[[2, 7], "channel"] = None  # an empty cell of a nullable column
+    first = _ingest(lake, "applications-gaps.csv", _csv(frame))
+    assert (first.status, first.rows_quarantined) == ("partial", 2)
+    assert lake.read_rejected(first.batch_id)["channel"].isna().all()
+    replay = replay_quarantined.fn(first.batch_id, _admit_yacht(), lake, NOW)
+    assert (replay.status, replay.rows_in, replay.rows_accepted) == ("accepted", 2, 2), replay.reason
+    stored = lake.read_offline("applications")
+    assert len(stored) == ROWS and stored.loc[stored["loan_purpose"] == "yacht", "channel"].isna().all()
+
+
+def test_a_file_refused_only_for_its_place_does_not_block_its_bytes(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    data = _parquet(tables["applications"])
+    misplaced = _ingest(lake, "loans-r.parquet", data)
+    assert misplaced.status == "quarantined" and "cannot tell which table" in (misplaced.reason or "")
+    assert _ingest(lake, "loans-r.parquet", data).status == "duplicate"  # the same misplaced file: seen already
+    placed = _ingest(lake, "applications-r.parquet", data)
+    assert (placed.status, placed.rows_accepted) == ("accepted", ROWS)
+    replay = replay_quarantined.fn(misplaced.batch_id, CONTRACT, lake, NOW)
+    assert replay.status == "duplicate" and f"same content as batch {placed.batch_id}" in (replay.reason or "")
+    assert len(lake.read_offline("applications")) == ROWS
+    assert lake.read_reason(misplaced.batch_id)["replays"][0]["status"] == "duplicate"
+
+
+def test_a_ragged_csv_keeps_its_readable_lines_and_quarantines_each_bad_one_by_line(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    lines = _csv(tables["applications"]).decode().splitlines()
+    lines[4] += ",surplus"  # row 3 (line 5 of the file): one field too many
+    lines[10] = lines[10].rsplit(",", 2)[0]  # row 9 (line 11): two fields too few
+    outcome = _ingest(lake, "applications-ragged.csv", ("\n".join(lines) + "\n").encode())
+    assert (outcome.rows_in, outcome.rows_accepted, outcome.rows_quarantined) == (ROWS, ROWS - 2, 2)
+    assert outcome.failing == {"unreadable_line": 2}
+    _assert_rows(lake, outcome, [3, 9], "field(s) where the header has 7")
+    assert lake.read_rejected(outcome.batch_id)["_reasons"].tolist() == [
+        "line 5: 8 field(s) where the header has 7",
+        "line 11: 5 field(s) where the header has 7",
+    ]
+
+
+def test_a_partial_batch_replayed_again_stores_each_row_once(lake: Lake, tables: dict[str, pd.DataFrame]) -> None:
+    frame = tables["applications"].copy()
+    frame.loc[2:7, "loan_purpose"] = "yacht"
+    frame.loc[7, "loan_amount"] = -1.0  # still wrong once yachts are admitted
+    first = _ingest(lake, "applications-twice.parquet", _parquet(frame))
+    fixed = _admit_yacht()
+    replay = replay_quarantined.fn(first.batch_id, fixed, lake, NOW)
+    assert (replay.status, replay.rows_in, replay.rows_accepted, replay.rows_quarantined) == ("partial", 6, 5, 1)
+    assert lake.read_rejected(replay.batch_id)["_source_row"].tolist() == [7]  # the row of the batch, as sent
+    again = replay_quarantined.fn(first.batch_id, fixed, lake, NOW)  # rows 2-6 are stored: only row 7 is judged
+    assert (again.status, again.rows_in, again.rows_accepted, again.rows_quarantined) == ("quarantined", 1, 0, 1)
+    assert len(lake.read_offline("applications")) == ROWS - 1
+    assert lake.read_reason(first.batch_id)["accepted_rows"] == [2, 3, 4, 5, 6]
+
+
+def test_a_batch_replayed_after_it_was_accepted_stores_nothing_again(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    whole = _ingest(lake, "applications-all.parquet", _parquet(tables["applications"].assign(loan_purpose="yacht")))
+    partial_frame = tables["outcomes"].copy().reset_index(drop=True)
+    partial_frame.loc[0, "defaulted"] = 2
+    partial = _ingest(lake, "outcomes-twice.parquet", _parquet(partial_frame))
+    assert (whole.status, partial.status) == ("quarantined", "partial")
+    fixed = _admit_yacht()
+    for outcome, contract in ((whole, fixed), (partial, CONTRACT)):
+        if outcome is partial:  # the label is right now: the row is resent as 0 through its rejected cell
+            rejected = lake.read_rejected(partial.batch_id).assign(defaulted=0)
+            storage.write_bytes(lake.quarantine(partial.batch_id, "rejected.parquet"), _parquet(rejected))
+        stored = replay_quarantined.fn(outcome.batch_id, contract, lake, NOW)
+        assert stored.status == "accepted"
+        for n in (2, 3):
+            again = replay_quarantined.fn(outcome.batch_id, contract, lake, NOW)
+            assert (again.batch_id, again.status, again.rows_in, again.rows_accepted) == (
+                f"{outcome.batch_id}-r{n}",
+                "duplicate",
+                0,
+                0,
+            )
+            assert again.reason is not None and "accepted by an earlier replay: nothing to replay" in again.reason
+            assert lake.read_ledger(again.batch_id) is not None
+    assert len(lake.read_offline("applications")) == ROWS
+    assert len(lake.read_offline("outcomes")) == len(partial_frame)

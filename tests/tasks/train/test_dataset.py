@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from closedloop.contract import load_contract
-from closedloop.lake import Lake
+from closedloop.lake import Lake, arrow_types
 from closedloop.settings import PROJECT_ROOT
 from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names
 from tasks.train.dataset import TrainingSet, enough_labels, entity_frame, frame_hash, load_training
@@ -41,8 +41,8 @@ def _lake(tmp_path: Path, labels: list[int], applied: list[str], observed: list[
             "defaulted": labels,
         }
     )
-    lake.write_offline("applications", apps, "applied_at", "b1", NOW)
-    lake.write_offline("outcomes", outcomes, "observed_at", "b1", NOW)
+    lake.write_offline("applications", apps, "applied_at", "b1", NOW, arrow_types(CONTRACT, "applications"))
+    lake.write_offline("outcomes", outcomes, "observed_at", "b1", NOW, arrow_types(CONTRACT, "outcomes"))
     return lake
 
 
@@ -98,7 +98,7 @@ def test_entity_frame_is_in_time_then_key_order_over_partitions(tmp_path: Path) 
             "channel": ["branch"],
         }
     )
-    lake.write_offline("applications", later, "applied_at", "b2", NOW)
+    lake.write_offline("applications", later, "applied_at", "b2", NOW, arrow_types(CONTRACT, "applications"))
     lake.write_offline(
         "outcomes",
         pd.DataFrame(
@@ -112,6 +112,7 @@ def test_entity_frame_is_in_time_then_key_order_over_partitions(tmp_path: Path) 
         "observed_at",
         "b2",
         NOW,
+        arrow_types(CONTRACT, "outcomes"),
     )
     frame = entity_frame(lake, CONTRACT, NOW)
     # 2025-01-10 first; the three of 2025-03-01 by customer: 0 (batch b2), 1, 3
@@ -125,7 +126,8 @@ def test_entity_frame_is_in_time_then_key_order_over_partitions(tmp_path: Path) 
 def test_a_label_matching_two_applications_is_refused(tmp_path: Path) -> None:
     lake = _lake(tmp_path, [1, 0], ["2025-01-10", "2025-02-10"], ["2025-04-15", "2025-05-20"])
     again = lake.read_offline("outcomes").head(1)
-    lake.write_offline("outcomes", again, "observed_at", "b2", NOW)  # the same application's outcome twice
+    # the same application's outcome twice
+    lake.write_offline("outcomes", again, "observed_at", "b2", NOW, arrow_types(CONTRACT, "outcomes"))
     repeated = r"1 value\(s\) of \['application_id'\] appear in more than one outcomes row"
     with pytest.raises(TrainingDataError, match=repeated):
         entity_frame(lake, CONTRACT, NOW)
