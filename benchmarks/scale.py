@@ -94,7 +94,7 @@ def _scale_dask(path: str, trees: int, workers: int) -> dict[str, float]:
 
     from closedloop.contract import load_contract
     from closedloop.settings import PROJECT_ROOT
-    from tasks.shared.distributed import cluster
+    from tasks.shared.dask_cluster import cluster
     from tasks.shared.features import SPLIT, feature_names, monotone_constraints, typed_features
     from tasks.train.distributed_fit import fit_dask
     from tasks.train.fit import TrainingConfig

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import client_process, load_run, malformed, reliability, requests_to, saturation
+from benchmarks.http_load import client_process, load_run, malformed, reliability, requests_to, saturation
 from benchmarks.measure import REPEATS, Measurement, free_port
 
 
@@ -117,8 +117,8 @@ def _in_process(settings: Any, contract: Any, version: str, bodies: list[dict[st
 
     from feature_repo.store import open_store
     from tasks.score import scoring
+    from tasks.score.feature_source import FeatureSource
     from tasks.score.loading import load_version
-    from tasks.score.online import FeatureSource
 
     model = load_version(settings.mlflow_tracking_uri, contract.name, version)
     source = FeatureSource(open_store(settings, contract), contract)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli import bench as benchmarks
+from cli.batches import data_app, quarantine_app
 from cli.console import (
     ContractOption,
     JsonFlag,
@@ -21,7 +22,6 @@ from cli.console import (
     settings_or_fail,
     status_table,
 )
-from cli.data import data_app, quarantine_app
 from closedloop.settings import disable_telemetry
 
 app = typer.Typer(help="closedloop: a closed-loop MLOps pipeline for credit-risk scoring.", no_args_is_help=True)

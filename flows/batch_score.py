@@ -22,10 +22,10 @@ from closedloop.contract import contract_at
 from closedloop.lake import Lake
 from closedloop.registry import champion_version
 from closedloop.settings import load_settings
-from tasks.score import batch, staging
+from tasks.score import segments, staging
 from tasks.score.loading import load_version
 from tasks.score.tasks import SegmentScores, score_segment
-from tasks.shared.distributed import dask_runner
+from tasks.shared.dask_cluster import dask_runner
 
 
 class BatchScoreParams(BaseModel):
@@ -82,13 +82,13 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
     settings = load_settings()
     contract_path = str(params.contract or settings.contract)
     contract = contract_at(contract_path)
-    batch.check_window(params.start, params.end)
+    segments.check_window(params.start, params.end)
     version = champion_version(settings.mlflow_tracking_uri, contract.name)
     if version is None:
         raise RuntimeError(f"{contract.name} has no champion to score with: deploy a model first")
-    batch.check_single_threshold(load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0))
+    segments.check_single_threshold(load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0))
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    entities = batch.window_entities(lake.read_offline(contract.prediction), contract, params.start, params.end)
+    entities = segments.window_entities(lake.read_offline(contract.prediction), contract, params.start, params.end)
     if entities.empty:
         logger.info("no %s in [%s, %s)", contract.prediction, params.start, params.end)
         return BatchScoreResult(dataset=contract.name, model_version=version, rows=0, refused=0, uri=None)
@@ -101,7 +101,8 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
     )
     folder = storage.join(lake.root, "scores", f"scored_date={datetime.now(UTC):%Y-%m-%d}")
     uris = [
-        storage.join(folder, f"{name}.parquet") for name in batch.segment_names(run, len(entities), params.segment_rows)
+        storage.join(folder, f"{name}.parquet")
+        for name in segments.segment_names(run, len(entities), params.segment_rows)
     ]
     # one segment at a time in this process (the offline store's connection is shared); side by side on Dask
     runner: Any = ThreadPoolTaskRunner(max_workers=1)

@@ -25,7 +25,7 @@ from tasks.monitor.report import Agreement
 from tasks.monitor.tasks import column_drift_chunk, evidently_report, judge_window, verify_new_champion
 from tasks.monitor.verification import Comparison, Verification, replaced_champion_violations
 from tasks.promote import promotion
-from tasks.shared.distributed import dask_runner
+from tasks.shared.dask_cluster import dask_runner
 from tasks.shared.drift import window_summary
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from closedloop import events
 from closedloop.contract import contract_at
 from closedloop.settings import load_settings
-from tasks.shared.distributed import dask_runner
+from tasks.shared.dask_cluster import dask_runner
 from tasks.train.dataset import TrainingSet
 from tasks.train.evidence import GateVerdict
 from tasks.train.fit import TrainingConfig, Trial, Tuning, choose, search_space

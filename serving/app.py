@@ -31,7 +31,7 @@ from closedloop.settings import Settings
 from feature_repo.store import open_store
 from serving.champion import Champion, Rollout
 from tasks.score import scoring
-from tasks.score.online import FeatureSource
+from tasks.score.feature_source import FeatureSource
 from tasks.score.scoring import ScoringModel
 
 logger = logging.getLogger(__name__)

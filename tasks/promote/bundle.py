@@ -2,7 +2,7 @@
 
 Training registers the bare XGBoost model; packaging (``packaging.py``) wraps that exact model file with the
 contract and the version's evidence (decision threshold or group policy) into ``ApplicationScorer`` and logs it in
-the version's run as ``scorer/``, with the project modules this one imports inside (``scoring_code.py``) and the
+the version's run as ``scorer/``, with the project modules this one imports inside (``shipped_code.py``) and the
 lock's exact pins. Anything that can load a pyfunc (``mlflow.pyfunc.load_model``, ``mlflow models serve``, a Spark UDF)
 then scores the way the scoring service does, through the same code (``tasks.score.scoring``):
 
@@ -46,7 +46,7 @@ class ApplicationScorer(PythonModel):
         if self._source is None:  # opened on first use: given-feature scoring needs no store
             from closedloop.settings import load_settings
             from feature_repo.store import open_store
-            from tasks.score.online import FeatureSource
+            from tasks.score.feature_source import FeatureSource
 
             self._source = FeatureSource(open_store(load_settings(), self.contract), self.contract)
         return self._source

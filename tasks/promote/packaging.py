@@ -2,7 +2,7 @@
 
 - **Scorer**: the exact model file, the contract and the version's evidence wrapped into ``ApplicationScorer``
   (``bundle.py``), logged in the version's run as ``scorer/`` with the project code it imports
-  (``scoring_code.py``) and the lock's exact pins; its URI is tagged on the version (``scorer_uri``).
+  (``shipped_code.py``) and the lock's exact pins; its URI is tagged on the version (``scorer_uri``).
 - **Bundle**: model, scorer package, contract, FeatureService, model card and evidence written together to object
   storage (a local folder, or ``s3://`` through boto3 in production), with a manifest of SHA-256 digests.
 """
@@ -24,7 +24,7 @@ from closedloop.registry import client, model_requirements
 from closedloop.settings import PROJECT_ROOT
 from tasks.promote.bundle import SCORER_PATH, ApplicationScorer
 from tasks.promote.promotion import run_artifact
-from tasks.promote.scoring_code import stage_scoring_code
+from tasks.promote.shipped_code import stage_scoring_code
 
 
 class BundleWritten(BaseModel):

@@ -2,7 +2,7 @@
 
 A version's model and decision rule (:class:`ScoringModel`: one threshold, or group thresholds when its fairness
 gate chose them); probabilities, decisions and reasons of applications whose model inputs come from
-:class:`StoredFeatures` (the online store: :class:`tasks.score.online.FeatureSource`); a retrieved feature frame
+:class:`StoredFeatures` (the online store: :class:`tasks.score.feature_source.FeatureSource`); a retrieved feature frame
 as the model matrix (:func:`frame_matrix`).
 The model sees one contiguous float matrix with categories as the contract's category codes, which is what the
 pandas path hands XGBoost (tested equal). A single row through a pandas frame costs milliseconds in XGBoost; this
@@ -25,7 +25,7 @@ from tasks.shared import explain
 
 
 class StoredFeatures(Protocol):
-    """Where an application's stored features come from: the online store (``tasks.score.online``) or a test's table."""
+    """Where an application's stored features come from: the online store (``feature_source.FeatureSource``)."""
 
     contract: Contract
     join_key: str

@@ -14,7 +14,7 @@ from closedloop.lake import parquet_bytes
 from closedloop.settings import Settings
 from feature_repo.definitions import model_service_name
 from feature_repo.store import open_store
-from tasks.score import batch, scoring, staging
+from tasks.score import scoring, segments, staging
 from tasks.score.loading import load_version
 
 
@@ -34,13 +34,13 @@ def score_segment(
 
     The segment is row group ``segment`` of the staged entity frame (``entities_uri``).
     """
-    entities = batch.typed_entities(staging.read_segment(entities_uri, segment, settings.s3_endpoint_url))
+    entities = segments.typed_entities(staging.read_segment(entities_uri, segment, settings.s3_endpoint_url))
     model = load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0)
     store = open_store(settings, contract)
     frame = store.get_historical_features(
         entity_df=entities, features=store.get_feature_service(model_service_name(contract))
     ).to_df()
     scores = model.predict_batch(scoring.frame_matrix(frame, contract, model.columns))
-    table = batch.scores_table(frame, contract, model, scores, datetime.now(UTC))
+    table = segments.scores_table(frame, contract, model, scores, datetime.now(UTC))
     storage.write_bytes(uri, parquet_bytes(table), settings.s3_endpoint_url)
     return SegmentScores(rows=len(table), refused=int((table["decision"] == "refuse").sum()), uri=uri)

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from closedloop.contract import Contract
-from tasks.shared.distributed import worker_count
+from tasks.shared.dask_cluster import worker_count
 from tasks.shared.features import SPLIT, typed_features
 from tasks.train.fit import TrainingConfig, xgboost_params
 

@@ -99,7 +99,7 @@ def train_model(
     """
     path = training.path.with_suffix(".ubj")
     if config.engine == "dask":
-        from tasks.shared.distributed import cluster
+        from tasks.shared.dask_cluster import cluster
         from tasks.train.distributed_fit import fit_dask
 
         address, workers = (settings.dask_address, settings.dask_workers) if settings else (None, 2)

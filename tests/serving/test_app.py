@@ -266,8 +266,8 @@ def test_the_fast_feature_path_answers_as_feast_and_the_pandas_model_path(served
     from feature_repo.definitions import model_service_name
     from feature_repo.online_read import OnlineReader, feast_rows
     from feature_repo.store import open_store
+    from tasks.score.feature_source import FeatureSource
     from tasks.score.loading import load_version
-    from tasks.score.online import FeatureSource
     from tasks.score.scoring import UnknownEntities, score
     from tasks.shared.features import typed_features
 
@@ -382,8 +382,8 @@ def test_a_group_threshold_policy_places_applicants_by_their_stored_age(served: 
     import dataclasses
 
     from feature_repo.store import open_store
+    from tasks.score.feature_source import FeatureSource
     from tasks.score.loading import load_version
-    from tasks.score.online import FeatureSource
     from tasks.score.scoring import ScoringInputError, policy_group, score
     from tasks.shared.fairness import groups_of
 

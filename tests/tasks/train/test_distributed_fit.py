@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.scale import scale_training_set
 from closedloop.contract import load_contract
 from closedloop.settings import PROJECT_ROOT
-from tasks.shared.distributed import cluster, worker_count
+from tasks.shared.dask_cluster import cluster, worker_count
 from tasks.shared.features import SPLIT, feature_names, monotone_constraints, typed_features
 from tasks.train.distributed_fit import fit_dask
 from tasks.train.fit import TrainingConfig, fit_model

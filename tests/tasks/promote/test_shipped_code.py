@@ -14,7 +14,7 @@ import pytest
 
 from closedloop.contract import ColumnType, load_contract
 from closedloop.settings import PROJECT_ROOT
-from tasks.promote.scoring_code import imported_modules, imports_of, scoring_files, stage_scoring_code
+from tasks.promote.shipped_code import imported_modules, imports_of, scoring_files, stage_scoring_code
 from tasks.score.scoring import ScoringModel, frame_matrix
 from tasks.shared.features import feature_names
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from closedloop.contract import Contract
-from tasks.score import batch
+from tasks.score import segments
 from tasks.score.scoring import ScoringModel
 from tasks.shared.features import EVENT_TIMESTAMP
 
@@ -34,18 +34,18 @@ def applications(contract: Contract) -> pd.DataFrame:
 
 
 def test_the_entities_are_the_windows_applications_in_time_order(contract: Contract) -> None:
-    entities = batch.window_entities(applications(contract), contract, at(1), at(9))
+    entities = segments.window_entities(applications(contract), contract, at(1), at(9))
     assert entities["application_id"].tolist() == [11, 12, 13]  # the end is exclusive
     assert list(entities.columns[:3]) == ["customer_id", "application_id", EVENT_TIMESTAMP]
     assert "not_a_model_input" not in entities and "loan_amount" in entities
-    assert batch.window_entities(pd.DataFrame(), contract, at(1), at(9)).empty  # an empty lake
+    assert segments.window_entities(pd.DataFrame(), contract, at(1), at(9)).empty  # an empty lake
     with pytest.raises(ValueError, match="empty window"):
-        batch.check_window(at(2), at(2))
+        segments.check_window(at(2), at(2))
 
 
 def test_segments_are_named_after_the_run() -> None:
-    assert batch.segment_names("run", rows=10, segment_rows=10) == ["run"]
-    assert batch.segment_names("run", rows=11, segment_rows=5) == ["run-0000", "run-0001", "run-0002"]
+    assert segments.segment_names("run", rows=10, segment_rows=10) == ["run"]
+    assert segments.segment_names("run", rows=11, segment_rows=5) == ["run-0000", "run-0001", "run-0002"]
 
 
 def test_a_version_with_group_thresholds_is_refused() -> None:
@@ -53,14 +53,14 @@ def test_a_version_with_group_thresholds_is_refused() -> None:
         version="4", booster=None, columns=[], threshold=0.5, policy={"a": {}}, policy_attribute="age"
     )
     with pytest.raises(RuntimeError, match="v4 decides with group thresholds on age"):
-        batch.check_single_threshold(grouped)
-    batch.check_single_threshold(ScoringModel(version="5", booster=None, columns=[], threshold=0.5))
+        segments.check_single_threshold(grouped)
+    segments.check_single_threshold(ScoringModel(version="5", booster=None, columns=[], threshold=0.5))
 
 
 def test_the_scores_table_has_keys_times_and_decisions(contract: Contract) -> None:
-    entities = batch.window_entities(applications(contract), contract, at(1), at(9))
+    entities = segments.window_entities(applications(contract), contract, at(1), at(9))
     model = ScoringModel(version="5", booster=None, columns=[], threshold=0.5)
-    table = batch.scores_table(entities, contract, model, np.array([0.1, 0.6, 0.5]), at(20))
+    table = segments.scores_table(entities, contract, model, np.array([0.1, 0.6, 0.5]), at(20))
     assert list(table.columns) == [
         "customer_id",
         "application_id",
@@ -76,5 +76,5 @@ def test_the_scores_table_has_keys_times_and_decisions(contract: Contract) -> No
 
 
 def test_text_columns_stay_strings_in_a_segment_without_values() -> None:
-    typed = batch.typed_entities(pd.DataFrame({"channel": pd.Series([None, None], dtype=object), "n": [1, 2]}))
+    typed = segments.typed_entities(pd.DataFrame({"channel": pd.Series([None, None], dtype=object), "n": [1, 2]}))
     assert str(typed["channel"].dtype) == "string" and typed["n"].dtype == np.int64
