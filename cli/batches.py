@@ -161,7 +161,7 @@ def quarantine_replay(
         fail(str(exc))
     text = "\n".join(
         f"{o.replay_of} -> {o.batch_id}: {o.status} ({o.rows_accepted} accepted, "
-        f"{o.rows_quarantined} still quarantined)"
+        f"{o.rows_quarantined} still quarantined, {o.rows_duplicate} stored already)"
         for o in result.batches
     )
     emit(result.model_dump(mode="json"), as_json, text)

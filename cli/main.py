@@ -156,10 +156,11 @@ def ingest(
         fail(str(exc))
     text = "\n".join(
         f"{o.status:<11} {o.table or '?':<15} {o.rows_in:>8} in {o.rows_accepted:>8} ok {o.rows_quarantined:>8} bad  "
-        f"{o.uri.rsplit('/', 1)[-1]}" + (f"\n{'':<12}{o.reason}" if o.reason else "")
+        f"{o.rows_duplicate:>8} dup  {o.uri.rsplit('/', 1)[-1]}" + (f"\n{'':<12}{o.reason}" if o.reason else "")
         for o in result.batches
     ) + (
-        f"\n\n{result.rows_in:,} rows in = {result.rows_accepted:,} accepted + {result.rows_quarantined:,} quarantined;"
+        f"\n\n{result.rows_in:,} rows in = {result.rows_accepted:,} accepted + {result.rows_quarantined:,} quarantined"
+        f" + {result.rows_duplicate:,} duplicate (stored already);"
         f" materialized: {', '.join(result.materialized_views) or 'nothing'}"
     )
     emit(result.model_dump(mode="json"), as_json, text)

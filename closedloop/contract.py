@@ -41,6 +41,11 @@ class Table(_Strict):
     event_time: Identifier = Field(description="UTC timestamp column: when the row became true")
     primary_key: list[Identifier] = Field(min_length=1, description="columns unique within the table")
     ttl_days: int = Field(default=3650, ge=1, description="how long a row stays a valid feature value")
+    restatement: Literal["quarantine", "store"] = Field(
+        default="quarantine",
+        description="a row whose primary key is already stored with other values: rejected with the key and the "
+        "columns that differ (quarantine), or stored as the newer version of that row (store)",
+    )
     description: str = ""
 
 
@@ -177,6 +182,13 @@ class Contract(_Strict):
     ratios: list[Ratio] = Field(default_factory=list)
     aggregates: list[Aggregate] = Field(default_factory=list)
     max_bad_row_share: float = Field(default=0.2, ge=0, le=1)
+    min_feature_coverage: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="share of matured applications that must have each feature table's rows at their time; "
+        "below it the feature_coverage gate fails",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Contract:

@@ -5,6 +5,7 @@
 ├── landing/<table>/<file>                        batches as they arrive (never modified)
 ├── ledger/<batch_id>.json                         one record per batch seen: counts, status, reasons
 ├── offline/<table>/event_date=<day>/<batch_id>.parquet    accepted rows (UTC microsecond timestamps)
+├── keys/<table>/<batch_id>.parquet                the primary key and event day of each of a batch's rows
 └── quarantine/<batch_id>/
     ├── original.<ext>                             the batch's bytes, untouched
     ├── rejected.parquet                           rejected rows as read, with _source_row and _reasons
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +34,8 @@ from closedloop.contract import ColumnType, Contract
 from closedloop.landing import exact_integers
 
 CREATED = "created_at"  # when closedloop accepted the row: Feast breaks event-time ties with it
+EVENT_DATE = "event_date"  # the partition of an offline file, and of a key in the key index
+BATCH = "batch_id"
 
 
 @dataclass(frozen=True)
@@ -117,17 +121,91 @@ class Lake:
 
     def read_offline_arrow(self, table: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table | None:
         """All accepted rows of a table as one Arrow table (None when it has no file yet)."""
-        uris = [u for u in storage.list_objects(self.offline(table), self.endpoint_url) if u.endswith(".parquet")]
-        if not uris:
+        tables = self.read_offline_files(self.offline_files(table), columns, filters)
+        if not tables:
             return None
+        return pa.concat_tables(tables, promote_options="permissive")  # int64 + float64 -> float64
+
+    def read_current_arrow(self, contract: Contract, table: str, columns: list[str]) -> pa.Table | None:
+        """A table's rows as the data set holds them now: one row per primary key (``columns`` must hold it).
+
+        Where the contract stores restatements (``restatement: store``) a key may have several versions; the
+        latest accepted one (``created_at``) is the row's current value. Otherwise every stored row is returned.
+        """
+        spec = contract.tables[table]
+        if spec.restatement != "store":
+            return self.read_offline_arrow(table, columns=columns)
+        stored = self.read_offline_arrow(table, columns=[*columns, CREATED])
+        if stored is None:
+            return None
+        import duckdb
+
+        keys = ", ".join('"' + k.replace('"', '""') + '"' for k in dict.fromkeys(spec.primary_key))
+        con = duckdb.connect()  # private and in memory: reads only the Arrow table below
+        try:
+            con.register("stored", stored)
+            return con.execute(
+                f"SELECT * EXCLUDE ({CREATED}) FROM stored "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {CREATED} DESC) = 1"
+            ).to_arrow_table()
+        finally:
+            con.close()
+
+    def offline_file(self, table: str, day: str, batch_id: str) -> str:
+        return storage.join(self.offline(table), f"{EVENT_DATE}={day}", f"{batch_id}.parquet")
+
+    # --- key index -------------------------------------------------------------------------------
+    def write_keys(self, table: str, batch_id: str, index: pa.Table) -> str:
+        """Index a batch's stored rows: their primary key and ``event_date``, one small file per batch."""
+        buffer = io.BytesIO()
+        pq.write_table(index, buffer, compression="zstd")
+        return storage.write_bytes(self._keys_file(table, batch_id), buffer.getvalue(), self.endpoint_url)
+
+    def read_keys(self, table: str, keys: list[str]) -> pa.Table | None:
+        """Every stored row's primary key, event day and batch (None when the table has no row yet).
+
+        Batches stored with no index file (before the index existed, or written outside ingestion) are indexed
+        here from their offline files' key columns, once.
+        """
+        files: dict[str, list[str]] = {}
+        for uri in self.offline_files(table):
+            files.setdefault(uri.rsplit("/", 1)[-1].removesuffix(".parquet"), []).append(uri)
+        if not files:
+            return None
+        folder = storage.join(self.root, "keys", table)
+        indexed = {
+            uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+            for uri in storage.list_objects(folder, self.endpoint_url)
+            if uri.endswith(".parquet")
+        }
+        for batch_id in sorted(set(files) - indexed):
+            parts = self.read_offline_files(files[batch_id], columns=keys)
+            days = [unquote(uri.rsplit("/", 2)[-2]).removeprefix(f"{EVENT_DATE}=") for uri in files[batch_id]]
+            dated = [_with(part, EVENT_DATE, day) for part, day in zip(parts, days, strict=True)]
+            self.write_keys(table, batch_id, pa.concat_tables(dated, promote_options="permissive"))
+        batches = sorted(files)
+        parts = self.read_offline_files([self._keys_file(table, b) for b in batches])
+        tagged = [_with(part, BATCH, b) for part, b in zip(parts, batches, strict=True)]
+        return pa.concat_tables(tagged, promote_options="permissive")
+
+    def _keys_file(self, table: str, batch_id: str) -> str:
+        return storage.join(self.root, "keys", table, f"{batch_id}.parquet")
+
+    def offline_files(self, table: str) -> list[str]:
+        """The parquet files of a table."""
+        return [u for u in storage.list_objects(self.offline(table), self.endpoint_url) if u.endswith(".parquet")]
+
+    def read_offline_files(
+        self, uris: list[str], columns: list[str] | None = None, filters: Any = None
+    ) -> list[pa.Table]:
+        """Some offline files, one Arrow table each (in the order of ``uris``), only ``columns`` decoded."""
 
         def read(uri: str) -> pa.Table:
             body = io.BytesIO(storage.read_bytes(uri, self.endpoint_url))
             return pq.read_table(body, columns=columns, filters=filters)
 
         with ThreadPoolExecutor(max_workers=4) as pool:  # many small partitions: decoding releases the GIL
-            tables = list(pool.map(read, uris))
-        return pa.concat_tables(tables, promote_options="permissive")  # int64 + float64 -> float64
+            return list(pool.map(read, uris))
 
     # --- quarantine --------------------------------------------------------------------------------
     def write_quarantine(
@@ -206,6 +284,11 @@ def arrow_types(contract: Contract, table: str) -> dict[str, pa.DataType]:
         types[contract.label.column] = pa.int64()
     types.update({col.name: _COLUMN_TYPES[col.type] for col in contract.columns_of(table)})
     return types
+
+
+def _with(table: pa.Table, column: str, value: str) -> pa.Table:
+    """``table`` with a text column holding ``value`` in every row."""
+    return table.append_column(column, pa.array([value] * table.num_rows, pa.string()))
 
 
 def _textual(frame: pd.DataFrame) -> pd.DataFrame:

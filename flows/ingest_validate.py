@@ -34,7 +34,11 @@ class IngestParams(BaseModel):
 
 
 class IngestResult(BaseModel):
-    """Counts reconcile: rows_in == rows_accepted + rows_quarantined (duplicates count nothing)."""
+    """Counts reconcile: rows_in == rows_accepted + rows_quarantined + rows_duplicate.
+
+    A batch seen before (the same bytes) counts no row; rows of a new file already stored with the same values
+    count as ``rows_duplicate`` and are not stored again.
+    """
 
     dataset: str
     contract_fingerprint: str
@@ -43,6 +47,7 @@ class IngestResult(BaseModel):
     rows_in: int
     rows_accepted: int
     rows_quarantined: int
+    rows_duplicate: int = 0
     materialized_views: list[str]
     event_id: str | None = None
 
@@ -72,6 +77,7 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
         rows_in=sum(o.rows_in for o in outcomes),
         rows_accepted=sum(o.rows_accepted for o in outcomes),
         rows_quarantined=sum(o.rows_quarantined for o in outcomes),
+        rows_duplicate=sum(o.rows_duplicate for o in outcomes),
         materialized_views=views,
     )
     _report(result, settings, lake)
@@ -83,6 +89,7 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
             "rows_in": result.rows_in,
             "rows_accepted": result.rows_accepted,
             "rows_quarantined": result.rows_quarantined,
+            "rows_duplicate": result.rows_duplicate,
             "contract_fingerprint": contract.fingerprint,
             "tables": sorted(since),
         },
@@ -100,18 +107,19 @@ def _report(result: IngestResult, settings: Settings, lake: Lake) -> None:
         f"# Ingest of `{result.dataset}` ({result.started_at:%Y-%m-%d %H:%M} UTC)",
         "",
         f"**{result.rows_in:,} rows in = {result.rows_accepted:,} accepted + "
-        f"{result.rows_quarantined:,} quarantined**, {len(result.batches)} batches, "
+        f"{result.rows_quarantined:,} quarantined + {result.rows_duplicate:,} duplicate**, "
+        f"{len(result.batches)} batches, "
         f"contract `{result.contract_fingerprint}`.",
         "",
-        "| batch | table | status | rows in | accepted | quarantined | reason |",
-        "|---|---|---|---|---|---|---|",
+        "| batch | table | status | rows in | accepted | quarantined | duplicate | reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for o in result.batches:
         reason = (o.reason or "").replace("|", "/")[:120]
         where = f" ([quarantine]({o.quarantine_uri}))" if o.quarantine_uri else ""
         lines.append(
             f"| `{o.batch_id}` {o.uri.rsplit('/', 1)[-1]} | {o.table} | {o.status}{where} | {o.rows_in:,} | "
-            f"{o.rows_accepted:,} | {o.rows_quarantined:,} | {reason} |"
+            f"{o.rows_accepted:,} | {o.rows_quarantined:,} | {o.rows_duplicate:,} | {reason} |"
         )
     if failing:
         lines += ["", "## Top failing expectations", "", "| expectation | rows |", "|---|---|"]

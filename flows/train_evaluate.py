@@ -125,11 +125,12 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     config = params.training
     training = build_training_set(settings, contract, params.cutoff or now, config)
     logger.info(
-        "training set: %d rows, %d defaults, %s..%s",
+        "training set: %d rows, %d defaults, %s..%s; %d matured applications left out without their feature rows",
         training.rows,
         training.positives,
         training.window_start,
         training.window_end,
+        training.coverage.left_out,
     )
     tuning = None
     if params.tuning_trials > 1:

@@ -1,7 +1,9 @@
 """Ingestion tasks: one batch from landing bytes to offline-store rows and quarantine, and materialization.
 
-Every row of a batch is accounted for: ``rows_in = rows_accepted + rows_quarantined``, recorded in the ledger and
-returned. A batch is identified by its content hash, so seeing the same bytes twice is a no-op that says so.
+Every row of a batch is accounted for: ``rows_in = rows_accepted + rows_quarantined + rows_duplicate``, recorded in
+the ledger and returned. A batch is identified by its content hash, so seeing the same bytes twice is a no-op that
+says so; a row is identified by its primary key across the whole data set (see :mod:`tasks.ingest.stored_keys`), so
+the same rows in another file are counted as duplicates and never stored twice.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from pydantic import BaseModel, Field
 
 from closedloop import storage
 from closedloop.contract import Contract
-from closedloop.lake import TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
+from closedloop.lake import CREATED, TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
 from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch, unplaced_id
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
 from feature_repo.online_write import materialize_view
 from feature_repo.store import offline_root, open_store
 from feature_repo.transforms import compute_aggregates
+from tasks.ingest import stored_keys
 from tasks.ingest.validation import Validation, validate
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class BatchOutcome(BaseModel):
     rows_in: int = 0
     rows_accepted: int = 0
     rows_quarantined: int = 0
+    rows_duplicate: int = 0  # rows stored already with the same values: counted, not stored again
     reason: str | None = None
     failing: dict[str, int] = Field(default_factory=dict)
     quarantine_uri: str | None = None
@@ -99,8 +103,40 @@ def ingest_batch(ref: BatchRef, contract: Contract, lake: Lake, now: datetime) -
         outcome = BatchOutcome(batch_id=bid, uri=ref.uri, table=ref.table, status="quarantined", reason=str(exc))
         return _finish(lake, outcome, data, ref.name, pd.DataFrame(), None, contract, now)
     table = ref.table or ""  # read_batch has refused batches that belong to no table
-    result = validate(readout.frame, contract, table, now, readout.unreadable)
-    return _store(lake, contract, ref.uri, ref.name, table, bid, data, result, now)
+    result, created = _against_stored(
+        lake, contract, table, validate(readout.frame, contract, table, now, readout.unreadable), now
+    )
+    return _store(lake, contract, ref.uri, ref.name, table, bid, data, result, created)
+
+
+def _against_stored(
+    lake: Lake, contract: Contract, table: str, result: Validation, now: datetime
+) -> tuple[Validation, datetime]:
+    """The accepted rows against the rows stored under the same primary key; and the time of acceptance to store.
+
+    The batch's keys are looked up in the table's key index; whole rows are read only from the files holding one
+    of them. A restatement stored as the newer version is accepted after the version it replaces, even within one
+    run (Feast breaks event-time ties by the time of acceptance).
+    """
+    if result.batch_error or result.accepted.empty:
+        return result, now
+    spec = contract.tables[table]
+    keys = list(dict.fromkeys(spec.primary_key))
+    index = lake.read_keys(table, keys)
+    if index is None:
+        return result, now
+    incoming = stored_keys.incoming_arrow(result.accepted, arrow_types(contract, table))
+    holding = stored_keys.files_with_keys(incoming, index, keys)
+    if not holding:
+        return result, now
+    files = [lake.offline_file(table, day, batch) for day, batch in holding]
+    match = stored_keys.match_stored(incoming, lake.read_offline_files(files), keys)
+    if match.restated:
+        logger.info("%d restated row(s) of %s (%s)", len(match.restated), table, spec.restatement)
+    created = now
+    if spec.restatement == "store" and match.latest_created is not None:
+        created = max(now, match.latest_created + timedelta(microseconds=1))
+    return stored_keys.settle(result, match, keys, spec.restatement), created
 
 
 def _store(
@@ -112,18 +148,24 @@ def _store(
     bid: str,
     data: bytes,
     result: Validation,
-    now: datetime,
+    created: datetime,
     replay_of: str | None = None,
 ) -> BatchOutcome:
+    """Store a validated batch's accepted rows (accepted at ``created``); quarantine the rest; ledger it."""
     event_time = contract.tables[table].event_time
     status: Status = "quarantined" if result.batch_error else ("partial" if result.rows_quarantined else "accepted")
+    if status == "accepted" and result.accepted.empty and result.duplicates:
+        status = "duplicate"  # every row is stored already
     first_event = None
     if not result.batch_error and not result.accepted.empty:
-        lake.write_offline(table, result.accepted, event_time, bid, now, arrow_types(contract, table))
+        types = arrow_types(contract, table)
+        lake.write_offline(table, result.accepted, event_time, bid, created, types)
+        keys = list(dict.fromkeys(contract.tables[table].primary_key))
+        lake.write_keys(table, bid, stored_keys.key_index(result.accepted, keys, event_time, types))
         first_event = result.accepted[event_time].min().to_pydatetime()
         aggregates = contract.aggregates_of(table)
         if aggregates:
-            _write_history(lake, contract, table, result.accepted, bid, now)
+            _write_history(lake, contract, table, result.accepted, bid, created)
     outcome = BatchOutcome(
         batch_id=bid,
         uri=uri,
@@ -132,12 +174,13 @@ def _store(
         rows_in=result.rows_in,
         rows_accepted=result.rows_accepted,
         rows_quarantined=result.rows_quarantined,
+        rows_duplicate=result.duplicates,
         reason=result.batch_error,
         failing=result.failing,
         first_event=first_event,
         replay_of=replay_of,
     )
-    return _finish(lake, outcome, data, name, result.rejected, result.gx_result, contract, now)
+    return _finish(lake, outcome, data, name, result.rejected, result.gx_result, contract, created)
 
 
 def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.DataFrame, bid: str, now: datetime) -> None:
@@ -145,8 +188,13 @@ def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.Data
     key, event_time = contract.entity.join_key, contract.tables[table].event_time
     columns = sorted({a.column for a in contract.aggregates_of(table)})
     entities = accepted[key].dropna().astype("int64" if contract.key_type == "int" else "string").unique().tolist()
-    earlier = lake.read_offline(table, columns=[key, event_time, *columns], filters=[(key, "in", entities)])
+    read = list(dict.fromkeys([key, event_time, *contract.tables[table].primary_key, *columns]))
+    earlier = lake.read_offline(table, columns=[*read, CREATED], filters=[(key, "in", entities)])
+    if not earlier.empty and contract.tables[table].restatement == "store":  # each row's latest version only
+        earlier = earlier.sort_values(CREATED, kind="stable")
+        earlier = earlier.drop_duplicates(contract.tables[table].primary_key, keep="last")
     earlier = earlier[~earlier[event_time].isin(accepted[event_time])] if not earlier.empty else earlier
+    earlier = earlier[[key, event_time, *columns]]
     history = pd.concat([earlier, accepted[[key, event_time, *columns]]], ignore_index=True)
     history[event_time] = pd.to_datetime(history[event_time], utc=True)
     aggregated = compute_aggregates(history, contract.aggregates_of(table), key, event_time)
@@ -188,13 +236,14 @@ def _finish(
         }
     )
     logger.info(
-        "batch %s %s: %s (%d in, %d accepted, %d quarantined)%s",
+        "batch %s %s: %s (%d in, %d accepted, %d quarantined, %d duplicate)%s",
         outcome.batch_id,
         name,
         outcome.status,
         outcome.rows_in,
         outcome.rows_accepted,
         outcome.rows_quarantined,
+        outcome.rows_duplicate,
         f": {outcome.reason}" if outcome.reason else "",
     )
     return outcome
@@ -290,13 +339,15 @@ def _replay_rows(
     renumber = {int(position): i for i, position in enumerate(kept)}
     frame, rows = frame.iloc[kept].reset_index(drop=True), rows[kept]
     unreadable = {renumber[p]: why for p, why in unreadable.items() if p in renumber}
-    result = validate(frame, contract, table, now, unreadable)
+    result, created = _against_stored(lake, contract, table, validate(frame, contract, table, now, unreadable), now)
     result.rejected["_source_row"] = rows[result.rejected["_source_row"].to_numpy(dtype="int64")]  # the batch's
     if not result.batch_error:
         accepted = set(rows.tolist()) - set(result.rejected["_source_row"].tolist())
         replay.record["accepted_rows"] = sorted({*done, *accepted})
     body = parquet_bytes(frame) if data is None else data
-    return _store(lake, contract, replay.uri, replay.name, table, replay.rid, body, result, now, replay.quarantined_id)
+    return _store(
+        lake, contract, replay.uri, replay.name, table, replay.rid, body, result, created, replay.quarantined_id
+    )
 
 
 def _nothing_to_store(lake: Lake, replay: _Replay, table: str | None, reason: str, now: datetime) -> BatchOutcome:

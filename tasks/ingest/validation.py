@@ -47,6 +47,8 @@ class Validation:
     failing: dict[str, int] = field(default_factory=dict)  # expectation -> rows that broke it
     gx_result: dict[str, Any] | None = None
     batch_error: str | None = None  # set when the batch is quarantined whole
+    accepted_rows: np.ndarray | None = None  # each accepted row's position in the batch
+    duplicates: int = 0  # rows already stored with the same values: neither accepted nor quarantined
 
     @property
     def rows_accepted(self) -> int:
@@ -54,7 +56,7 @@ class Validation:
 
     @property
     def rows_quarantined(self) -> int:
-        return self.rows_in - self.rows_accepted
+        return self.rows_in - self.rows_accepted - self.duplicates
 
 
 def _gx() -> Any:
@@ -442,7 +444,7 @@ def validate(
             _reasons=["; ".join(reasons.get(i, [])) or "batch over the bad-row limit" for i in range(rows_in)],
         )
         return Validation(table, rows_in, typed.iloc[0:0], rejected, failing, document, reason)
-    return Validation(table, rows_in, accepted, rejected, failing, document)
+    return Validation(table, rows_in, accepted, rejected, failing, document, accepted_rows=np.flatnonzero(good_mask))
 
 
 def _whole(

@@ -1,8 +1,10 @@
 """The training set: matured labels as an entity frame, point-in-time features through the model's FeatureService.
 
 Only labels that have matured by the cut-off are used: an application enters the training set when its outcome
-was observed before the cut-off and the contract's label delay has passed since it was made. Feast is imported
-where the retrieval runs, so the retrain guards (which read only the entity frame) decide without loading it.
+was observed before the cut-off and the contract's label delay has passed since it was made, and when every
+feature table has its row at the application's time (the others are left out and counted per table: see
+:mod:`tasks.train.coverage`). Feast is imported where the retrieval runs, so the retrain guards (which read only
+the entity frame) decide without loading it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -23,11 +26,16 @@ from closedloop.contract import Contract
 from closedloop.lake import Lake
 from closedloop.settings import Settings
 from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names, typed_features
+from tasks.train.coverage import CoverageCounter, FeatureCoverage, presence_columns
 from tasks.train.fit import SPLITS, TrainingConfig, TrainingDataError, split_codes
 
 
 class TrainingSet(BaseModel):
-    """A training set written to parquet, with its lineage: what the tasks pass between them."""
+    """A training set written to parquet, with its lineage: what the tasks pass between them.
+
+    ``rows``, ``positives`` and the window are those of the applications it holds; ``coverage`` counts the matured
+    applications left out because a feature table had no row at their time.
+    """
 
     uri: str
     rows: int
@@ -37,6 +45,7 @@ class TrainingSet(BaseModel):
     window_end: datetime
     feature_service: str
     contract_fingerprint: str
+    coverage: FeatureCoverage
 
     @property
     def path(self) -> Path:
@@ -82,9 +91,10 @@ def entity_frame(lake: Lake, contract: Contract, cutoff: datetime, window_days: 
     keys = [k for k in label_spec.primary_key if k != label_spec.event_time]
     own = [k for k in spec.primary_key if k != spec.event_time]
     columns = list(dict.fromkeys([contract.entity.join_key, *keys, spec.event_time, *request]))
-    apps = lake.read_offline_arrow(contract.prediction, columns=list(dict.fromkeys([*columns, *own])))
-    outcomes = lake.read_offline_arrow(
-        label.source, columns=list(dict.fromkeys([*keys, label_spec.event_time, label.column]))
+    # one row per key: where a table stores restatements, the latest version of each row
+    apps = lake.read_current_arrow(contract, contract.prediction, list(dict.fromkeys([*columns, *own])))
+    outcomes = lake.read_current_arrow(
+        contract, label.source, list(dict.fromkeys([*keys, label_spec.event_time, label.column]))
     )
     if apps is None or apps.num_rows == 0:
         raise TrainingDataError(f"no {contract.prediction} rows in the offline store: ingest data first")
@@ -161,16 +171,18 @@ def enough_labels(entities: pd.DataFrame, contract: Contract, config: TrainingCo
 def build_training_set(
     settings: Settings, contract: Contract, cutoff: datetime, config: TrainingConfig, batch_rows: int = 250_000
 ) -> TrainingSet:
-    """Point-in-time features for every matured application, through the model's FeatureService.
+    """Point-in-time features for every matured application whose feature rows exist at its time.
 
     The retrieval runs in the offline store's engine and streams to one parquet file in time order, with the
-    split of each row, ``batch_rows`` rows per row group; the training set is never a pandas frame here.
+    split of each row, ``batch_rows`` rows per row group; the training set is never a pandas frame here. The
+    splits are assigned to the whole entity frame; applications without a feature table's row are then left
+    out of every split, and counted.
     """
     from feature_repo.definitions import model_service_name
 
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
     entities = entity_frame(lake, contract, cutoff, config.window_days)
-    positives = enough_labels(entities, contract, config, cutoff)
+    enough_labels(entities, contract, config, cutoff)
     digest = frame_hash(entities)
     # text columns as strings, not objects: a slice where one is all missing would otherwise reach DuckDB untyped
     text = [c for c in entities.columns if entities[c].dtype == object]
@@ -182,20 +194,66 @@ def build_training_set(
     # reads a half-written file, and runs with other splits never share one
     path = folder / f"training-{digest}-{hashlib.sha256(codes.tobytes()).hexdigest()[:8]}.parquet"
     service = model_service_name(contract)
-    columns = _retrieve(settings, contract, service, entities, codes, path, batch_rows)
+    covered = CoveredRows(codes, CoverageCounter(presence_columns(contract)), contract)
+    columns = _retrieve(settings, contract, service, entities, covered, path, batch_rows, config)
     missing = [f for f in feature_names(contract) if f not in columns]
     if missing:
         raise TrainingDataError(f"the feature store returned no column(s) {missing} for FeatureService {service!r}")
+    if covered.first is None or covered.last is None:  # _retrieve refused a training set without rows
+        raise TrainingDataError("the training set holds no application")
     return TrainingSet(
         uri=path.as_uri(),
-        rows=len(entities),
-        positives=positives,
+        rows=covered.rows,
+        positives=covered.positives,
         entity_hash=digest,
-        window_start=entities[EVENT_TIMESTAMP].min().to_pydatetime(),
-        window_end=entities[EVENT_TIMESTAMP].max().to_pydatetime(),
+        window_start=covered.first,
+        window_end=covered.last,
         feature_service=service,
         contract_fingerprint=contract.fingerprint,
+        coverage=covered.counter.result(),
     )
+
+
+class CoveredRows:
+    """The retrieval's batches with their split, then only the rows every feature table covers.
+
+    Counts what it keeps: rows, positives and the time span. The splits are assigned by position in the entity
+    frame, so a batch's split is taken at the count of rows retrieved before it, left out or not.
+    """
+
+    def __init__(self, codes: np.ndarray, counter: CoverageCounter, contract: Contract) -> None:
+        self.splits = pa.DictionaryArray.from_arrays(codes, list(SPLITS))
+        self.counter = counter
+        self.label, self.positive = contract.label.column, contract.label.positive
+        self.rows = 0
+        self.positives = 0
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+
+    def __call__(self, batch: pa.Table, _written: int) -> pa.Table:
+        """One retrieved batch, with its split, without the rows a feature table does not cover."""
+        batch = batch.append_column(SPLIT, _split_slice(self.splits, self.counter.rows, batch.num_rows))
+        kept = self.counter.keep(batch)
+        if kept.num_rows:
+            self.rows += kept.num_rows
+            self.positives += pc.sum(pc.equal(kept[self.label], self.positive)).as_py() or 0
+            span = pc.min_max(kept[EVENT_TIMESTAMP]).as_py()
+            self.first = span["min"] if self.first is None else min(self.first, span["min"])
+            self.last = span["max"] if self.last is None else max(self.last, span["max"])
+        return kept
+
+    def check(self, entity_rows: int, config: TrainingConfig) -> None:
+        """Fail when the retrieval lost or added rows, or left too few covered rows or positives to train on."""
+        if self.counter.rows != entity_rows:  # fail closed: the splits are assigned by row position
+            raise TrainingDataError(f"the retrieval returned {self.counter.rows} rows for {entity_rows} entity rows")
+        if self.rows >= config.min_rows and config.min_positives <= self.positives < self.rows:
+            return
+        shares = ", ".join(f"{t} {share:.2%}" for t, share in self.counter.result().coverage.items())
+        raise TrainingDataError(
+            f"only {self.rows} of {entity_rows} matured applications have their feature rows at their time "
+            f"({shares}), with {self.positives} positive labels; at least {config.min_rows} rows and "
+            f"{config.min_positives} positives (and a negative) needed"
+        )
 
 
 def _retrieve(
@@ -203,18 +261,18 @@ def _retrieve(
     contract: Contract,
     service: str,
     entities: pd.DataFrame,
-    codes: np.ndarray,
+    covered: CoveredRows,
     path: Path,
     batch_rows: int,
+    config: TrainingConfig,
 ) -> list[str]:
     """The service's features and the sensitive attributes (for the fairness analysis) in one retrieval, to ``path``.
 
-    Written aside, then moved into place; returns the file's columns.
+    Only the rows ``covered`` keeps are written, aside, then moved into place; returns the file's columns.
     """
     from feature_repo.definitions import sensitive_refs
     from feature_repo.store import open_store, service_refs, write_retrieval
 
-    splits = pa.DictionaryArray.from_arrays(codes, list(SPLITS))
     keys = row_keys(contract)  # entity_frame's row order, [EVENT_TIMESTAMP, *keys], is the file's
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     store = open_store(settings, contract)
@@ -225,16 +283,11 @@ def _retrieve(
             store.get_historical_features(entity_df=entities.iloc[i : i + step].copy(), features=refs)
             for i in range(0, len(entities), step)
         )
-        columns = write_retrieval(
-            jobs,
-            staging,
-            [EVENT_TIMESTAMP, *keys],
-            lambda chunk, offset: chunk.append_column(SPLIT, _split_slice(splits, offset, chunk.num_rows)),
-            batch_rows,
-        )
+        columns = write_retrieval(jobs, staging, [EVENT_TIMESTAMP, *keys], covered, batch_rows)
+        covered.check(len(entities), config)
         written = pq.ParquetFile(staging).metadata.num_rows
-        if written != len(entities):  # fail closed: the splits are assigned by row position
-            raise TrainingDataError(f"the retrieval returned {written} rows for {len(entities)} entity rows")
+        if written != covered.rows:
+            raise TrainingDataError(f"the training set holds {written} rows, not the {covered.rows} covered ones")
         staging.replace(path)
     except Exception as exc:  # a feature the service names but the store lacks, an unapplied repo, ...
         staging.unlink(missing_ok=True)

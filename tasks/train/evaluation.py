@@ -92,6 +92,12 @@ def undecided(test_rows: int, test_positives: int, blocked: GateVerdict, test_sc
     )
 
 
+def with_coverage(evaluation: Evaluation, coverage: GateVerdict) -> Evaluation:
+    """The evaluation with the feature-coverage gate first: it judges the rows every other gate was judged on."""
+    verdicts = {"feature_coverage": coverage, **evaluation.gates}
+    return evaluation.model_copy(update={"gates": verdicts, "eligible": eligible(verdicts)})
+
+
 def decide(
     y_validation: np.ndarray,
     p_validation: np.ndarray,

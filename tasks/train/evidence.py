@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from tasks.train.coverage import FeatureCoverage
 from tasks.train.fit import Tuning
 
 
@@ -91,6 +92,7 @@ class Evidence(Part):
     data_window: list[str]
     training_rows: int
     training_positives: int
+    feature_coverage: FeatureCoverage | None = None  # the matured applications left out for missing feature rows
     code_commit: str
     started_by: str
     trained_at: str

@@ -1,7 +1,7 @@
-"""The promotion gates: quality floor, non-inferiority to the champion, fairness, behaviour; every one fails closed.
+"""The promotion gates: feature coverage, quality floor, non-inferiority to the champion, fairness, behaviour.
 
-Each function turns what the evaluation measured into a :class:`GateVerdict`; a version is eligible for promotion
-only when every gate passed.
+Every one fails closed. Each function turns what the evaluation measured into a :class:`GateVerdict`; a version is
+eligible for promotion only when every gate passed.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.train.coverage import FeatureCoverage
 from tasks.train.evidence import GateVerdict, Mitigation
 
 
@@ -47,6 +48,32 @@ def undecidable_quality(test_rows: int, test_positives: int, gates: Gates) -> Ga
             f"cannot decide on {test_rows} test rows with {test_positives} positives "
             f"(need {gates.min_test_rows} rows and {gates.min_test_positives} positives of each class)"
         ),
+    )
+
+
+def feature_coverage(coverage: FeatureCoverage, minimum: float) -> GateVerdict:
+    """Every feature table's rows at their time for at least ``minimum`` of the matured applications.
+
+    The applications without them were left out of the training set; when too many were, the model and its test
+    window describe another population than the one it will score.
+    """
+    if coverage.rows == 0:
+        return GateVerdict(verdict="blocked", reason="no matured application was retrieved: coverage cannot be judged")
+    floor = f"{minimum * 100:g}%"
+    short = [table for table, share in coverage.coverage.items() if not share >= minimum]  # NaN fails too
+    if short:
+        tables = "; ".join(
+            f"{table}: rows at their time for {coverage.rows - coverage.missing[table]:,} of {coverage.rows:,} "
+            f"applications ({coverage.coverage[table]:.2%}), below {floor}"
+            for table in short
+        )
+        return GateVerdict(verdict="fail", reason=f"{tables}; {coverage.left_out:,} left out of the training set")
+    if not coverage.coverage:
+        return GateVerdict(verdict="pass", reason="no stored feature table: every input arrives with the application")
+    shares = ", ".join(f"{table} {share:.2%}" for table, share in coverage.coverage.items())
+    return GateVerdict(
+        verdict="pass",
+        reason=f"every feature table at or above {floor}: {shares}; {coverage.left_out:,} left out of the training set",
     )
 
 

@@ -18,6 +18,7 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
         f"`{evidence['feature_service']}`",
         f"- Data window: {evidence['data_window'][0][:10]} to {evidence['data_window'][1][:10]}, "
         f"{evidence['training_rows']:,} labelled applications ({evidence['training_positives']:,} defaults)",
+        *_coverage_line(evidence.get("feature_coverage")),
         f"- Code: `{evidence['code_commit'][:12]}`; started by: {evidence['started_by']}",
         f"- Eligible for promotion: **{evidence['eligible']}**",
         "",
@@ -30,9 +31,20 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
         "## Gates",
         "",
         *[f"- **{k}**: {v['verdict']} ({v.get('reason', '')})" for k, v in evidence["gates"].items()],
-        *_limits(evidence["gates"]),
+        *_limits(evidence["gates"], evidence.get("feature_coverage")),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _coverage_line(coverage: dict[str, Any] | None) -> list[str]:
+    """The share of matured applications with each feature table's rows at their time (older records: none)."""
+    if not coverage:
+        return []
+    shares = ", ".join(f"{table} {share:.2%}" for table, share in coverage["coverage"].items())
+    return [
+        f"- Feature coverage: {shares}; {coverage['left_out']:,} of {coverage['rows']:,} matured applications left "
+        "out (a feature table had no row at their time)"
+    ]
 
 
 def _metrics(report: dict[str, Any]) -> list[str]:
@@ -123,7 +135,7 @@ def _importance(importance: dict[str, float]) -> list[str]:
     return lines + [f"| {name} | {value:.4f} |" for name, value in list(importance.items())[:10]]
 
 
-def _limits(verdicts: dict[str, Any]) -> list[str]:
+def _limits(verdicts: dict[str, Any], coverage: dict[str, Any] | None = None) -> list[str]:
     lines = [
         "",
         "## Limits",
@@ -132,6 +144,11 @@ def _limits(verdicts: dict[str, Any]) -> list[str]:
         "- Sensitive attributes are not model inputs, but correlated inputs can still carry their signal; "
         "monitor the fairness table over time.",
     ]
+    if coverage and coverage["left_out"]:
+        lines.append(
+            f"- {coverage['left_out']:,} matured applications without their feature rows were left out: neither the "
+            "metrics nor the fairness analysis include them."
+        )
     if verdicts.get("fairness", {}).get("mitigation"):
         lines.append(
             f"- Decisions use group thresholds ({verdicts['fairness']['mitigation']}): the attribute must be "

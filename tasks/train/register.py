@@ -58,6 +58,7 @@ def evidence_of(
         data_window=[training.window_start.isoformat(), training.window_end.isoformat()],
         training_rows=training.rows,
         training_positives=training.positives,
+        feature_coverage=training.coverage,
         code_commit=code_commit(),
         started_by=started_by,
         trained_at=now.isoformat(),

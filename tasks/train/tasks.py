@@ -24,7 +24,7 @@ from tasks.train import dataset
 from tasks.train.dataset import TrainingData, TrainingSet
 from tasks.train.evidence import Evaluation
 from tasks.train.fit import TrainingConfig, TrainingDataError, Trial, Tuning, fit_model, trial_of
-from tasks.train.gates import Gates, undecidable_quality
+from tasks.train.gates import Gates, feature_coverage, undecidable_quality
 from tasks.train.guards import (
     AUTOMATIC_TAG,
     GuardVerdict,
@@ -158,12 +158,13 @@ def _champion(tracking_uri: str, contract: Contract, data: TrainingData) -> Cham
 def evaluate_candidate(
     training: TrainingSet, model_path: str, contract: Contract, tracking_uri: str, gates: Gates
 ) -> Evaluation:
-    """Metrics with intervals, cost threshold, calibration, segments, champion comparison, fairness and gates.
+    """Feature coverage, metrics with intervals, cost threshold, calibration, segments, champion, fairness, gates.
 
     The test window is scored once: the scores are kept next to the model for the registration.
     """
     from tasks.train import evaluation
 
+    coverage = feature_coverage(training.coverage, contract.min_feature_coverage)
     data = dataset.load_training(training, contract)
     model = load_model(model_path)
     test = data.split("test")
@@ -173,9 +174,11 @@ def evaluate_candidate(
     test_positives = int(data.labels[test].sum())
     blocked = undecidable_quality(int(test.sum()), test_positives, gates)
     if blocked is not None:
-        return evaluation.undecided(int(test.sum()), test_positives, blocked, str(scores_path))
+        undecided = evaluation.undecided(int(test.sum()), test_positives, blocked, str(scores_path))
+        return evaluation.with_coverage(undecided, coverage)
     champion = _champion(tracking_uri, contract, data)
-    return evaluation.evaluate(data, model, scores, contract, gates, champion, str(scores_path))
+    judged = evaluation.evaluate(data, model, scores, contract, gates, champion, str(scores_path))
+    return evaluation.with_coverage(judged, coverage)
 
 
 @task(name="register_candidate", cache_policy=NO_CACHE)

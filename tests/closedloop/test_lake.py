@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +10,9 @@ import pyarrow as pa
 import pytest
 
 from closedloop import storage
-from closedloop.lake import CREATED, TIMESTAMP, Lake
+from closedloop.contract import load_contract, parse_contract
+from closedloop.lake import CREATED, TIMESTAMP, Lake, arrow_types
+from closedloop.settings import PROJECT_ROOT
 
 NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 TYPES = {"id": pa.int64(), "at": TIMESTAMP, "amount": pa.float64()}
@@ -84,3 +86,43 @@ def test_quarantine_keeps_the_bytes_the_rows_as_read_and_the_reason(lake: Lake) 
 def test_an_unknown_quarantined_batch_is_named_in_the_error(lake: Lake) -> None:
     with pytest.raises(storage.StorageError, match="no quarantined batch 'nope'"):
         lake.read_reason("nope")
+
+
+def test_the_key_index_covers_batches_written_before_it_existed(lake: Lake) -> None:
+    lake.write_offline("applications", _rows(), "at", "b1", NOW, TYPES)  # no index file: written outside ingestion
+    index = lake.read_keys("applications", ["id"])
+    assert index is not None
+    assert sorted(zip(*index.to_pydict().values(), strict=True)) == [
+        (1, "2025-03-01", "b1"),
+        (2, "2025-03-02", "b1"),
+        (3, "2025-03-02", "b1"),
+    ]
+    assert storage.exists(storage.join(lake.root, "keys", "applications", "b1.parquet"))  # indexed once
+    assert lake.read_keys("outcomes", ["id"]) is None
+
+
+def test_a_table_that_stores_restatements_reads_the_latest_version_of_each_key(lake: Lake) -> None:
+    contract = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    data = contract.model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["applications"]["restatement"] = "store"
+    storing = parse_contract(data)
+    types = arrow_types(storing, "applications")
+    first = pd.DataFrame(
+        {
+            "customer_id": [1, 2],
+            "application_id": [11, 12],
+            "applied_at": pd.to_datetime(["2025-03-01", "2025-03-01"], utc=True),
+            "loan_amount": [1000.0, 2000.0],
+            "loan_term_months": 12,
+            "loan_purpose": "car",
+            "channel": "online",
+        }
+    )
+    lake.write_offline("applications", first, "applied_at", "b1", NOW, types)
+    restated = first.head(1).assign(loan_amount=1500.0)
+    lake.write_offline("applications", restated, "applied_at", "b2", NOW + timedelta(seconds=1), types)
+    columns = ["application_id", "loan_amount"]
+    read = lake.read_current_arrow(storing, "applications", columns)
+    assert read is not None and sorted(zip(*read.to_pydict().values(), strict=True)) == [(11, 1500.0), (12, 2000.0)]
+    every = lake.read_current_arrow(contract, "applications", columns)  # quarantining tables: what is stored
+    assert every is not None and every.num_rows == 3

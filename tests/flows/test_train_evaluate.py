@@ -72,6 +72,11 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     evidence = read_evidence(configured, "credit_synthetic", result.version)
     assert evidence["report"]["metrics"]["roc_auc"] == pytest.approx(result.metrics["roc_auc"])
     assert evidence["started_by"] == "event:evt-123"
+    # every application has its profile and a statement within the history's ttl: none is left out
+    assert result.gates["feature_coverage"].verdict == "pass"
+    assert evidence["feature_coverage"]["left_out"] == 0
+    assert evidence["feature_coverage"]["coverage"] == {"profiles": 1.0, "credit_history": 1.0}
+    assert evidence["feature_coverage"]["rows"] == evidence["training_rows"] == result.training_rows
     assert set(evidence["report"]["fairness"]) == {"age", "sex", "marital_status"}
     assert evidence["feature_service"] == "credit_synthetic_model_v1"
     explanations = evidence["report"]["explanations"]

@@ -15,7 +15,7 @@ from closedloop import storage
 from closedloop.contract import Contract, contract_at, parse_contract
 from closedloop.lake import Lake
 from closedloop.landing import identify
-from closedloop.settings import PROJECT_ROOT
+from closedloop.settings import PROJECT_ROOT, load_settings
 from samples.synthetic import SyntheticConfig, generate_block
 from tasks.ingest.tasks import BatchOutcome, ingest_batch, replay_quarantined
 
@@ -49,12 +49,12 @@ def _csv(frame: pd.DataFrame, **kwargs: object) -> bytes:
     return out.to_csv(index=False, **kwargs).encode()  # type: ignore[call-overload]
 
 
-def _ingest(lake: Lake, name: str, data: bytes) -> BatchOutcome:
+def _ingest(lake: Lake, name: str, data: bytes, contract: Contract = CONTRACT) -> BatchOutcome:
     table = name.split("-", 1)[0]
     uri = storage.write_bytes(storage.join(lake.landing, table, name), data)
-    ref = identify(uri, lake.landing, CONTRACT)
-    outcome: BatchOutcome = ingest_batch.fn(ref, CONTRACT, lake, NOW)
-    assert outcome.rows_in == outcome.rows_accepted + outcome.rows_quarantined
+    ref = identify(uri, lake.landing, contract)
+    outcome: BatchOutcome = ingest_batch.fn(ref, contract, lake, NOW)
+    assert outcome.rows_in == outcome.rows_accepted + outcome.rows_quarantined + outcome.rows_duplicate
     assert lake.read_ledger(outcome.batch_id) is not None or outcome.status == "duplicate"
     return outcome
 
@@ -486,3 +486,129 @@ def test_a_batch_replayed_after_it_was_accepted_stores_nothing_again(
             assert lake.read_ledger(again.batch_id) is not None
     assert len(lake.read_offline("applications")) == ROWS
     assert len(lake.read_offline("outcomes")) == len(partial_frame)
+
+
+def test_the_same_rows_in_another_file_are_counted_as_duplicates_and_stored_once(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    first = _ingest(lake, "applications-day1.parquet", _parquet(tables["applications"]))
+    resent = _ingest(lake, "applications-export.csv", _csv(tables["applications"]))  # a CSV re-export
+    assert (resent.status, resent.rows_in, resent.rows_accepted, resent.rows_quarantined) == ("duplicate", ROWS, 0, 0)
+    assert resent.rows_duplicate == ROWS and first.rows_duplicate == 0
+    assert lake.read_ledger(resent.batch_id)["rows_duplicate"] == ROWS  # type: ignore[index]
+    mixed = pd.concat([tables["applications"].head(10), _new_applications(tables, 5)], ignore_index=True)
+    outcome = _ingest(lake, "applications-mixed.parquet", _parquet(mixed))
+    assert (outcome.status, outcome.rows_accepted, outcome.rows_duplicate) == ("accepted", 5, 10)
+    assert len(lake.read_offline("applications")) == ROWS + 5
+
+
+def _new_applications(tables: dict[str, pd.DataFrame], n: int) -> pd.DataFrame:
+    fresh = tables["applications"].head(n).copy()
+    fresh["application_id"] += 10**9
+    return fresh
+
+
+def test_a_restated_value_is_quarantined_with_the_key_and_the_column_that_differs(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    _ingest(lake, "outcomes-first.parquet", _parquet(tables["outcomes"]))
+    restated = tables["outcomes"].copy().reset_index(drop=True)
+    restated.loc[3, "defaulted"] = 1 - restated.loc[3, "defaulted"]
+    outcome = _ingest(lake, "outcomes-again.csv", _csv(restated))
+    rows = len(restated)
+    assert (outcome.status, outcome.rows_accepted, outcome.rows_quarantined) == ("partial", 0, 1)
+    assert outcome.rows_duplicate == rows - 1 and outcome.failing == {"restated_key(application_id)": 1}
+    rejected = lake.read_rejected(outcome.batch_id)
+    key, was = restated.loc[3, "application_id"], tables["outcomes"].reset_index(drop=True).loc[3, "defaulted"]
+    assert rejected["_source_row"].tolist() == [3]
+    assert rejected["_reasons"].tolist() == [
+        f"restatement of stored key application_id={key}: defaulted (stored {was}, sent {1 - was})"
+    ]
+    stored = lake.read_offline("outcomes")
+    assert len(stored) == rows and stored.loc[stored["application_id"] == key, "defaulted"].tolist() == [was]
+    data = CONTRACT.model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["outcomes"]["restatement"] = "store"  # the operator accepts the correction, and replays it
+    storing = parse_contract(data)
+    replay = replay_quarantined.fn(outcome.batch_id, storing, lake, NOW)
+    assert (replay.status, replay.rows_accepted, replay.rows_quarantined) == ("accepted", 1, 0), replay.reason
+    current = lake.read_current_arrow(storing, "outcomes", ["application_id", "observed_at", "defaulted"])
+    assert current is not None and current.num_rows == rows
+    labels = dict(zip(current["application_id"].to_pylist(), current["defaulted"].to_pylist(), strict=True))
+    assert labels[key] == 1 - was
+
+
+def test_training_reads_one_row_per_decision_after_files_are_sent_again(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    from tasks.train.dataset import entity_frame
+
+    _ingest(lake, "applications-a.parquet", _parquet(tables["applications"]))
+    _ingest(lake, "outcomes-a.parquet", _parquet(tables["outcomes"]))
+    before = entity_frame(lake, CONTRACT, NOW)
+    restated = tables["outcomes"].copy().reset_index(drop=True)
+    restated.loc[0, "defaulted"] = 1 - restated.loc[0, "defaulted"]
+    _ingest(lake, "applications-b.csv", _csv(tables["applications"]))
+    _ingest(lake, "outcomes-b.csv", _csv(restated))
+    after = entity_frame(lake, CONTRACT, NOW)  # raised "appear in more than one applications row" before
+    pd.testing.assert_frame_equal(after, before)
+
+
+def _renamed(contract: Contract, table: str, new: str) -> Contract:
+    data = contract.model_dump(mode="json", exclude_defaults=True)
+    data["tables"][new] = data["tables"].pop(table)
+    data["prediction"] = new if data["prediction"] == table else data["prediction"]
+    for column in data["columns"]:
+        column["source"] = new if column["source"] == table else column["source"]
+    return parse_contract(data)
+
+
+def test_a_misplaced_file_replayed_then_sent_under_its_name_is_stored_once(
+    lake: Lake, tables: dict[str, pd.DataFrame]
+) -> None:
+    data = _parquet(tables["applications"])
+    misplaced = _ingest(lake, "loans-m.parquet", data)
+    assert misplaced.status == "quarantined"
+    with_loans = _renamed(CONTRACT, "applications", "loans")  # a contract that adds the file's table
+    replay = replay_quarantined.fn(misplaced.batch_id, with_loans, lake, NOW)
+    assert (replay.status, replay.rows_accepted) == ("accepted", ROWS)
+    placed = _ingest(lake, "loans-n.parquet", data, with_loans)  # the same bytes under the right name
+    assert (placed.status, placed.rows_accepted, placed.rows_duplicate) == ("duplicate", 0, ROWS)
+    assert len(lake.read_offline("loans")) == ROWS
+
+
+def _profiles_restated_in_place() -> Contract:
+    """Profiles keyed by customer alone, whose restatements are stored as newer versions."""
+    data = CONTRACT.model_dump(mode="json", exclude_defaults=True)
+    data["tables"]["profiles"].update(primary_key=["customer_id"], restatement="store")
+    return parse_contract(data)
+
+
+def test_a_stored_restatement_is_what_training_sees_from_its_time_and_the_older_version_before(
+    tmp_path: Path, tables: dict[str, pd.DataFrame]
+) -> None:
+    from feature_repo.definitions import build_repo
+    from feature_repo.store import offline_root, open_store
+    from tasks.shared.features import EVENT_TIMESTAMP
+
+    contract = _profiles_restated_in_place()
+    settings = load_settings(state_dir=tmp_path)
+    lake = Lake.of(settings.lake_uri, contract.name)
+    day = pd.Timestamp("2025-01-01", tz="UTC")
+    first = tables["profiles"].head(2).reset_index(drop=True).assign(profile_at=day, income=[1000.0, 500.0])
+    assert _ingest(lake, "profiles-1.parquet", _parquet(first), contract).rows_accepted == 2
+    moved = first.copy()
+    moved.loc[0, ["profile_at", "income"]] = [pd.Timestamp("2025-03-01", tz="UTC"), 2000.0]  # a later event time
+    moved.loc[1, "income"] = 700.0  # the same event time: the row replaced in place
+    second = _ingest(lake, "profiles-2.parquet", _parquet(moved), contract)  # the same run (the same NOW)
+    assert (second.status, second.rows_accepted, second.rows_duplicate) == ("accepted", 2, 0)
+    assert len(lake.read_offline("profiles")) == 4  # both versions are kept
+    store = open_store(settings, contract)
+    store.apply(build_repo(contract, offline_root(settings, contract)).objects)
+    customers = first["customer_id"].tolist()
+    times = pd.to_datetime(["2024-12-31", "2025-02-01", "2025-04-01"], utc=True)
+    entities = pd.DataFrame([(c, t) for c in customers for t in times], columns=["customer_id", EVENT_TIMESTAMP])
+    seen = store.get_historical_features(entity_df=entities, features=["profiles:income"]).to_df()
+    income = {(r.customer_id, r.event_timestamp.strftime("%m-%d")): r.income for r in seen.itertuples()}
+    assert income[(customers[0], "02-01")] == 1000.0 and income[(customers[0], "04-01")] == 2000.0
+    assert income[(customers[1], "02-01")] == 700.0 and income[(customers[1], "04-01")] == 700.0
+    assert pd.isna(income[(customers[0], "12-31")]) and pd.isna(income[(customers[1], "12-31")])

@@ -5,14 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from closedloop.contract import load_contract
 from closedloop.lake import Lake, arrow_types
-from closedloop.settings import PROJECT_ROOT
+from closedloop.settings import PROJECT_ROOT, Settings
 from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names
-from tasks.train.dataset import TrainingSet, enough_labels, entity_frame, frame_hash, load_training
+from tasks.train.coverage import CoverageCounter, FeatureCoverage
+from tasks.train.dataset import (
+    CoveredRows,
+    TrainingSet,
+    build_training_set,
+    enough_labels,
+    entity_frame,
+    frame_hash,
+    load_training,
+)
 from tasks.train.fit import TrainingConfig, TrainingDataError
 
 CONTRACT = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
@@ -165,6 +176,7 @@ def test_a_training_set_reads_back_as_matrix_labels_and_splits(tmp_path: Path) -
         window_end=NOW,
         feature_service="s",
         contract_fingerprint=CONTRACT.fingerprint,
+        coverage=FeatureCoverage(rows=4, left_out=0, missing={}, coverage={}),
     )
     assert training.path == path
     data = load_training(training, CONTRACT)
@@ -172,3 +184,108 @@ def test_a_training_set_reads_back_as_matrix_labels_and_splits(tmp_path: Path) -
     assert list(data.features.columns) == feature_names(CONTRACT)  # the model matrix only, no attribute or split
     assert data.split("train").tolist() == [True, True, False, False]
     assert data.split("test").tolist() == [False, False, False, True]
+
+
+def _retrieved(days: list[int], defaulted: list[int], income: list[float | None]) -> pa.Table:
+    """A retrieved batch: the entity frame's time and label, and one feature table's column."""
+    return pa.table(
+        {
+            EVENT_TIMESTAMP: pa.array([datetime(2025, 1, d, tzinfo=UTC) for d in days], pa.timestamp("us", tz="UTC")),
+            "defaulted": pa.array(defaulted, pa.int64()),
+            "income": pa.array(income, pa.float64()),
+        }
+    )
+
+
+def test_the_covered_rows_keep_the_split_of_their_place_in_the_entity_frame() -> None:
+    """Rows left out of one batch do not shift the splits of the next: a split belongs to an entity row."""
+    codes = np.array([0, 0, 0, 1, 2, 2], dtype=np.int8)  # train, train, train, validation, test, test
+    covered = CoveredRows(codes, CoverageCounter({"profiles": ["income"]}), CONTRACT)
+    first = covered(_retrieved([1, 2, 3], [1, 0, 0], [None, 2.0, None]), 0)
+    second = covered(_retrieved([4, 5, 6], [1, 1, 0], [4.0, None, 6.0]), first.num_rows)
+    assert first.column(SPLIT).to_pylist() == ["train"]
+    assert second.column(SPLIT).to_pylist() == ["validation", "test"]
+    assert covered.rows == 3 and covered.positives == 1  # the covered rows' labels only
+    assert (covered.first, covered.last) == (datetime(2025, 1, 2, tzinfo=UTC), datetime(2025, 1, 6, tzinfo=UTC))
+    coverage = covered.counter.result()
+    assert coverage.left_out == 3 and coverage.missing == {"profiles": 3} and coverage.coverage == {"profiles": 0.5}
+    covered.check(6, TrainingConfig(min_rows=3, min_positives=1))
+    with pytest.raises(TrainingDataError, match="the retrieval returned 6 rows for 7 entity rows"):
+        covered.check(7, TrainingConfig(min_rows=3, min_positives=1))
+    too_few = (
+        r"only 3 of 6 matured applications have their feature rows at their time \(profiles 50.00%\), with 1 "
+        r"positive labels; at least 4 rows and 1 positives \(and a negative\) needed"
+    )
+    with pytest.raises(TrainingDataError, match=too_few):
+        covered.check(6, TrainingConfig(min_rows=4, min_positives=1))
+
+
+def _write(lake: Lake, table: str, frame: pd.DataFrame, event_time: str, types: dict[str, pa.DataType]) -> None:
+    lake.write_offline(table, frame, event_time, "b1", NOW, types)
+
+
+def _feature_rows(lake: Lake, profiled: list[int], statements: dict[int, str]) -> None:
+    """Profiles of the ``profiled`` customers (dated 2024-12-01) and one statement per customer at its date."""
+    n = len(profiled)
+    profiles = pd.DataFrame(
+        {
+            "customer_id": profiled,
+            "profile_at": pd.to_datetime(["2024-12-01"] * n, utc=True),
+            "age": [30 + i for i in range(n)],
+            "sex": ["female", "male"] * (n // 2) + ["female"] * (n % 2),
+            "marital_status": "single",
+            "education": "university",
+            "region": "north",
+            "home_ownership": "rent",
+            "income": 40_000.0,
+            "employment_years": 5.0,
+            "postcode": 1234,
+        }
+    )
+    _write(lake, "profiles", profiles, "profile_at", arrow_types(CONTRACT, "profiles"))
+    history = pd.DataFrame(
+        {
+            "customer_id": list(statements),
+            "snapshot_at": pd.to_datetime(list(statements.values()), utc=True),
+            "credit_limit": 5_000.0,
+            "balance": 1_000.0,
+            "utilisation": 0.2,
+            "months_delinquent": 0,
+            "payment_ratio": 0.9,
+            "open_accounts": 2,
+        }
+    )
+    _write(lake, "credit_history", history, "snapshot_at", arrow_types(CONTRACT, "credit_history"))
+    aggregates = history[["customer_id", "snapshot_at"]].assign(
+        utilisation_mean_6m=0.2, months_delinquent_max_6m=0.0, payment_ratio_min_6m=0.9
+    )
+    types = {"customer_id": pa.int64(), "snapshot_at": pa.timestamp("us", tz="UTC")}
+    types |= {name: pa.float64() for name in aggregates.columns[2:]}
+    _write(lake, "credit_history_history", aggregates, "snapshot_at", types)
+
+
+@pytest.mark.slow
+def test_applications_without_their_feature_rows_are_left_out_of_the_built_training_set(settings: Settings) -> None:
+    """Through Feast: customers 7 and 8 have no profile (quarantined), customer 6's statement is past its ttl."""
+    from feature_repo.definitions import build_repo
+    from feature_repo.store import offline_root, open_store
+
+    labels = [1, 0, 0, 1, 0, 1, 0, 1]
+    lake = _lake(Path(settings.lake_uri[7:]), labels, [f"2025-03-{d:02d}" for d in range(1, 9)], ["2025-06-30"] * 8)
+    statements = {c: "2025-02-28" for c in range(1, 9)} | {6: "2024-10-31"}  # ttl 92 days: 121 days before
+    _feature_rows(lake, profiled=[1, 2, 3, 4, 5, 6], statements=statements)
+    open_store(settings, CONTRACT).apply(build_repo(CONTRACT, offline_root(settings, CONTRACT)).objects)
+
+    training = build_training_set(settings, CONTRACT, NOW, TrainingConfig(min_rows=3, min_positives=1))
+
+    assert training.coverage.model_dump() == {
+        "rows": 8,
+        "left_out": 3,
+        "missing": {"profiles": 2, "credit_history": 1},
+        "coverage": {"profiles": 0.75, "credit_history": 0.875},
+    }
+    frame = pd.read_parquet(training.path)
+    assert frame["customer_id"].tolist() == [1, 2, 3, 4, 5]
+    assert training.rows == 5 and training.positives == 2  # customers 1 and 4
+    assert frame["age"].notna().all() and frame["balance"].notna().all()  # no application trains without them
+    assert training.window_end == datetime(2025, 3, 5, tzinfo=UTC)

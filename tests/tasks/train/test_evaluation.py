@@ -13,7 +13,8 @@ from closedloop.contract import load_contract
 from closedloop.settings import PROJECT_ROOT
 from tasks.shared.features import SPLIT, feature_names, monotone_constraints, typed_features
 from tasks.train.dataset import TrainingData
-from tasks.train.evaluation import ChampionScores, UnscorableChampion, decide, evaluate, undecided
+from tasks.train.evaluation import ChampionScores, UnscorableChampion, decide, evaluate, undecided, with_coverage
+from tasks.train.evidence import GateVerdict
 from tasks.train.gates import Gates, undecidable_quality
 
 CONTRACT = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
@@ -109,6 +110,18 @@ def test_a_window_too_small_to_judge_records_only_its_counts() -> None:
         "quality": {"verdict": "blocked", "reason": blocked.reason}
     }
     assert result.eligible is False and result.threshold == 0.5 and result.plots == {}
+
+
+def test_the_feature_coverage_gate_comes_first_and_decides_eligibility_with_the_others(
+    candidate: tuple[TrainingData, Any, np.ndarray],
+) -> None:
+    data, model, scores = candidate
+    judged = evaluate(data, model, scores, CONTRACT, GATES, None, "")
+    passed = with_coverage(judged, GateVerdict(verdict="pass", reason="every feature table at or above 95%"))
+    assert list(passed.gates) == ["feature_coverage", "behaviour", "quality_floor", "champion", "fairness"]
+    assert passed.eligible == judged.eligible and passed.report == judged.report
+    short = with_coverage(judged, GateVerdict(verdict="fail", reason="credit_history: 82.10%"))
+    assert short.gates["feature_coverage"].reason == "credit_history: 82.10%" and short.eligible is False
 
 
 def test_a_failed_fairness_gate_tries_group_thresholds_where_the_contract_allows(

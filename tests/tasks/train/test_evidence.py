@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from tasks.train.coverage import FeatureCoverage
 from tasks.train.evidence import Evidence, GateVerdict, Mitigation, Report
 from tasks.train.fit import Trial, Tuning
 
@@ -80,3 +83,36 @@ def test_the_record_serialises_with_its_nested_parts() -> None:
     ]
     assert record["report"] == {"test_rows": 20, "test_positives": 3, "intervals": {"roc_auc": [0.7, 0.9]}}
     assert record["gates"] == {"quality_floor": {"verdict": "pass", "reason": "ROC-AUC 0.8000 vs floor 0.65"}}
+
+
+def test_the_record_shows_the_feature_coverage_after_the_training_rows() -> None:
+    coverage = FeatureCoverage(
+        rows=120,
+        left_out=20,
+        missing={"profiles": 20, "credit_history": 0},
+        coverage={"profiles": 1 / 6 * 5, "credit_history": 1.0},
+    )
+    evidence = Evidence(
+        dataset="credit",
+        contract_version=1,
+        contract_fingerprint="f",
+        feature_service="credit_model_v1",
+        entity_frame_hash="h",
+        data_window=["2025-01-01T00:00:00+00:00", "2025-06-30T00:00:00+00:00"],
+        training_rows=100,
+        training_positives=10,
+        feature_coverage=coverage,
+        code_commit="abc",
+        started_by="test",
+        trained_at="2025-07-01T00:00:00+00:00",
+        report=Report(test_rows=20, test_positives=3),
+        gates={"feature_coverage": GateVerdict(verdict="fail", reason="profiles: 100 of 120 applications")},
+        eligible=False,
+        decision_threshold=0.3,
+    )
+    record = json.loads(json.dumps(evidence.model_dump(), default=str))
+    keys = list(record)
+    assert keys[keys.index("training_positives") + 1] == "feature_coverage"
+    assert record["feature_coverage"]["left_out"] == 20
+    assert record["feature_coverage"]["missing"] == {"profiles": 20, "credit_history": 0}
+    assert record["feature_coverage"]["coverage"]["profiles"] == pytest.approx(0.8333, abs=1e-4)

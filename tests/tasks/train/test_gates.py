@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.train.coverage import FeatureCoverage
 from tasks.train.evidence import GateVerdict, Mitigation
 from tasks.train.gates import (
     Gates,
@@ -11,6 +12,7 @@ from tasks.train.gates import (
     champion_unavailable,
     eligible,
     fairness_verdict,
+    feature_coverage,
     mitigated_fairness,
     no_champion,
     noninferiority,
@@ -97,6 +99,42 @@ def test_the_group_threshold_candidate_decides_the_fairness_gate_only_when_judge
     assert mitigated.reason == (
         "with group thresholds on age: within limits (single threshold: age: disparate impact 0.7 < 0.8)"
     )
+
+
+def _coverage(rows: int, missing: dict[str, int], left_out: int) -> FeatureCoverage:
+    shares = {table: (rows - m) / rows if rows else 0.0 for table, m in missing.items()}
+    return FeatureCoverage(rows=rows, left_out=left_out, missing=missing, coverage=shares)
+
+
+def test_feature_coverage_fails_below_the_contracts_share_naming_the_table() -> None:
+    short = feature_coverage(_coverage(10_000, {"profiles": 0, "credit_history": 1_790}, 1_790), 0.95)
+    assert short.verdict == "fail"
+    assert short.reason == (
+        "credit_history: rows at their time for 8,210 of 10,000 applications (82.10%), below 95%; "
+        "1,790 left out of the training set"
+    )
+    both = feature_coverage(_coverage(100, {"profiles": 6, "credit_history": 30}, 31), 0.955)
+    assert both.verdict == "fail" and both.reason.startswith(
+        "profiles: rows at their time for 94 of 100 applications (94.00%)"
+    )
+    assert "below 95.5%; credit_history: rows at their time for 70 of 100 applications (70.00%)" in both.reason
+
+
+def test_feature_coverage_passes_at_the_threshold_and_says_what_was_left_out() -> None:
+    at = feature_coverage(_coverage(100, {"profiles": 5, "credit_history": 0}, 5), 0.95)
+    assert at.verdict == "pass"
+    assert at.reason == (
+        "every feature table at or above 95%: profiles 95.00%, credit_history 100.00%; 5 left out of the training set"
+    )
+    none = feature_coverage(_coverage(100, {}, 0), 0.95)
+    assert none.verdict == "pass" and none.reason.startswith("no stored feature table")
+
+
+def test_feature_coverage_blocks_when_nothing_was_retrieved() -> None:
+    blocked = feature_coverage(_coverage(0, {"profiles": 0}, 0), 0.95)
+    assert blocked.verdict == "blocked" and "cannot be judged" in blocked.reason
+    nan = FeatureCoverage(rows=10, left_out=0, missing={"profiles": 0}, coverage={"profiles": float("nan")})
+    assert feature_coverage(nan, 0.95).verdict == "fail"  # a share that is no number never passes
 
 
 def test_eligible_only_when_every_gate_passed() -> None:

@@ -79,3 +79,33 @@ def test_group_thresholds_are_shown_with_their_policy_and_the_scoring_limit() ->
 def test_a_mitigation_not_tried_says_why() -> None:
     card = model_card("credit", _evidence(mitigation={"skipped": "no failing attribute (sex) allows group thresholds"}))
     assert "Not tried: no failing attribute (sex) allows group thresholds" in card
+
+
+def test_the_card_shows_the_coverage_per_feature_table_and_what_was_left_out() -> None:
+    evidence = _evidence()
+    evidence["feature_coverage"] = {
+        "rows": 15_000,
+        "left_out": 2_655,
+        "missing": {"profiles": 2_655, "credit_history": 30},
+        "coverage": {"profiles": 0.823, "credit_history": 0.998},
+    }
+    card = model_card("credit", evidence)
+    assert (
+        "- Feature coverage: profiles 82.30%, credit_history 99.80%; 2,655 of 15,000 matured applications left out "
+        "(a feature table had no row at their time)"
+    ) in card
+    assert "- 2,655 matured applications without their feature rows were left out: neither the metrics nor" in card
+
+
+def test_a_record_without_coverage_or_with_nothing_left_out_says_no_more() -> None:
+    assert "Feature coverage" not in model_card("credit", _evidence())
+    evidence = _evidence()
+    evidence["feature_coverage"] = {
+        "rows": 10,
+        "left_out": 0,
+        "missing": {"profiles": 0},
+        "coverage": {"profiles": 1.0},
+    }
+    card = model_card("credit", evidence)
+    assert "- Feature coverage: profiles 100.00%; 0 of 10 matured applications left out" in card
+    assert "were left out: neither" not in card

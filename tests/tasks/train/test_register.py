@@ -16,6 +16,7 @@ from closedloop.registry import REFERENCE_PROFILE, REFERENCE_SAMPLE
 from closedloop.settings import PROJECT_ROOT
 from tasks.shared.drift import SCORE
 from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names, typed_features
+from tasks.train.coverage import FeatureCoverage
 from tasks.train.dataset import TrainingData, TrainingSet
 from tasks.train.evidence import Evaluation, GateVerdict, Report
 from tasks.train.fit import TrainingConfig, Trial, Tuning
@@ -33,6 +34,12 @@ TRAINING = TrainingSet(
     window_end=datetime(2025, 3, 31, tzinfo=UTC),
     feature_service="credit_synthetic_model_v1",
     contract_fingerprint=CONTRACT.fingerprint,
+    coverage=FeatureCoverage(
+        rows=1_250,
+        left_out=250,
+        missing={"profiles": 0, "credit_history": 250},
+        coverage={"profiles": 1.0, "credit_history": 0.8},
+    ),
 )
 
 
@@ -56,6 +63,17 @@ def test_the_record_carries_lineage_and_the_search() -> None:
     assert evidence["report"]["tuning"]["chosen"] == {"max_depth": 3}
     assert evidence["decision_threshold"] == 0.1234567 and evidence["contract_version"] == CONTRACT.version
     assert "tuning" not in evidence_of(TRAINING, _evaluation(), CONTRACT, None, "me", NOW).model_dump()["report"]
+
+
+def test_the_record_counts_the_applications_left_out_per_feature_table() -> None:
+    record = json.loads(json.dumps(evidence_of(TRAINING, _evaluation(), CONTRACT, None, "me", NOW).model_dump()))
+    assert record["training_rows"] == 1_000
+    assert record["feature_coverage"] == {
+        "rows": 1_250,
+        "left_out": 250,
+        "missing": {"profiles": 0, "credit_history": 250},
+        "coverage": {"profiles": 1.0, "credit_history": 0.8},
+    }
 
 
 @pytest.mark.parametrize("automatic", [False, True])
