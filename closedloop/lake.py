@@ -6,19 +6,26 @@
 ├── ledger/<batch_id>.json                         one record per batch seen: counts, status, reasons
 ├── offline/<table>/event_date=<day>/<batch_id>.parquet    accepted rows (UTC microsecond timestamps)
 ├── keys/<table>/<batch_id>.parquet                the primary key and event day of each of a batch's rows
-└── quarantine/<batch_id>/
-    ├── original.<ext>                             the batch's bytes, untouched
-    ├── rejected.parquet                           rejected rows as read, with _source_row and _reasons
-    ├── reason.json                                why, counts, top failing expectations, replay history
-    └── validation.json                            the Great Expectations result document
+├── quarantine/<batch_id>/
+│   ├── original.<ext>                             the batch's bytes, untouched
+│   ├── rejected.parquet                           rejected rows as read, with _source_row and _reasons
+│   ├── reason.json                                why, counts, top failing expectations, replay history
+│   └── validation.json                            the Great Expectations result document
+└── staging/<batch_id>/...                         a batch being written: the same layout, not yet visible
 ```
-Every write is a whole object (atomic on disk and on S3); nothing here deletes anything.
+Every write is a whole object (atomic on disk and on S3). A batch is atomic too: its offline rows, key index
+and quarantine are written under ``staging/<batch_id>/`` (see :meth:`Lake.staging`), where neither Feast nor
+training looks; its ledger record is the commit (:meth:`Lake.commit`); then its objects are moved into place.
+:meth:`Lake.sweep`, run under the lake's lock before each ingest, finishes what a crashed run left: a staged
+batch with a ledger record is moved into place, one without is removed (its landing file is still there, and
+is ingested again as a new batch). Nothing here deletes a committed row.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,13 +36,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from closedloop import storage
+from closedloop import failpoints, storage
 from closedloop.contract import ColumnType, Contract
 from closedloop.landing import exact_integers
 
 CREATED = "created_at"  # when closedloop accepted the row: Feast breaks event-time ties with it
 EVENT_DATE = "event_date"  # the partition of an offline file, and of a key in the key index
 BATCH = "batch_id"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Lake:
 
     root: str  # <lake>/<dataset>
     endpoint_url: str | None = None
+    staged: str | None = None  # a batch id: this lake's writes go to that batch's staging area
 
     @classmethod
     def of(cls, lake_uri: str, dataset: str, endpoint_url: str | None = None) -> Lake:
@@ -62,6 +72,66 @@ class Lake:
     def quarantine(self, batch_id: str, name: str = "") -> str:
         base = storage.join(self.root, "quarantine", batch_id)
         return storage.join(base, name) if name else base
+
+    # --- atomic batches ------------------------------------------------------------------------------
+    def staging(self, batch_id: str) -> Lake:
+        """The lake with its writes (offline rows, key index, quarantine) staged for one batch until committed."""
+        return Lake(self.root, self.endpoint_url, staged=batch_id)
+
+    def _put(self, uri: str, body: bytes) -> str:
+        """Write an object of this lake, under the staging area of the batch being written when there is one."""
+        if self.staged is not None and uri.startswith(self.root + "/"):
+            uri = storage.join(self.root, "staging", self.staged, uri[len(self.root) + 1 :])
+        return storage.write_bytes(uri, body, self.endpoint_url)
+
+    def commit(self, record: dict[str, Any]) -> str:
+        """Ledger a batch (the commit), then move what it staged into place; returns the ledger record's URI."""
+        uri = self.write_ledger(record)
+        failpoints.reach("batch-committed")
+        self.publish(str(record["batch_id"]))
+        return uri
+
+    def publish(self, batch_id: str) -> list[str]:
+        """Move a committed batch's staged objects into place (again after a crash: a move is idempotent)."""
+        folder = storage.join(self.root, "staging", batch_id)
+        moved = []
+        for uri in storage.list_objects(folder, self.endpoint_url):
+            target = storage.join(self.root, uri[len(folder) + 1 :])
+            moved.append(storage.move(uri, target, self.endpoint_url))
+            failpoints.reach("batch-publishing")
+        storage.delete_prefix(folder, self.endpoint_url)  # on disk: the emptied folders
+        return moved
+
+    def sweep(self) -> dict[str, list[str]]:
+        """Finish what crashed runs left (call it holding the lake's lock): returns the batches done and undone.
+
+        A staged batch whose ledger record exists is published (``published``); one without is removed
+        (``removed``): it was never committed, and its landing file is ingested again. On disk, temporary files
+        of interrupted writes are removed as well.
+        """
+        folder = storage.join(self.root, "staging")
+        staged = sorted(
+            {uri[len(folder) + 1 :].split("/", 1)[0] for uri in storage.list_objects(folder, self.endpoint_url)}
+        )
+        done: dict[str, list[str]] = {"published": [], "removed": []}
+        for batch_id in staged:
+            if storage.exists(self.ledger(batch_id), self.endpoint_url):
+                self.publish(batch_id)
+                done["published"].append(batch_id)
+            else:
+                storage.delete_prefix(storage.join(folder, batch_id), self.endpoint_url)
+                done["removed"].append(batch_id)
+        local = storage.parse(self.root)
+        if local.scheme == "file":
+            if local.path.joinpath("staging").exists():  # emptied batch folders, temporary files of a crash
+                storage.delete_prefix(folder)
+            for tmp in local.path.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        if staged:
+            logger.warning(
+                "lake %s: crashed batch(es) published %s, removed %s", self.root, done["published"], done["removed"]
+            )
+        return done
 
     # --- ledger ----------------------------------------------------------------------------------
     def read_ledger(self, batch_id: str) -> dict[str, Any] | None:
@@ -109,8 +179,8 @@ class Lake:
         written = []
         for day, part in frame.groupby(days, sort=True):
             uri = storage.join(self.offline(table), f"event_date={day}", f"{batch_id}.parquet")
-            body = parquet_bytes(part.reset_index(drop=True), schema)
-            written.append(storage.write_bytes(uri, body, self.endpoint_url))
+            written.append(self._put(uri, parquet_bytes(part.reset_index(drop=True), schema)))
+            failpoints.reach("batch-writing")
         return written
 
     def read_offline(self, table: str, columns: list[str] | None = None, filters: Any = None) -> pd.DataFrame:
@@ -159,7 +229,7 @@ class Lake:
         """Index a batch's stored rows: their primary key and ``event_date``, one small file per batch."""
         buffer = io.BytesIO()
         pq.write_table(index, buffer, compression="zstd")
-        return storage.write_bytes(self._keys_file(table, batch_id), buffer.getvalue(), self.endpoint_url)
+        return self._put(self._keys_file(table, batch_id), buffer.getvalue())
 
     def read_keys(self, table: str, keys: list[str]) -> pa.Table | None:
         """Every stored row's primary key, event day and batch (None when the table has no row yet).
@@ -218,26 +288,18 @@ class Lake:
         validation: dict[str, Any] | None,
     ) -> str:
         suffix = original_name.rsplit(".", 1)[-1] if "." in original_name else "bin"
-        storage.write_bytes(self.quarantine(batch_id, f"original.{suffix}"), original, self.endpoint_url)
+        self._put(self.quarantine(batch_id, f"original.{suffix}"), original)
         if not rejected.empty:
-            storage.write_bytes(
-                self.quarantine(batch_id, "rejected.parquet"), parquet_bytes(_textual(rejected)), self.endpoint_url
-            )
+            self._put(self.quarantine(batch_id, "rejected.parquet"), parquet_bytes(_textual(rejected)))
         if validation is not None:
-            storage.write_bytes(
-                self.quarantine(batch_id, "validation.json"),
-                json.dumps(validation, indent=1, default=str).encode(),
-                self.endpoint_url,
+            self._put(
+                self.quarantine(batch_id, "validation.json"), json.dumps(validation, indent=1, default=str).encode()
             )
         self.write_reason(batch_id, reason)
         return self.quarantine(batch_id)
 
     def write_reason(self, batch_id: str, reason: dict[str, Any]) -> None:
-        storage.write_bytes(
-            self.quarantine(batch_id, "reason.json"),
-            json.dumps(reason, indent=2, default=str).encode(),
-            self.endpoint_url,
-        )
+        self._put(self.quarantine(batch_id, "reason.json"), json.dumps(reason, indent=2, default=str).encode())
 
     def read_reason(self, batch_id: str) -> dict[str, Any]:
         uri = self.quarantine(batch_id, "reason.json")

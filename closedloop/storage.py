@@ -1,13 +1,16 @@
 """Object storage addressed by URI: ``file://`` on the local disk, ``s3://`` through boto3.
 
-One small surface (read, write, list, exists, copy) so the lake, the quarantine, the inference log and
+One small surface (read, write, list, exists, move, delete) so the lake, the quarantine, the inference log and
 model bundles work the same on a laptop and on any S3-compatible store. Writes are atomic on both:
-a local write goes to a temporary file renamed into place, and an S3 PUT is atomic by nature.
+a local write goes to a temporary file renamed into place, and an S3 PUT is atomic by nature. A move is a
+rename on disk and a server-side copy then a delete on S3: the object is whole at either place, and a move
+interrupted on S3 leaves it at both (moving it again finishes the move).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -164,6 +167,42 @@ def delete(uri: str, endpoint_url: str | None = None) -> None:
         s3_client(endpoint_url).delete_object(Bucket=loc.bucket, Key=loc.key)
     except Exception as exc:
         raise _s3_error(exc, uri, "delete") from exc
+
+
+def move(source: str, target: str, endpoint_url: str | None = None) -> str:
+    """Move one object to another key of the same store (see the module docstring); returns the target URI."""
+    src, dst = parse(source), parse(target)
+    if src.scheme != dst.scheme:
+        raise StorageError(f"{source}: cannot move to another kind of store ({target})")
+    if src.scheme == "file":
+        try:
+            dst.path.parent.mkdir(parents=True, exist_ok=True)
+            src.path.replace(dst.path)
+        except OSError as exc:
+            raise StorageError(f"{source}: cannot move to {target} ({exc.strerror})") from exc
+        return str(dst)
+    client = s3_client(endpoint_url)
+    try:
+        client.copy_object(Bucket=dst.bucket, Key=dst.key, CopySource={"Bucket": src.bucket, "Key": src.key})
+        client.delete_object(Bucket=src.bucket, Key=src.key)
+    except Exception as exc:
+        raise _s3_error(exc, source, f"move to {target}") from exc
+    return str(dst)
+
+
+def delete_prefix(prefix_uri: str, endpoint_url: str | None = None) -> int:
+    """Remove every object below a prefix (on disk the folder itself, temporary files included); returns how many."""
+    loc = parse(prefix_uri)
+    if loc.scheme == "file":
+        if not loc.path.exists():
+            return 0
+        count = sum(1 for p in loc.path.rglob("*") if p.is_file())
+        shutil.rmtree(loc.path)
+        return count
+    uris = list_objects(prefix_uri, endpoint_url)
+    for uri in uris:
+        delete(uri, endpoint_url)
+    return len(uris)
 
 
 def list_objects(prefix_uri: str, endpoint_url: str | None = None) -> list[str]:

@@ -12,10 +12,12 @@ from pydantic import BaseModel, Field
 from closedloop import events
 from closedloop.contract import contract_at
 from closedloop.lake import Lake
+from closedloop.locks import lake_lock
 from closedloop.settings import Settings, load_settings
 from tasks.ingest.tasks import (
     BatchOutcome,
     earliest_new_events,
+    earliest_published,
     find_batches,
     ingest_batch,
     materialize_features,
@@ -60,15 +62,22 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
     settings = load_settings()
     contract = contract_at(str(params.contract or settings.contract))
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
-    now = utc_now()
-    if params.replay:
-        outcomes = [replay_quarantined(qid, contract, lake, now) for qid in params.replay]
-    else:
-        refs = find_batches(params.sources, lake.landing, contract, settings.s3_endpoint_url)
-        logger.info("%d batch file(s) found for %s", len(refs), contract.name)
-        outcomes = [ingest_batch(ref, contract, lake, now) for ref in refs]
-    since = earliest_new_events(outcomes, contract)
-    views = materialize_features(settings, contract, since, now) if params.materialize and since else []
+    # one writer per lake: a concurrent run of the same files waits, then finds them ledgered
+    with lake_lock(lake.root, settings.postgres_url, settings.lake_lock_wait_s):
+        swept = lake.sweep()  # what a crashed run left: committed batches published, uncommitted ones removed
+        if swept["published"] or swept["removed"]:
+            logger.warning("crashed run(s) finished: published %s, removed %s", swept["published"], swept["removed"])
+        now = utc_now()
+        if params.replay:
+            outcomes = [replay_quarantined(qid, contract, lake, now) for qid in params.replay]
+        else:
+            refs = find_batches(params.sources, lake.landing, contract, settings.s3_endpoint_url)
+            logger.info("%d batch file(s) found for %s", len(refs), contract.name)
+            outcomes = [ingest_batch(ref, contract, lake, now) for ref in refs]
+        since = earliest_new_events(outcomes, contract)
+        for table, first in earliest_published(lake, contract, swept["published"]).items():
+            since[table] = min(since.get(table, first), first)
+        views = materialize_features(settings, contract, since, now) if params.materialize and since else []
     result = IngestResult(
         dataset=contract.name,
         contract_fingerprint=contract.fingerprint,

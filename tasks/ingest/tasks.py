@@ -21,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from closedloop import storage
+from closedloop import failpoints, storage
 from closedloop.contract import Contract
 from closedloop.lake import CREATED, TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
 from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch, unplaced_id
@@ -150,6 +150,7 @@ def _store(
     result: Validation,
     created: datetime,
     replay_of: str | None = None,
+    ledgered: dict[str, Any] | None = None,
 ) -> BatchOutcome:
     """Store a validated batch's accepted rows (accepted at ``created``); quarantine the rest; ledger it."""
     event_time = contract.tables[table].event_time
@@ -159,9 +160,10 @@ def _store(
     first_event = None
     if not result.batch_error and not result.accepted.empty:
         types = arrow_types(contract, table)
-        lake.write_offline(table, result.accepted, event_time, bid, created, types)
+        staged = lake.staging(bid)  # nothing of the batch is visible before its ledger record (see _finish)
+        staged.write_offline(table, result.accepted, event_time, bid, created, types)
         keys = list(dict.fromkeys(contract.tables[table].primary_key))
-        lake.write_keys(table, bid, stored_keys.key_index(result.accepted, keys, event_time, types))
+        staged.write_keys(table, bid, stored_keys.key_index(result.accepted, keys, event_time, types))
         first_event = result.accepted[event_time].min().to_pydatetime()
         aggregates = contract.aggregates_of(table)
         if aggregates:
@@ -180,7 +182,7 @@ def _store(
         first_event=first_event,
         replay_of=replay_of,
     )
-    return _finish(lake, outcome, data, name, result.rejected, result.gx_result, contract, created)
+    return _finish(lake, outcome, data, name, result.rejected, result.gx_result, contract, created, ledgered)
 
 
 def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.DataFrame, bid: str, now: datetime) -> None:
@@ -204,7 +206,7 @@ def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.Data
         event_time: TIMESTAMP,
         **{a.name: pa.float64() for a in contract.aggregates_of(table)},
     }
-    lake.write_offline(history_table(table), mine.reset_index(drop=True), event_time, bid, now, types)
+    lake.staging(bid).write_offline(history_table(table), mine.reset_index(drop=True), event_time, bid, now, types)
 
 
 def _finish(
@@ -216,7 +218,12 @@ def _finish(
     validation: dict[str, Any] | None,
     contract: Contract,
     now: datetime,
+    ledgered: dict[str, Any] | None = None,
 ) -> BatchOutcome:
+    """Stage the quarantine of a batch with rejected rows, then commit the batch (see ``Lake.commit``).
+
+    ``ledgered``: more the ledger record keeps (a replay's accepted rows).
+    """
     if outcome.status in ("quarantined", "partial"):
         reason = {
             **outcome.model_dump(mode="json"),
@@ -227,12 +234,15 @@ def _finish(
             "quarantined_at": now.isoformat(),
             "replays": [],
         }
-        outcome.quarantine_uri = lake.write_quarantine(outcome.batch_id, data, name, rejected, reason, validation)
-    lake.write_ledger(
+        lake.staging(outcome.batch_id).write_quarantine(outcome.batch_id, data, name, rejected, reason, validation)
+        outcome.quarantine_uri = lake.quarantine(outcome.batch_id)
+    failpoints.reach("batch-staged")
+    lake.commit(
         {
             **outcome.model_dump(mode="json"),
             "ingested_at": now.isoformat(),
             "contract_fingerprint": contract.fingerprint,
+            **(ledgered or {}),
         }
     )
     logger.info(
@@ -258,7 +268,9 @@ def replay_quarantined(quarantined_id: str, contract: Contract, lake: Lake, now:
     however often a batch is replayed, each of its rows is stored at most once.
     """
     record = lake.read_reason(quarantined_id)
-    replay = _Replay(quarantined_id, f"{quarantined_id}-r{len(record['replays']) + 1}", record)
+    earlier = _committed_replays(lake, quarantined_id)
+    _recover_replays(record, earlier)
+    replay = _Replay(quarantined_id, f"{quarantined_id}-r{len(earlier) + 1}", record)
     if record["status"] == "quarantined":
         outcome = _replay_whole(lake, contract, replay, now)
     else:
@@ -276,8 +288,33 @@ def replay_quarantined(quarantined_id: str, contract: Contract, lake: Lake, now:
             "contract_fingerprint": contract.fingerprint,
         }
     )
+    failpoints.reach("replay-committed")
     lake.write_reason(quarantined_id, record)
     return outcome
+
+
+def _recover_replays(record: dict[str, Any], committed: list[dict[str, Any]]) -> None:
+    """Bring a quarantine record up to its committed replays: a run may have died between the two writes."""
+    listed = {r["batch_id"] for r in record["replays"]}
+    for replay in committed:
+        if replay["batch_id"] not in listed:
+            record["replays"].append(
+                {
+                    "at": replay["ingested_at"],
+                    **{k: replay.get(k) for k in ("batch_id", "status", "rows_accepted", "rows_quarantined")},
+                    "contract_fingerprint": replay.get("contract_fingerprint"),
+                }
+            )
+    accepted = (row for replay in committed for row in replay.get("accepted_rows", []))
+    record["accepted_rows"] = sorted({*record.get("accepted_rows", []), *accepted})
+
+
+def _committed_replays(lake: Lake, quarantined_id: str) -> list[dict[str, Any]]:
+    """The ledger records of a quarantined batch's replays (``<id>-r1``, ``<id>-r2``, ... until one is missing)."""
+    found = []
+    while (record := lake.read_ledger(f"{quarantined_id}-r{len(found) + 1}")) is not None:
+        found.append(record)
+    return found
 
 
 @dataclass(frozen=True)
@@ -341,12 +378,23 @@ def _replay_rows(
     unreadable = {renumber[p]: why for p, why in unreadable.items() if p in renumber}
     result, created = _against_stored(lake, contract, table, validate(frame, contract, table, now, unreadable), now)
     result.rejected["_source_row"] = rows[result.rejected["_source_row"].to_numpy(dtype="int64")]  # the batch's
+    accepted: list[int] = []
     if not result.batch_error:
-        accepted = set(rows.tolist()) - set(result.rejected["_source_row"].tolist())
+        accepted = sorted(set(rows.tolist()) - set(result.rejected["_source_row"].tolist()))
         replay.record["accepted_rows"] = sorted({*done, *accepted})
     body = parquet_bytes(frame) if data is None else data
     return _store(
-        lake, contract, replay.uri, replay.name, table, replay.rid, body, result, created, replay.quarantined_id
+        lake,
+        contract,
+        replay.uri,
+        replay.name,
+        table,
+        replay.rid,
+        body,
+        result,
+        created,
+        replay.quarantined_id,
+        {"accepted_rows": accepted},  # the ledger record commits them with the rows (see replay_quarantined)
     )
 
 
@@ -375,6 +423,12 @@ def earliest_new_events(outcomes: list[BatchOutcome], contract: Contract) -> dic
         for table in tables:
             since[table] = min(since.get(table, outcome.first_event), outcome.first_event)
     return since
+
+
+def earliest_published(lake: Lake, contract: Contract, batch_ids: list[str]) -> dict[str, datetime]:
+    """:func:`earliest_new_events` of batches committed by a crashed run and published since (``Lake.sweep``)."""
+    records = (lake.read_ledger(b) for b in batch_ids)
+    return earliest_new_events([BatchOutcome.model_validate(r) for r in records if r is not None], contract)
 
 
 @task(name="materialize_features", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
