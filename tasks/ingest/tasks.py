@@ -311,7 +311,7 @@ def _recover_replays(record: dict[str, Any], committed: list[dict[str, Any]]) ->
 
 def _committed_replays(lake: Lake, quarantined_id: str) -> list[dict[str, Any]]:
     """The ledger records of a quarantined batch's replays (``<id>-r1``, ``<id>-r2``, ... until one is missing)."""
-    found = []
+    found: list[dict[str, Any]] = []
     while (record := lake.read_ledger(f"{quarantined_id}-r{len(found) + 1}")) is not None:
         found.append(record)
     return found
