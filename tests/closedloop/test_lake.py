@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,3 +130,66 @@ def test_a_table_that_stores_restatements_reads_the_latest_version_of_each_key(l
     assert read is not None and sorted(zip(*read.to_pydict().values(), strict=True)) == [(11, 1500.0), (12, 2000.0)]
     every = lake.read_current_arrow(contract, "applications", columns)  # quarantining tables: what is stored
     assert every is not None and every.num_rows == 3
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    """A lake on disk, and one on a real S3 endpoint (where a move is a copy then a delete)."""
+    if request.param == "file":
+        return Lake.of(tmp_path.as_uri(), "credit")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"lake-{tmp_path.name.replace('_', '-').lower()[-40:]}"
+    storage.ensure_bucket(bucket, endpoint)
+    return Lake.of(f"s3://{bucket}/lake", "credit", endpoint)
+
+
+def _stage(lake: Lake, batch_id: str) -> None:
+    staged = lake.staging(batch_id)
+    staged.write_offline("applications", _rows(), "at", batch_id, NOW, TYPES)
+    staged.write_quarantine(batch_id, b"bytes", "applications-1.csv", pd.DataFrame({"id": ["x"]}), {"why": 1}, None)
+
+
+def test_a_staged_batch_is_invisible_until_its_ledger_record_commits_it(any_lake: Lake) -> None:
+    _stage(any_lake, "b1")
+    assert any_lake.read_offline("applications").empty and any_lake.quarantined() == []
+    any_lake.commit({"batch_id": "b1", "status": "partial", "ingested_at": NOW})
+    assert any_lake.read_offline("applications")["id"].tolist() == [1, 2, 3]
+    assert any_lake.quarantined() == [{"why": 1}]
+    assert storage.list_objects(storage.join(any_lake.root, "staging"), any_lake.endpoint_url) == []
+
+
+def test_the_sweep_publishes_committed_batches_and_removes_uncommitted_ones(any_lake: Lake) -> None:
+    _stage(any_lake, "b1")
+    _stage(any_lake, "b2")
+    any_lake.write_ledger({"batch_id": "b1", "status": "accepted", "ingested_at": NOW})  # committed, then a crash
+    assert any_lake.sweep() == {"published": ["b1"], "removed": ["b2"]}
+    stored = storage.list_objects(any_lake.offline("applications"), any_lake.endpoint_url)
+    assert sorted(uri.rsplit("/", 1)[-1] for uri in stored) == ["b1.parquet", "b1.parquet"]  # two event days
+    assert storage.list_objects(storage.join(any_lake.root, "staging"), any_lake.endpoint_url) == []
+    assert any_lake.sweep() == {"published": [], "removed": []}
+
+
+def test_a_publish_interrupted_halfway_is_finished_by_the_sweep(any_lake: Lake) -> None:
+    _stage(any_lake, "b1")
+    staged = storage.list_objects(storage.join(any_lake.root, "staging", "b1"), any_lake.endpoint_url)
+    any_lake.write_ledger({"batch_id": "b1", "status": "partial", "ingested_at": NOW})
+    first = staged[0]
+    storage.move(first, storage.join(any_lake.root, first.split("/staging/b1/", 1)[1]), any_lake.endpoint_url)
+    assert any_lake.sweep()["published"] == ["b1"]
+    assert len(any_lake.read_offline("applications")) == 3 and len(any_lake.quarantined()) == 1
+
+
+def test_the_sweep_removes_the_temporary_files_of_interrupted_writes(lake: Lake, tmp_path: Path) -> None:
+    lake.write_offline("applications", _rows(), "at", "b1", NOW, TYPES)
+    leftover = tmp_path / "credit" / "offline" / "applications" / "event_date=2025-03-02" / ".b2.parquet.x1.tmp"
+    leftover.write_bytes(b"half a file")
+    lake.sweep()
+    assert not leftover.exists() and len(lake.read_offline("applications")) == 3
+
+
+def test_a_crash_point_kills_the_process_that_reaches_it() -> None:
+    code = "from closedloop import failpoints\nfailpoints.reach('other')\nprint('passed', flush=True)\n"
+    code += "failpoints.reach('batch-staged')\nprint('survived')"
+    env = {**os.environ, "CLOSEDLOOP_CRASH_AT": "batch-staged"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL and done.stdout.split() == ["passed"]

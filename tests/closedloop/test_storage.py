@@ -103,6 +103,27 @@ def test_delete_removes_one_object_and_a_missing_one_is_fine(root: str, request:
     assert storage.exists(keep, ep) and not storage.exists(gone, ep)
 
 
+def test_a_move_leaves_the_object_whole_at_its_new_place_only(root: str, request: pytest.FixtureRequest) -> None:
+    ep = _endpoint(root, request)
+    source, target = storage.join(root, "staging", "b1", "x.parquet"), storage.join(root, "offline", "x.parquet")
+    storage.write_bytes(source, b"rows", ep)
+    assert storage.move(source, target, ep) == target
+    assert storage.read_bytes(target, ep) == b"rows" and not storage.exists(source, ep)
+    with pytest.raises(storage.StorageError, match="cannot move"):
+        storage.move(source, target, ep)  # nothing left to move: named, not silent
+
+
+def test_deleting_a_prefix_removes_everything_below_it_and_nothing_else(
+    root: str, request: pytest.FixtureRequest
+) -> None:
+    ep = _endpoint(root, request)
+    for name in ("staging/b1/a", "staging/b1/deep/b", "staging/b10/c"):
+        storage.write_bytes(storage.join(root, name), b"x", ep)
+    assert storage.delete_prefix(storage.join(root, "staging", "b1"), ep) == 2
+    assert storage.list_objects(storage.join(root, "staging"), ep) == [storage.join(root, "staging/b10/c")]
+    assert storage.delete_prefix(storage.join(root, "nothing"), ep) == 0
+
+
 def test_an_offline_table_reads_across_files_whose_int_column_became_float(tmp_path: Path) -> None:
     """A batch with a missing value stores an integer column as float64, a clean one as int64: one table."""
     import pandas as pd
