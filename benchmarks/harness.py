@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.drift import bench_drift
 from benchmarks.ingest import bench_generator, bench_materialize, bench_validation
+from benchmarks.lake import bench_lake
 from benchmarks.measure import BenchReport, Measurement
 from benchmarks.scale import bench_scale
 from benchmarks.serving import bench_serving
@@ -26,6 +27,7 @@ BENCHMARKS: dict[str, Callable[..., list[Measurement]]] = {
     "generator": bench_generator,
     "validation": bench_validation,
     "materialize": bench_materialize,
+    "lake": bench_lake,
     "concept_drift": bench_concept_drift,
     "train": bench_train,
     "serving": bench_serving,

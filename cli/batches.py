@@ -1,4 +1,4 @@
-"""The data commands: synthetic and Taiwan data into the landing zone; quarantined batches listed, shown, replayed."""
+"""The data commands: data into the landing zone; quarantined batches listed, shown, replayed; batches retracted."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from closedloop.settings import Settings
 
 data_app = typer.Typer(help="Put data into the landing zone.", no_args_is_help=True)
 quarantine_app = typer.Typer(help="Inspect and replay quarantined batches.", no_args_is_help=True)
+batch_app = typer.Typer(help="Act on ingested batches.", no_args_is_help=True)
 
 
 @data_app.command("synth")
@@ -165,3 +166,76 @@ def quarantine_replay(
         for o in result.batches
     )
     emit(result.model_dump(mode="json"), as_json, text)
+
+
+@batch_app.command("retract")
+def batch_retract(
+    batch: Annotated[str, typer.Argument(help="ledgered batch id (a replay: <id>-r<n>)")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="required: why the batch is retracted (kept in its ledger record)")
+    ] = "",
+    contract: ContractOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Take a wrong batch's rows out of the offline store (into its archive) and out of the online store.
+
+    Running it again finishes a retraction a crash interrupted.
+    """
+    from closedloop import storage
+
+    if not reason.strip():
+        fail("--reason is required: say why the batch is retracted (it is kept in the batch's ledger record)")
+    settings = settings_or_fail()
+    lake = _lake(settings, contract)
+    try:
+        lake.check_retractable(batch)  # refused before any flow run: unknown, retracted already, no stored rows
+    except (storage.StorageError, ValueError) as exc:
+        fail(str(exc))
+    connect(settings)
+    from flows.retract import RetractParams, retract
+
+    try:
+        result = retract(RetractParams(batch_id=batch, reason=reason, contract=contract_option(contract, settings)))
+    except ValueError as exc:
+        fail(str(exc))
+    except known_errors() as exc:
+        fail(str(exc))
+    emit(result.model_dump(mode="json"), as_json, _retraction_text(result.model_dump(mode="json")))
+
+
+def _retraction_text(result: dict[str, Any]) -> str:
+    """What a retraction moved, and what the operator does next."""
+    files: dict[str, int] = {}
+    for path in result["objects"]:
+        area = "/".join(path.split("/")[:2])
+        files[area] = files.get(area, 0) + 1
+    lines = [
+        f"batch {result['batch_id']} ({result['table']}, {result['status']}) retracted: {result['reason']}",
+        f"  {result['rows']:,} rows taken out of the offline store"
+        + (" (a half-done retraction finished)" if result["resumed"] else ""),
+        f"  moved to {result['archive']}/ (kept, never deleted):",
+        *(
+            f"    {area}: {count} file(s), {result['rows_by_table'].get(area.split('/')[1], 0):,} rows"
+            if area.startswith("offline/")
+            else f"    {area}: {count} key index file(s)"
+            for area, count in files.items()
+        ),
+        "  online store refreshed: "
+        + (", ".join(f"{view} ({n} entities reloaded)" for view, n in result["online_views"].items()) or "no view"),
+        "next:",
+        "  - send the corrected file to the landing zone and run `closedloop ingest`: the retracted rows' keys are",
+        "    no longer stored, so its rows are accepted as new (the retracted file itself is still ledgered: the",
+        "    same bytes sent again are skipped)",
+    ]
+    stored = [r for r in result["replays"] if r["rows_accepted"] and r["retracted"] != "done"]
+    if stored:
+        lines.append("  - replays of this batch are stored batches of their own; retract them too if they are wrong:")
+        lines += [
+            f"      closedloop batch retract {r['batch_id']} --reason '...'  ({r['status']}, {r['rows_accepted']} rows)"
+            for r in stored
+        ]
+    if result["quarantine"]:
+        lines.append(f"  - its rejected rows stay in {result['quarantine']}: do not replay them")
+    if result["replay_of"]:
+        lines.append(f"  - it replayed batch {result['replay_of']}, whose own stored rows are still there")
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli import bench as benchmarks
-from cli.batches import data_app, quarantine_app
+from cli.batches import batch_app, data_app, quarantine_app
 from cli.console import (
     ContractOption,
     JsonFlag,
@@ -29,6 +29,7 @@ contract_app = typer.Typer(help="Inspect dataset contracts.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 app.add_typer(contract_app, name="contract")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(batch_app, name="batch")
 
 
 @app.callback()

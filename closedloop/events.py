@@ -6,6 +6,7 @@ The deployments' triggers (``deployments/schedules.py``) match on these names; t
 from __future__ import annotations
 
 INGESTED = "closedloop.data.ingested"  # a batch was stored; payload: tables, rows
+RETRACTED = "closedloop.batch.retracted"  # a batch's rows left the offline and online stores; payload: batch, rows
 TRAINED = "closedloop.model.trained"  # a version was registered; payload: version, eligible
 RETRAIN_DEFERRED = "closedloop.retrain.deferred"  # a guard held an automatic retrain back
 PROMOTED = "closedloop.model.promoted"  # a version became the champion
@@ -22,5 +23,5 @@ def model_resource(name: str) -> dict[str, str]:
 
 
 def dataset_resource(name: str) -> dict[str, str]:
-    """The Prefect event resource of a dataset (ingest events)."""
+    """The Prefect event resource of a dataset (ingest and retraction events)."""
     return {"prefect.resource.id": f"closedloop.dataset.{name}", "prefect.resource.name": name}

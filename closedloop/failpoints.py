@@ -9,6 +9,7 @@ first time it reaches that point, as an out-of-memory kill or a lost node would:
 - ``batch-committed``: the ledger record is written, nothing is moved into place;
 - ``batch-publishing``: one staged object is moved into place, others are not;
 - ``replay-committed``: a replay is committed and published, its quarantine record does not say so yet.
+- ``batch-retracting``: a retraction is ledgered and one object of the batch is archived, others are not.
 """
 
 from __future__ import annotations

@@ -11,14 +11,16 @@
 │   ├── rejected.parquet                           rejected rows as read, with _source_row and _reasons
 │   ├── reason.json                                why, counts, top failing expectations, replay history
 │   └── validation.json                            the Great Expectations result document
-└── staging/<batch_id>/...                         a batch being written: the same layout, not yet visible
+├── staging/<batch_id>/...                         a batch being written: the same layout, not yet visible
+└── archive/<batch_id>/{offline,keys}/...          a retracted batch's rows and key index, moved out of the store
 ```
 Every write is a whole object (atomic on disk and on S3). A batch is atomic too: its offline rows, key index
 and quarantine are written under ``staging/<batch_id>/`` (see :meth:`Lake.staging`), where neither Feast nor
 training looks; its ledger record is the commit (:meth:`Lake.commit`); then its objects are moved into place.
 :meth:`Lake.sweep`, run under the lake's lock before each ingest, finishes what a crashed run left: a staged
 batch with a ledger record is moved into place, one without is removed (its landing file is still there, and
-is ingested again as a new batch). Nothing here deletes a committed row.
+is ingested again as a new batch). Nothing here deletes a committed row: a retracted batch's objects are moved
+to ``archive/`` (see :meth:`Lake.retract`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -83,6 +87,14 @@ class Lake:
         if self.staged is not None and uri.startswith(self.root + "/"):
             uri = storage.join(self.root, "staging", self.staged, uri[len(self.root) + 1 :])
         return storage.write_bytes(uri, body, self.endpoint_url)
+
+    def staged_view(self, batch_id: str) -> Lake:
+        """What a batch has staged so far, read as a lake of its own (a chunk reads the batch's earlier chunks)."""
+        return Lake(storage.join(self.root, "staging", batch_id), self.endpoint_url)
+
+    def discard(self, batch_id: str) -> None:
+        """Drop what a batch staged (an attempt that failed, or a batch quarantined whole after all)."""
+        storage.delete_prefix(storage.join(self.root, "staging", batch_id), self.endpoint_url)
 
     def commit(self, record: dict[str, Any]) -> str:
         """Ledger a batch (the commit), then move what it staged into place; returns the ledger record's URI."""
@@ -159,8 +171,11 @@ class Lake:
         batch_id: str,
         created: datetime,
         types: dict[str, pa.DataType],
+        part: int | None = None,
     ) -> list[str]:
         """Append accepted rows as one parquet file per event day; returns the files written.
+
+        A batch written in parts (validated in chunks) names its files ``<batch_id>.<part>.parquet``.
 
         Every column is stored with its type in ``types`` (see :func:`arrow_types`), whatever the batch held:
         a column empty in every row is not written as Arrow type null, nor an integer column as float64.
@@ -177,9 +192,10 @@ class Lake:
         frame[event_time] = frame[event_time].astype("datetime64[us, UTC]")
         days = frame[event_time].dt.strftime("%Y-%m-%d")
         written = []
-        for day, part in frame.groupby(days, sort=True):
-            uri = storage.join(self.offline(table), f"event_date={day}", f"{batch_id}.parquet")
-            written.append(self._put(uri, parquet_bytes(part.reset_index(drop=True), schema)))
+        name = batch_id if part is None else f"{batch_id}.{part}"
+        for day, rows in frame.groupby(days, sort=True):
+            uri = storage.join(self.offline(table), f"event_date={day}", f"{name}.parquet")
+            written.append(self._put(uri, parquet_bytes(rows.reset_index(drop=True), schema)))
             failpoints.reach("batch-writing")
         return written
 
@@ -283,13 +299,16 @@ class Lake:
         batch_id: str,
         original: bytes,
         original_name: str,
-        rejected: pd.DataFrame,
+        rejected: pd.DataFrame | Path,
         reason: dict[str, Any],
         validation: dict[str, Any] | None,
     ) -> str:
+        """Keep a batch's bytes, its rejected rows (a frame, or a parquet file written chunk by chunk) and why."""
         suffix = original_name.rsplit(".", 1)[-1] if "." in original_name else "bin"
         self._put(self.quarantine(batch_id, f"original.{suffix}"), original)
-        if not rejected.empty:
+        if isinstance(rejected, Path):
+            self._put(self.quarantine(batch_id, "rejected.parquet"), rejected.read_bytes())
+        elif not rejected.empty:
             self._put(self.quarantine(batch_id, "rejected.parquet"), parquet_bytes(_textual(rejected)))
         if validation is not None:
             self._put(
@@ -315,6 +334,167 @@ class Lake:
     def read_rejected(self, batch_id: str) -> pd.DataFrame:
         data = storage.read_bytes(self.quarantine(batch_id, "rejected.parquet"), self.endpoint_url)
         return pq.read_table(io.BytesIO(data)).to_pandas(types_mapper=exact_integers)
+
+    # --- retraction --------------------------------------------------------------------------------
+    def archive(self, batch_id: str) -> str:
+        """Where a retracted batch's objects go: ``archive/<batch_id>/`` with their paths in the lake kept."""
+        return storage.join(self.root, "archive", batch_id)
+
+    def retract(self, batch_id: str, reason: str, at: datetime) -> dict[str, Any]:
+        """Take a committed batch's rows out of the offline store into its archive; returns what was done.
+
+        Every object of the batch (``keys/<table>/<batch_id>.parquet``, then each
+        ``offline/<table>/event_date=*/<batch_id>.parquet``, aggregate history tables included) is moved to
+        ``archive/<batch_id>/<same path>``: nothing is deleted. The ledger record keeps its status and counts
+        and gains ``retracted``, written before anything moves (``state: retracting``, the objects listed) and
+        updated once all are archived (``state: archived``); the online store is still to be refreshed then, and
+        :meth:`finish_retraction` marks it ``done``. Called again on a retraction that is not done, it finishes
+        it (a crash between two moves, or before the online refresh). The key index goes first: until an
+        offline file is moved its rows are stored and, with no index file, indexed again from it (see
+        :meth:`read_keys`); an object found both in place and in the archive (an interrupted S3 move, such a
+        re-index) is removed from its place, the archive keeping the batch's own.
+
+        A replay (``<batch_id>-r<n>``) is a batch of its own: retracting a batch leaves its replays stored and
+        lists them (``replays``) so that the operator can retract them as well.
+        """
+        record = self.check_retractable(batch_id)
+        retraction = record.get("retracted")
+        resumed = retraction is not None
+        if retraction is None:
+            reason = reason.strip()
+            if not reason:
+                raise ValueError(f"batch {batch_id}: a retraction needs a reason")
+            if storage.list_objects(storage.join(self.root, "staging", batch_id), self.endpoint_url):
+                self.publish(batch_id)  # committed by a crashed run: in place first, or a later sweep would be
+            objects = self._stored_objects(batch_id)
+            if not objects:
+                raise storage.StorageError(
+                    f"{self.root}: batch {batch_id} has {record.get('rows_accepted')} accepted rows in its ledger "
+                    "record but no object under offline/ or keys/"
+                )
+            rows = self._rows_by_table(objects)
+            retraction = {
+                "state": "retracting",
+                "at": at.isoformat(),
+                "reason": reason,
+                "archive": self.archive(batch_id),
+                "objects": objects,
+                "rows": rows.get(str(record.get("table")), 0),
+                "rows_by_table": rows,
+            }
+            record["retracted"] = retraction
+            self.write_ledger(record)  # the intent: a crash from here on is finished by the next call
+        moved: list[str] = []
+        if retraction["state"] == "retracting":
+            objects = sorted({*retraction["objects"], *self._stored_objects(batch_id)}, key=self._keys_first)
+            for relative in objects:
+                if self._archive_object(batch_id, relative):
+                    moved.append(relative)
+                    failpoints.reach("batch-retracting")
+            retraction.update(state="archived", objects=objects)
+            self.write_ledger(record)
+        return {
+            **{k: record.get(k) for k in ("batch_id", "table", "status", "replay_of", "uri", "rows_accepted")},
+            **retraction,
+            "moved": moved,
+            "resumed": resumed,
+            "replays": self.replays_of(batch_id),
+            "quarantine": self.quarantine(batch_id) if record.get("quarantine_uri") else None,
+        }
+
+    def check_retractable(self, batch_id: str) -> dict[str, Any]:
+        """The ledger record of a batch that can be retracted (or whose retraction is to be finished).
+
+        Refused, with one line saying why: a batch not in the ledger, one retracted already, one that stored
+        no row (quarantined whole, or every row stored already by other batches).
+        """
+        record = self.read_ledger(batch_id)
+        if record is None:
+            raise storage.StorageError(f"{self.ledger(batch_id)}: no batch {batch_id!r} in the ledger")
+        retraction = record.get("retracted")
+        if retraction is not None and retraction.get("state") == "done":
+            raise ValueError(
+                f"batch {batch_id} was retracted already at {retraction['at']} ({retraction['reason']}); "
+                f"its objects are in {retraction['archive']}"
+            )
+        if retraction is None and not record.get("rows_accepted"):
+            why = record.get("reason") or "no row accepted"
+            raise ValueError(f"batch {batch_id} stored no rows ({record.get('status')}: {why}): nothing to retract")
+        return record
+
+    def finish_retraction(self, batch_id: str, online_views: list[str], at: datetime) -> dict[str, Any]:
+        """Mark an archived retraction done once the online store no longer serves its rows; returns the record."""
+        record = self.read_ledger(batch_id)
+        retraction = (record or {}).get("retracted")
+        if record is None or retraction is None or retraction.get("state") not in ("archived", "done"):
+            raise ValueError(f"batch {batch_id}: no archived retraction to finish")
+        retraction.update(state="done", online_views=online_views, online_refreshed_at=at.isoformat())
+        self.write_ledger(record)
+        return record
+
+    def replays_of(self, batch_id: str) -> list[dict[str, Any]]:
+        """The ledgered replays of a batch (``<batch_id>-r<n>``): their status, rows and retraction state."""
+        pattern = re.compile(rf"{re.escape(batch_id)}-r(\d+)\.json")
+        found = []
+        for uri in storage.list_objects(storage.join(self.root, "ledger"), self.endpoint_url):
+            match = pattern.fullmatch(uri.rsplit("/", 1)[-1])
+            if match:
+                record = json.loads(storage.read_bytes(uri, self.endpoint_url))
+                found.append((int(match.group(1)), record))
+        return [
+            {
+                "batch_id": record["batch_id"],
+                "status": record.get("status"),
+                "rows_accepted": record.get("rows_accepted", 0),
+                "retracted": (record.get("retracted") or {}).get("state"),
+            }
+            for _, record in sorted(found, key=lambda pair: pair[0])
+        ]
+
+    def _stored_objects(self, batch_id: str) -> list[str]:
+        """A batch's objects in place, as paths in the lake: its offline files (every table) and key index files.
+
+        A batch written in parts has files named ``<batch_id>.<part>.parquet``; a replay's (``<batch_id>-r<n>``)
+        are its own.
+        """
+        name = re.compile(rf"{re.escape(batch_id)}(\.\d+)?\.parquet")
+        on_disk = storage.parse(self.root).scheme == "file"
+        found = []
+        for area in ("offline", "keys"):
+            for uri in storage.list_objects(storage.join(self.root, area), self.endpoint_url):
+                relative = uri[len(self.root) + 1 :]
+                parts = (unquote(relative) if on_disk else relative).split("/")  # a file URI quotes the "="
+                offline = area == "offline" and len(parts) == 4 and parts[2].startswith(f"{EVENT_DATE}=")
+                if name.fullmatch(parts[-1]) and (offline or (area == "keys" and len(parts) == 3)):
+                    found.append("/".join(parts))
+        return sorted(found, key=self._keys_first)
+
+    def _rows_by_table(self, objects: list[str]) -> dict[str, int]:
+        """Rows of each offline table among a batch's objects (from the parquet footers)."""
+        rows: dict[str, int] = {}
+        for relative in objects:
+            if relative.startswith("offline/"):
+                body = storage.read_bytes(storage.join(self.root, relative), self.endpoint_url)
+                table = relative.split("/")[1]
+                rows[table] = rows.get(table, 0) + pq.read_metadata(io.BytesIO(body)).num_rows
+        return rows
+
+    @staticmethod
+    def _keys_first(relative: str) -> tuple[bool, str]:
+        """Order a batch's objects for archiving: its key index files before its offline files."""
+        return (not relative.startswith("keys/"), relative)
+
+    def _archive_object(self, batch_id: str, relative: str) -> bool:
+        """Move one object of a batch to its archive; False when it was archived already."""
+        source = storage.join(self.root, relative)
+        target = storage.join(self.archive(batch_id), relative)
+        if storage.exists(target, self.endpoint_url):
+            storage.delete(source, self.endpoint_url)  # a leftover: the archive holds the batch's own object
+            return False
+        if not storage.exists(source, self.endpoint_url):
+            raise storage.StorageError(f"{source}: object of batch {batch_id} is neither in place nor in {target}")
+        storage.move(source, target, self.endpoint_url)
+        return True
 
 
 def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:

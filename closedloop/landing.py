@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +102,89 @@ def read_batch(data: bytes, ref: BatchRef) -> Readout:
     raise UnusableBatch(f"unsupported file type {ref.name!r}: closedloop reads .parquet and .csv")
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive records of a batch read as one frame: ``rows`` gives each frame row's row in the batch.
+
+    ``unreadable`` is keyed by the frame's row positions (see :class:`Readout`).
+    """
+
+    frame: pd.DataFrame
+    unreadable: dict[int, str]
+    rows: np.ndarray
+
+
+def read_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int) -> Iterator[Chunk]:
+    """A batch as chunks of at most ``rows_per_chunk`` records, so memory follows the chunk, not the batch.
+
+    A batch that fits in one chunk is read by :func:`read_batch` (one chunk). A parquet file is read row group by
+    row group; a CSV file through pandas' chunked reader, its ragged lines (see :class:`Readout`) coming last as
+    empty rows. Errors that make the whole batch unusable raise :class:`UnusableBatch`, at the latest from the
+    chunk where the reader meets them.
+    """
+    if ref.table is None or not data or ref.file_format not in ("parquet", "csv"):
+        readout = read_batch(data, ref)  # raises UnusableBatch with the reason
+        yield Chunk(readout.frame, readout.unreadable, np.arange(len(readout.frame), dtype=np.int64))
+        return
+    if ref.file_format == "parquet":
+        yield from _parquet_chunks(data, ref, rows_per_chunk)
+        return
+    if data.count(b"\n") <= rows_per_chunk:  # at most that many records: one read
+        readout = read_batch(data, ref)
+        yield Chunk(readout.frame, readout.unreadable, np.arange(len(readout.frame), dtype=np.int64))
+        return
+    yield from _csv_chunks(data, rows_per_chunk)
+
+
+def _parquet_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int) -> Iterator[Chunk]:
+    try:
+        file = pq.ParquetFile(io.BytesIO(data))
+        if file.metadata.num_rows <= rows_per_chunk:
+            readout = read_batch(data, ref)
+            yield Chunk(readout.frame, {}, np.arange(len(readout.frame), dtype=np.int64))
+            return
+        start = 0
+        for batch in file.iter_batches(batch_size=rows_per_chunk):
+            frame = pa.Table.from_batches([batch]).to_pandas(types_mapper=exact_integers)
+            yield Chunk(frame, {}, np.arange(start, start + len(frame), dtype=np.int64))
+            start += len(frame)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
+
+
+def _csv_chunks(data: bytes, rows_per_chunk: int) -> Iterator[Chunk]:
+    _check_csv_bytes(data)
+    ragged = _ragged(data)
+    source = data if ragged is None else ragged.readable.encode("utf-8")
+    positions = None if ragged is None else np.asarray(ragged.positions, dtype=np.int64)
+    header: list[str] = []
+    try:
+        reader = pd.read_csv(
+            io.BytesIO(source),
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            encoding="utf-8",
+            chunksize=rows_per_chunk,
+        )
+        start = 0
+        for frame in reader:
+            if not header:
+                _check_header(frame)
+                header = [str(c) for c in frame.columns]
+            rows = np.arange(start, start + len(frame), dtype=np.int64)
+            start += len(frame)
+            frame.index = pd.RangeIndex(len(frame))
+            yield Chunk(frame, {}, rows if positions is None else positions[rows])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
+    if ragged is not None and ragged.unreadable:  # the lines that could not be read, as empty rows
+        lines = sorted(ragged.unreadable)
+        frame = pd.DataFrame({c: pd.Series([None] * len(lines), dtype=object) for c in header})
+        why = {i: ragged.unreadable[line] for i, line in enumerate(lines)}
+        yield Chunk(frame, why, np.asarray(lines, dtype=np.int64))
+
+
 def exact_integers(arrow_type: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
     """A ``types_mapper`` for Arrow's ``to_pandas``: integer columns as pandas' nullable integers, never float64."""
     if pa.types.is_signed_integer(arrow_type):
@@ -115,7 +199,7 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_csv(data: bytes) -> Readout:
+def _check_csv_bytes(data: bytes) -> None:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -124,12 +208,9 @@ def _read_csv(data: bytes) -> Readout:
         ) from exc
     if b"\x00" in data[:4096]:
         raise UnusableBatch("not a CSV file: it holds binary data")
-    ragged = _ragged(data)
-    source = data if ragged is None else ragged.readable.encode("utf-8")
-    try:
-        frame = pd.read_csv(io.BytesIO(source), dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
+
+
+def _check_header(frame: pd.DataFrame) -> None:
     if len(frame.columns) == 1:
         header = str(frame.columns[0])
         for sep in (";", "\t", "|"):
@@ -137,6 +218,17 @@ def _read_csv(data: bytes) -> Readout:
                 raise UnusableBatch(
                     f"CSV header {header[:60]!r} is one column: the file is delimited by {sep!r}; closedloop reads ','"
                 )
+
+
+def _read_csv(data: bytes) -> Readout:
+    _check_csv_bytes(data)
+    ragged = _ragged(data)
+    source = data if ragged is None else ragged.readable.encode("utf-8")
+    try:
+        frame = pd.read_csv(io.BytesIO(source), dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
+    _check_header(frame)
     if ragged is None:
         return Readout(frame)
     frame.index = pd.Index(ragged.positions)

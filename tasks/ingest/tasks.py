@@ -9,14 +9,17 @@ the same rows in another file are counted as duplicates and never stored twice.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
@@ -24,18 +27,20 @@ from pydantic import BaseModel, Field
 from closedloop import failpoints, storage
 from closedloop.contract import Contract
 from closedloop.lake import CREATED, TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
-from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch, unplaced_id
+from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch, read_chunks, unplaced_id
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
+from feature_repo.online_delete import delete_entities
 from feature_repo.online_write import materialize_view
 from feature_repo.store import offline_root, open_store
 from feature_repo.transforms import compute_aggregates
 from tasks.ingest import stored_keys
-from tasks.ingest.validation import Validation, validate
+from tasks.ingest.validation import Validation, key_codes, merged, repeated_keys, validate
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["accepted", "partial", "quarantined", "duplicate"]
+CHUNK_ROWS = 250_000  # records validated at once: a larger batch is validated and stored chunk by chunk
 
 
 class BatchOutcome(BaseModel):
@@ -82,8 +87,13 @@ def find_batches(
 
 
 @task(name="ingest_batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def ingest_batch(ref: BatchRef, contract: Contract, lake: Lake, now: datetime) -> BatchOutcome:
-    """Validate one landing batch; accepted rows to the offline store, the rest to quarantine; ledger it."""
+def ingest_batch(
+    ref: BatchRef, contract: Contract, lake: Lake, now: datetime, chunk_rows: int = CHUNK_ROWS
+) -> BatchOutcome:
+    """Validate one landing batch; accepted rows to the offline store, the rest to quarantine; ledger it.
+
+    A batch of more than ``chunk_rows`` records is validated and stored chunk by chunk (see ``_ingest_in_chunks``).
+    """
     data = storage.read_bytes(ref.uri, lake.endpoint_url)
     # a file of no table is refused for its place: its bytes are not ledgered, so they still count under a table
     bid = batch_id(data) if ref.table else unplaced_id(data, ref.uri)
@@ -97,16 +107,169 @@ def ingest_batch(ref: BatchRef, contract: Contract, lake: Lake, now: datetime) -
             status="duplicate",
             reason=f"same content as batch {bid} from {seen['uri']}, ingested {seen['ingested_at']} ({seen['status']})",
         )
+    lake.discard(bid)  # what an earlier attempt of this batch staged (a retry after an error)
     try:
-        readout = read_batch(data, ref)
+        chunks = read_chunks(data, ref, chunk_rows)
+        first, more = next(chunks), next(chunks, None) is not None
     except UnusableBatch as exc:
         outcome = BatchOutcome(batch_id=bid, uri=ref.uri, table=ref.table, status="quarantined", reason=str(exc))
         return _finish(lake, outcome, data, ref.name, pd.DataFrame(), None, contract, now)
-    table = ref.table or ""  # read_batch has refused batches that belong to no table
+    table = ref.table or ""  # read_chunks has refused batches that belong to no table
+    if more:
+        return _ingest_in_chunks(lake, contract, ref, table, bid, data, chunk_rows, now)
     result, created = _against_stored(
-        lake, contract, table, validate(readout.frame, contract, table, now, readout.unreadable), now
+        lake, contract, table, validate(first.frame, contract, table, now, first.unreadable), now
     )
     return _store(lake, contract, ref.uri, ref.name, table, bid, data, result, created)
+
+
+@dataclass
+class _Tally:
+    """What the chunks of one batch add up to."""
+
+    rows_in: int
+    accepted: int = 0
+    duplicates: int = 0
+    failing: dict[str, int] = field(default_factory=dict)
+    first_event: datetime | None = None
+    documents: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: Validation, event_time: str) -> None:
+        self.accepted += len(result.accepted)
+        self.duplicates += result.duplicates
+        for name, count in result.failing.items():
+            self.failing[name] = self.failing.get(name, 0) + count
+        if result.gx_result is not None:
+            self.documents.append(result.gx_result)
+        if not result.accepted.empty:
+            first = result.accepted[event_time].min().to_pydatetime()
+            self.first_event = first if self.first_event is None else min(self.first_event, first)
+
+    @property
+    def quarantined(self) -> int:
+        return self.rows_in - self.accepted - self.duplicates
+
+
+def _ingest_in_chunks(
+    lake: Lake, contract: Contract, ref: BatchRef, table: str, bid: str, data: bytes, chunk_rows: int, now: datetime
+) -> BatchOutcome:
+    """A batch of more than ``chunk_rows`` records, validated and stored chunk by chunk: memory follows the chunk.
+
+    A first pass reads only the primary keys (8 bytes per key column and row), so a key repeated across chunks
+    breaks the uniqueness expectation as it would in one piece. Each chunk is then validated, checked against the
+    stored rows and staged as parts (``<batch_id>.<k>.parquet``); its rejected rows are appended to one
+    ``rejected.parquet`` (cells as text). The bad-row share is judged on the whole batch at the end: over the
+    contract's limit, the staged parts are dropped and the batch is quarantined whole (its rows are in its
+    original bytes; ``rejected.parquet`` holds the bad ones with their reasons). Nothing is visible before the
+    ledger record commits the batch.
+    """
+    spec = contract.tables[table]
+    keys: list[tuple[np.ndarray, np.ndarray]] = []
+    rows_in = 0
+    try:
+        for chunk in read_chunks(data, ref, chunk_rows):
+            codes, whole = key_codes(chunk.frame, contract, table)
+            keys.append((chunk.rows[whole], codes[whole]))
+            rows_in += len(chunk.frame)
+    except UnusableBatch as exc:
+        outcome = BatchOutcome(batch_id=bid, uri=ref.uri, table=table, status="quarantined", reason=str(exc))
+        return _finish(lake, outcome, data, ref.name, pd.DataFrame(), None, contract, now)
+    repeated = repeated_keys(keys, rows_in)
+    del keys
+    tally, error = _Tally(rows_in), None
+    entities: list[np.ndarray] = []  # of the accepted rows, for the history aggregates
+    staged, types = lake.staging(bid), arrow_types(contract, table)
+    with tempfile.TemporaryDirectory(prefix="closedloop-batch-") as tmp:
+        rejected = _RejectedRows(Path(tmp) / "rejected.parquet")
+        for part, chunk in enumerate(read_chunks(data, ref, chunk_rows)):
+            result = validate(
+                chunk.frame, contract, table, now, chunk.unreadable, repeated[chunk.rows], judge_share=False
+            )
+            if result.batch_error:  # the columns, or GX disagreeing with the row checks: the whole batch
+                error = result.batch_error
+                tally.documents.append(result.gx_result or {})
+                break
+            result, created = _against_stored(lake, contract, table, result, now)
+            rejected.append(result.rejected, chunk.rows)
+            if not result.accepted.empty:
+                staged.write_offline(table, result.accepted, spec.event_time, bid, created, types, part)
+                index = stored_keys.key_index(
+                    result.accepted, list(dict.fromkeys(spec.primary_key)), spec.event_time, types
+                )
+                staged.write_keys(table, f"{bid}.{part}", index)
+                entities.append(result.accepted[contract.entity.join_key].dropna().unique())
+            tally.add(result, spec.event_time)
+        rejected.close()
+        share = tally.quarantined / rows_in if rows_in else 0.0
+        if error is None and share > contract.max_bad_row_share:
+            top = ", ".join(f"{k} ({v})" for k, v in sorted(tally.failing.items(), key=lambda kv: -kv[1])[:3])
+            error = f"{share:.0%} of rows are bad, over the contract's limit of {contract.max_bad_row_share:.0%}: {top}"
+        if error is not None:
+            lake.discard(bid)  # the staged parts: nothing of the batch is stored
+        elif contract.aggregates_of(table) and entities:
+            _write_history_in_slices(lake, contract, table, bid, now, np.unique(np.concatenate(entities)), chunk_rows)
+        status: Status = "quarantined" if error else ("partial" if tally.quarantined else "accepted")
+        if status == "accepted" and not tally.accepted and tally.duplicates:
+            status = "duplicate"
+        outcome = BatchOutcome(
+            batch_id=bid,
+            uri=ref.uri,
+            table=table,
+            status=status,
+            rows_in=rows_in,
+            rows_accepted=0 if error else tally.accepted,
+            rows_quarantined=rows_in - tally.duplicates if error else tally.quarantined,
+            rows_duplicate=tally.duplicates,
+            reason=error,
+            failing=dict(sorted(tally.failing.items(), key=lambda kv: -kv[1])),
+            first_event=None if error else tally.first_event,
+        )
+        kept = rejected.path if rejected.rows else pd.DataFrame()
+        return _finish(lake, outcome, data, ref.name, kept, merged(tally.documents), contract, now)
+
+
+def _write_history_in_slices(
+    lake: Lake, contract: Contract, table: str, bid: str, now: datetime, entities: np.ndarray, chunk_rows: int
+) -> None:
+    """The history aggregates of a batch stored in chunks, computed once its chunks are staged.
+
+    An entity's rows may lie in several chunks, in any order: its aggregates are computed over all of them at
+    once, as for a batch in one piece. Entities are taken in slices of about ``chunk_rows`` staged rows.
+    """
+    key, staged = contract.entity.join_key, lake.staged_view(bid)
+    rows = sum(f.num_rows for f in staged.read_offline_files(staged.offline_files(table), columns=[key]))
+    per_slice = max(1, int(len(entities) * chunk_rows / max(rows, 1)))
+    for part, start in enumerate(range(0, len(entities), per_slice)):
+        some = entities[start : start + per_slice].tolist()
+        accepted = staged.read_offline(table, filters=[(key, "in", some)])
+        created = pd.Timestamp(accepted.pop(CREATED).max()).to_pydatetime() if not accepted.empty else now
+        _write_history(lake, contract, table, accepted, bid, created, part)
+
+
+class _RejectedRows:
+    """The rejected rows of a batch's chunks, appended to one parquet file; every cell as text, as it was read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows = path, 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def append(self, rejected: pd.DataFrame, rows: np.ndarray) -> None:
+        """Add a chunk's rejected rows (``_source_row`` is their row in the chunk; ``rows`` maps it to the batch)."""
+        if rejected.empty:
+            return
+        cells = [c for c in rejected.columns if c not in ("_source_row", "_reasons")]
+        columns = {c: pa.array(rejected[c].astype("string"), pa.string(), from_pandas=True) for c in cells}
+        columns["_source_row"] = pa.array(rows[rejected["_source_row"].to_numpy(dtype=np.int64)], pa.int64())
+        columns["_reasons"] = pa.array(rejected["_reasons"].astype("string"), pa.string(), from_pandas=True)
+        table = pa.table(columns)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _against_stored(
@@ -185,8 +348,20 @@ def _store(
     return _finish(lake, outcome, data, name, result.rejected, result.gx_result, contract, created, ledgered)
 
 
-def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.DataFrame, bid: str, now: datetime) -> None:
-    """Aggregates over each entity's recent rows (earlier batches included) for the rows of this batch."""
+def _write_history(
+    lake: Lake,
+    contract: Contract,
+    table: str,
+    accepted: pd.DataFrame,
+    bid: str,
+    now: datetime,
+    part: int | None = None,
+) -> None:
+    """Aggregates over each entity's recent rows (earlier batches included) for the rows of this batch.
+
+    ``accepted`` holds every row of the batch for its entities; a batch stored in chunks passes its entities
+    slice by slice (see :func:`_write_history_in_slices`), each slice a ``part``.
+    """
     key, event_time = contract.entity.join_key, contract.tables[table].event_time
     columns = sorted({a.column for a in contract.aggregates_of(table)})
     entities = accepted[key].dropna().astype("int64" if contract.key_type == "int" else "string").unique().tolist()
@@ -197,7 +372,8 @@ def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.Data
         earlier = earlier.drop_duplicates(contract.tables[table].primary_key, keep="last")
     earlier = earlier[~earlier[event_time].isin(accepted[event_time])] if not earlier.empty else earlier
     earlier = earlier[[key, event_time, *columns]]
-    history = pd.concat([earlier, accepted[[key, event_time, *columns]]], ignore_index=True)
+    sent = accepted[[key, event_time, *columns]]
+    history = pd.concat([earlier, sent], ignore_index=True) if not earlier.empty else sent.reset_index(drop=True)
     history[event_time] = pd.to_datetime(history[event_time], utc=True)
     aggregated = compute_aggregates(history, contract.aggregates_of(table), key, event_time)
     mine = aggregated.iloc[len(earlier) :]
@@ -206,7 +382,9 @@ def _write_history(lake: Lake, contract: Contract, table: str, accepted: pd.Data
         event_time: TIMESTAMP,
         **{a.name: pa.float64() for a in contract.aggregates_of(table)},
     }
-    lake.staging(bid).write_offline(history_table(table), mine.reset_index(drop=True), event_time, bid, now, types)
+    lake.staging(bid).write_offline(
+        history_table(table), mine.reset_index(drop=True), event_time, bid, now, types, part
+    )
 
 
 def _finish(
@@ -458,3 +636,40 @@ def materialize_features(
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@task(name="retract_batch", cache_policy=NO_CACHE)
+def retract_batch(lake: Lake, batch_id: str, reason: str, now: datetime) -> dict[str, Any]:
+    """Move a committed batch's rows out of the offline store into its archive, ledgered (``Lake.retract``)."""
+    return lake.retract(batch_id, reason, now)
+
+
+@task(name="refresh_retracted_online", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def refresh_retracted_online(
+    settings: Settings, contract: Contract, lake: Lake, retraction: dict[str, Any], now: datetime
+) -> dict[str, int]:
+    """Stop serving a retracted batch's values; returns, per online view it fed, the entities that were served.
+
+    In each such view the batch's entities are removed (``feature_repo.online_delete``), then the view is loaded
+    again over its ttl window, as an ingest loads it: an entity with other stored rows gets its latest remaining
+    row back, one with none stays absent. Removing first is what makes this right on Redis, whose writes skip a
+    row older than the one stored (the retracted row is often the newest), and it touches no other entity.
+    """
+    repo = build_repo(contract, offline_root(settings, contract))
+    store = open_store(settings, contract)
+    store.apply(repo.objects)
+    archived: dict[str, list[str]] = {}  # offline table -> the batch's archived files
+    for relative in retraction["objects"]:
+        if relative.startswith("offline/"):
+            archived.setdefault(relative.split("/")[1], []).append(storage.join(retraction["archive"], relative))
+    key = contract.entity.join_key
+    served: dict[str, int] = {}
+    for view in repo.online_views:
+        files = archived.get(repo.view_tables[view.name])
+        if not files:
+            continue
+        keys = pa.concat_tables(lake.read_offline_files(files, columns=[key])).column(key).drop_null().unique()
+        served[view.name] = delete_entities(store, view.name, keys.to_pylist())
+        start = max(contract.start, now - view.ttl) if view.ttl else contract.start
+        materialize_view(store, view.name, start - timedelta(seconds=1), now)
+    return served

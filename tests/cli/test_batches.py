@@ -1,16 +1,21 @@
-"""The data commands: the landing zone filled, and quarantined batches listed and shown."""
+"""The data commands: the landing zone filled, quarantined batches listed and shown, batches retracted."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
+import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from cli.main import app
 from closedloop.lake import Lake
-from closedloop.settings import Settings
+from closedloop.settings import PROJECT_ROOT, Settings
 
 runner = CliRunner()
 
@@ -80,3 +85,109 @@ def test_quarantine_list_and_show_tell_what_was_rejected_and_why(settings: Setti
 def test_quarantine_show_of_an_unknown_batch_names_it(settings: Settings) -> None:
     result = runner.invoke(app, ["quarantine", "show", "nope"])
     assert result.exit_code == 2 and "no quarantined batch 'nope'" in result.stderr
+
+
+def _committed(lake: Lake, batch_id: str, customers: list[int], **record: object) -> None:
+    """A committed credit_history batch, as ingestion leaves it in the lake."""
+    from closedloop.contract import load_contract
+    from closedloop.lake import arrow_types
+
+    contract = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    frame = pd.DataFrame(
+        {
+            "customer_id": customers,
+            "snapshot_at": pd.Timestamp(datetime.now(UTC) - timedelta(days=3)),
+            "credit_limit": 1000.0,
+            "balance": 500.0,
+            "utilisation": 0.5,
+            "months_delinquent": 0,
+            "payment_ratio": 1.0,
+            "open_accounts": 2,
+        }
+    )
+    staged = lake.staging(batch_id)
+    staged.write_offline(
+        "credit_history", frame, "snapshot_at", batch_id, datetime.now(UTC), arrow_types(contract, "credit_history")
+    )
+    rows = len(customers)
+    fields = {"table": "credit_history", "status": "accepted", "rows_in": rows, "rows_accepted": rows, **record}
+    lake.commit({"batch_id": batch_id, **fields, "ingested_at": datetime.now(UTC).isoformat()})
+
+
+def _one_line_error(result: Result, says: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert says in result.stderr, result.stderr
+
+
+def test_batch_retract_refusals_are_one_line_with_exit_2(settings: Settings) -> None:
+    lake = Lake.of(settings.lake_uri, "credit_synthetic")
+    _one_line_error(runner.invoke(app, ["batch", "retract", "b1", "--json"]), "--reason is required")
+    _one_line_error(runner.invoke(app, ["batch", "retract", "b1", "--reason", " "]), "--reason is required")
+    _one_line_error(runner.invoke(app, ["batch", "retract", "nope", "--reason", "x"]), "no batch 'nope' in the ledger")
+    lake.write_ledger({"batch_id": "q1", "status": "quarantined", "rows_accepted": 0, "reason": "not a parquet file"})
+    _one_line_error(
+        runner.invoke(app, ["batch", "retract", "q1", "--reason", "x", "--json"]),
+        "batch q1 stored no rows (quarantined: not a parquet file): nothing to retract",
+    )
+    retracted = {"state": "done", "at": "2026-01-15T12:00:00+00:00", "reason": "wrong file", "archive": "a/b1"}
+    lake.write_ledger({"batch_id": "b0", "status": "accepted", "rows_accepted": 3, "retracted": retracted})
+    _one_line_error(
+        runner.invoke(app, ["batch", "retract", "b0", "--reason", "x"]),
+        "batch b0 was retracted already at 2026-01-15T12:00:00+00:00 (wrong file)",
+    )
+    # a batch that can be retracted, with no stack running: the flow cannot run, and says where it looked
+    _committed(lake, "b1", [1, 2])
+    _one_line_error(runner.invoke(app, ["batch", "retract", "b1", "--reason", "x"]), "prefect is not reachable")
+    assert len(lake.read_offline("credit_history")) == 2  # nothing moved
+
+
+@pytest.mark.integration
+def test_batch_retract_prints_what_moved_and_what_to_do_next(settings: Settings) -> None:
+    """The command as an operator runs it, against a running Prefect server."""
+    from cli import stack
+    from cli.batches import _retraction_text
+
+    lake = Lake.of(settings.lake_uri, "credit_synthetic")
+    _committed(lake, "b1", [100_001, 100_002, 100_003], status="partial", rows_in=4, rows_quarantined=1)
+    _committed(lake, "b1-r1", [100_005], replay_of="b1")
+    stack.up(settings, only=("prefect",))
+    try:
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "closedloop"),
+                "batch",
+                "retract",
+                "b1",
+                "--reason",
+                "wrong file",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        stack.down(settings)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)  # only JSON on stdout
+    assert {k: payload[k] for k in ("batch_id", "table", "status", "rows", "reason", "resumed")} == {
+        "batch_id": "b1",
+        "table": "credit_history",
+        "status": "partial",
+        "rows": 3,
+        "reason": "wrong file",
+        "resumed": False,
+    }
+    (path,) = payload["objects"]
+    assert path.startswith("offline/credit_history/event_date=") and path.endswith("/b1.parquet")
+    assert payload["archive"] == lake.archive("b1") and payload["online_views"] == {"credit_history": 0}
+    assert payload["replays"] == [{"batch_id": "b1-r1", "status": "accepted", "rows_accepted": 1, "retracted": None}]
+    assert payload["event_id"] and sorted(lake.read_offline("credit_history")["customer_id"]) == [100_005]
+
+    text = _retraction_text(payload)  # what the command prints without --json
+    assert "batch b1 (credit_history, partial) retracted: wrong file" in text
+    assert f"moved to {lake.archive('b1')}/ (kept, never deleted)" in text
+    assert "offline/credit_history: 1 file(s), 3 rows" in text
+    assert "closedloop batch retract b1-r1 --reason" in text  # its replay is still stored

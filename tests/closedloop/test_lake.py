@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -193,3 +194,139 @@ def test_a_crash_point_kills_the_process_that_reaches_it() -> None:
     env = {**os.environ, "CLOSEDLOOP_CRASH_AT": "batch-staged"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL and done.stdout.split() == ["passed"]
+
+
+# --- retraction ------------------------------------------------------------------------------------
+def _ingested(lake: Lake, batch_id: str, rows: pd.DataFrame | None = None, **record: object) -> None:
+    """A committed batch as ingestion leaves it: offline rows, an aggregate history table, its key index."""
+    rows = _rows() if rows is None else rows
+    staged = lake.staging(batch_id)
+    staged.write_offline("applications", rows, "at", batch_id, NOW, TYPES)
+    history = rows[["id", "at"]].assign(amount_mean_3=rows["amount"])
+    types = {"id": pa.int64(), "at": TIMESTAMP, "amount_mean_3": pa.float64()}
+    staged.write_offline("applications_history", history, "at", batch_id, NOW, types)
+    days = rows["at"].dt.strftime("%Y-%m-%d")
+    staged.write_keys("applications", batch_id, pa.table({"id": rows["id"], "event_date": days}))
+    count = len(rows)
+    fields = {"table": "applications", "status": "accepted", "rows_in": count, "rows_accepted": count, **record}
+    lake.commit({"batch_id": batch_id, **fields, "ingested_at": NOW})
+
+
+def _objects(lake: Lake, area: str) -> list[str]:
+    folder = storage.join(lake.root, area)
+    return [unquote(uri[len(folder) + 1 :]) for uri in storage.list_objects(folder, lake.endpoint_url)]
+
+
+B1_OBJECTS = [
+    "keys/applications/b1.parquet",
+    "offline/applications/event_date=2025-03-01/b1.parquet",
+    "offline/applications/event_date=2025-03-02/b1.parquet",
+    "offline/applications_history/event_date=2025-03-01/b1.parquet",
+    "offline/applications_history/event_date=2025-03-02/b1.parquet",
+]
+
+
+def test_a_retracted_batch_is_moved_to_its_archive_and_ledgered_not_deleted(any_lake: Lake) -> None:
+    _ingested(any_lake, "b1")
+    _ingested(any_lake, "b2", _rows().assign(id=[4, 5, 6]))
+    done = any_lake.retract("b1", "wrong file sent", NOW)
+    assert (done["state"], done["rows"], done["moved"], done["resumed"]) == ("archived", 3, B1_OBJECTS, False)
+    assert done["rows_by_table"] == {"applications": 3, "applications_history": 3}
+    assert sorted(_objects(any_lake, "archive/b1")) == B1_OBJECTS  # every object kept, under its path in the lake
+    assert sorted(any_lake.read_offline("applications")["id"]) == [4, 5, 6]
+    assert sorted(any_lake.read_offline("applications_history")["id"]) == [4, 5, 6]
+    index = any_lake.read_keys("applications", ["id"])
+    assert index is not None and sorted(index.column("id").to_pylist()) == [4, 5, 6]  # its keys may come again
+    record = any_lake.read_ledger("b1")
+    assert record is not None and (record["status"], record["rows_accepted"]) == ("accepted", 3)  # counts stand
+    assert record["retracted"]["reason"] == "wrong file sent" and record["retracted"]["objects"] == B1_OBJECTS
+
+    any_lake.finish_retraction("b1", ["applications"], NOW)
+    assert any_lake.read_ledger("b1")["retracted"]["state"] == "done"  # type: ignore[index]
+    with pytest.raises(ValueError, match="batch b1 was retracted already at 2026-01-15T12:00:00"):
+        any_lake.retract("b1", "again", NOW)
+    assert len(any_lake.read_offline("applications")) == 3  # the other batch is untouched
+
+
+def test_a_retraction_a_crash_interrupted_is_finished_by_running_it_again(any_lake: Lake) -> None:
+    _ingested(any_lake, "b1")
+    code = (
+        "import sys\nfrom datetime import UTC, datetime\nfrom closedloop.lake import Lake\n"
+        "Lake(sys.argv[1], sys.argv[2] or None).retract('b1', 'poisoned values', datetime(2026, 1, 15, tzinfo=UTC))"
+    )
+    env = {**os.environ, "CLOSEDLOOP_CRASH_AT": "batch-retracting"}
+    argv = [sys.executable, "-c", code, any_lake.root, any_lake.endpoint_url or ""]
+    crashed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert _objects(any_lake, "archive/b1") == ["keys/applications/b1.parquet"]  # the key index moves first
+    assert any_lake.read_ledger("b1")["retracted"]["state"] == "retracting"  # type: ignore[index]
+    # meanwhile: a lookup indexes the rows still in place again, and a move of one file stops halfway on S3
+    assert any_lake.read_keys("applications", ["id"]) is not None
+    half = "offline/applications/event_date=2025-03-01/b1.parquet"
+    body = storage.read_bytes(storage.join(any_lake.root, half), any_lake.endpoint_url)
+    storage.write_bytes(storage.join(any_lake.archive("b1"), half), body, any_lake.endpoint_url)
+    # and one file moved by hand
+    moved = "offline/applications_history/event_date=2025-03-02/b1.parquet"
+    storage.move(storage.join(any_lake.root, moved), storage.join(any_lake.archive("b1"), moved), any_lake.endpoint_url)
+
+    done = any_lake.retract("b1", "a reason given on the second run", NOW)
+    assert done["resumed"] and done["state"] == "archived" and done["reason"] == "poisoned values"
+    assert done["moved"] == [B1_OBJECTS[2], B1_OBJECTS[3]]  # the others were archived already
+    assert sorted(_objects(any_lake, "archive/b1")) == B1_OBJECTS
+    assert _objects(any_lake, "offline") == [] and _objects(any_lake, "keys") == []
+    archived_index = storage.join(any_lake.archive("b1"), "keys/applications/b1.parquet")
+    assert any_lake.read_offline_files([archived_index])[0].num_rows == 3  # the batch's own index, not the re-index
+
+
+def test_a_committed_batch_a_crash_left_staged_is_published_before_it_is_retracted(lake: Lake) -> None:
+    staged = lake.staging("b1")
+    staged.write_offline("applications", _rows(), "at", "b1", NOW, TYPES)
+    lake.write_ledger({"batch_id": "b1", "table": "applications", "status": "accepted", "rows_accepted": 3})
+    done = lake.retract("b1", "wrong file", NOW)
+    assert done["rows"] == 3 and len(done["objects"]) == 2
+    assert lake.sweep() == {"published": [], "removed": []}  # nothing left for a sweep to bring back
+    assert lake.read_offline("applications").empty
+
+
+def test_retracting_a_batch_lists_its_replays_which_stay_stored(lake: Lake) -> None:
+    _ingested(lake, "b1", status="partial", rows_in=4, rows_quarantined=1, quarantine_uri=lake.quarantine("b1"))
+    _ingested(lake, "b1-r1", _rows().assign(id=[7, 8, 9]), replay_of="b1")
+    lake.write_ledger({"batch_id": "b1-r2", "status": "duplicate", "rows_accepted": 0, "replay_of": "b1"})
+    lake.write_ledger({"batch_id": "b1-rx", "status": "accepted", "rows_accepted": 1})  # not a replay's name
+    done = lake.retract("b1", "wrong file", NOW)
+    assert done["replays"] == [
+        {"batch_id": "b1-r1", "status": "accepted", "rows_accepted": 3, "retracted": None},
+        {"batch_id": "b1-r2", "status": "duplicate", "rows_accepted": 0, "retracted": None},
+    ]
+    assert done["quarantine"] == lake.quarantine("b1")
+    assert sorted(lake.read_offline("applications")["id"]) == [7, 8, 9]
+    replay = lake.retract("b1-r1", "rows of the wrong file", NOW)
+    assert replay["replay_of"] == "b1" and replay["rows"] == 3 and lake.read_offline("applications").empty
+
+
+def test_a_retraction_is_refused_with_one_line_saying_why(lake: Lake) -> None:
+    with pytest.raises(storage.StorageError, match=r"ledger/nope.json: no batch 'nope' in the ledger$"):
+        lake.retract("nope", "wrong", NOW)
+    lake.write_ledger({"batch_id": "q1", "status": "quarantined", "rows_accepted": 0, "reason": "not parquet"})
+    with pytest.raises(ValueError, match=r"^batch q1 stored no rows \(quarantined: not parquet\): nothing to retract$"):
+        lake.retract("q1", "wrong", NOW)
+    lake.write_ledger({"batch_id": "d1", "status": "duplicate", "rows_accepted": 0})
+    with pytest.raises(ValueError, match=r"batch d1 stored no rows \(duplicate: no row accepted\)"):
+        lake.retract("d1", "wrong", NOW)
+    _ingested(lake, "b1")
+    with pytest.raises(ValueError, match="batch b1: a retraction needs a reason"):
+        lake.retract("b1", "  ", NOW)
+    assert lake.read_ledger("b1").get("retracted") is None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="no archived retraction to finish"):
+        lake.finish_retraction("b1", [], NOW)
+
+
+def test_every_part_of_a_batch_written_in_parts_is_retracted_and_no_other_batch(lake: Lake) -> None:
+    _ingested(lake, "b1")
+    _ingested(lake, "b1-r1", _rows().assign(id=[7, 8, 9]))
+    day = storage.join(lake.offline("applications"), "event_date=2025-03-02")
+    storage.write_bytes(storage.join(day, "b1.1.parquet"), storage.read_bytes(storage.join(day, "b1.parquet")))
+    done = lake.retract("b1", "wrong file", NOW)
+    assert "offline/applications/event_date=2025-03-02/b1.1.parquet" in done["objects"]
+    assert done["rows_by_table"] == {"applications": 5, "applications_history": 3}
+    assert sorted(lake.read_offline("applications")["id"]) == [7, 8, 9]
