@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         default=None, description="bearer token the scoring service requires; unset: it refuses to start"
     )
     startup_timeout_s: float = Field(default=120.0, gt=0)
+    ingest_chunk_rows: int = Field(
+        default=250_000, ge=1000, description="records validated at once: a larger batch is validated chunk by chunk"
+    )
     lake_lock_wait_s: float = Field(
         default=1800.0, gt=0, description="how long an ingest waits for another writer of the same lake to finish"
     )

@@ -73,7 +73,7 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
         else:
             refs = find_batches(params.sources, lake.landing, contract, settings.s3_endpoint_url)
             logger.info("%d batch file(s) found for %s", len(refs), contract.name)
-            outcomes = [ingest_batch(ref, contract, lake, now) for ref in refs]
+            outcomes = [ingest_batch(ref, contract, lake, now, settings.ingest_chunk_rows) for ref in refs]
         since = earliest_new_events(outcomes, contract)
         for table, first in earliest_published(lake, contract, swept["published"]).items():
             since[table] = min(since.get(table, first), first)

@@ -40,7 +40,7 @@ from tasks.ingest.validation import Validation, key_codes, merged, repeated_keys
 logger = logging.getLogger(__name__)
 
 Status = Literal["accepted", "partial", "quarantined", "duplicate"]
-CHUNK_ROWS = 250_000  # records validated at once: a larger batch is validated and stored chunk by chunk
+CHUNK_ROWS = 250_000  # records validated at once (CLOSEDLOOP_INGEST_CHUNK_ROWS in a flow run)
 
 
 class BatchOutcome(BaseModel):

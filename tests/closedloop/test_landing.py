@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 import pytest
 
 from closedloop.contract import contract_at
-from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch
+from closedloop.landing import BatchRef, Chunk, UnusableBatch, batch_id, identify, read_batch, read_chunks
 from closedloop.settings import PROJECT_ROOT
 
 CONTRACT = contract_at(str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
@@ -62,3 +64,40 @@ def test_a_ragged_csv_line_is_an_empty_row_named_by_its_line_number(quoted: bool
         1: "line 3: 3 field(s) where the header has 2",
         2: "line 5: 1 field(s) where the header has 2",
     }
+
+
+def _rows_of(chunks: list[Chunk]) -> list[int]:
+    return [int(r) for chunk in chunks for r in chunk.rows]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_large_batch_is_read_in_chunks_that_cover_every_row_once(fmt: str) -> None:
+    frame = pd.DataFrame({"id": [str(i) for i in range(10)], "v": [f"x{i}" for i in range(10)]})
+    if fmt == "csv":
+        data = frame.to_csv(index=False).encode()
+    else:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+    ref = BatchRef(f"file:///l/applications/a.{fmt}", "applications", fmt)
+    chunks = list(read_chunks(data, ref, 4))
+    assert [len(c.frame) for c in chunks] == [4, 4, 2] and _rows_of(chunks) == list(range(10))
+    assert pd.concat([c.frame for c in chunks], ignore_index=True).equals(read_batch(data, ref).frame)
+    assert len(list(read_chunks(data, ref, 10))) == 1  # a batch that fits is read in one piece
+
+
+def test_ragged_lines_of_a_chunked_csv_come_last_with_their_line_numbers() -> None:
+    data = b"id,v\n" + b"".join(b"%d,x\n" % i if i != 3 else b"3,x,extra\n" for i in range(8))
+    ref = BatchRef("file:///l/applications/a.csv", "applications", "csv")
+    chunks = list(read_chunks(data, ref, 3))
+    assert _rows_of(chunks) == [0, 1, 2, 4, 5, 6, 7, 3]
+    last = chunks[-1]
+    assert last.unreadable == {0: "line 5: 3 field(s) where the header has 2"}
+    assert last.frame.isna().all().all() and list(last.frame.columns) == ["id", "v"]
+
+
+def test_a_chunked_csv_that_breaks_midway_is_refused_whole() -> None:
+    data = b"id;v\n" + b"1;x\n" * 10
+    ref = BatchRef("file:///l/applications/a.csv", "applications", "csv")
+    with pytest.raises(UnusableBatch, match="delimited by ';'"):
+        list(read_chunks(data, ref, 3))
