@@ -201,6 +201,13 @@ def _status_of(settings: Settings, comp: Component) -> ComponentStatus:
     pid = _recorded_pid(settings, comp.name)
     log = str(_log_file(settings, comp.name))
     status = ComponentStatus(comp.name, "stopped", pid, comp.ui_url, comp.health_url, log)
+    elsewhere = {"prefect": settings.prefect_url, "mlflow": settings.mlflow_url}.get(comp.name)
+    if elsewhere:  # a server run elsewhere (Kubernetes, another host): it answers or not, no process of ours
+        status.pid = None
+        status.state = "running" if _healthy(comp.health_url) else "unreachable"
+        if status.state == "unreachable":
+            status.detail = f"{comp.health_url} does not answer (the {comp.name} server configured at {elsewhere})"
+        return status
     if pid is not None and pid_alive(pid):
         if _healthy(comp.health_url):
             status.state = "running"

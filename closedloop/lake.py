@@ -119,7 +119,8 @@ class Lake:
 
         A staged batch whose ledger record exists is published (``published``); one without is removed
         (``removed``): it was never committed, and its landing file is ingested again. On disk, temporary files
-        of interrupted writes are removed as well.
+        of interrupted writes are removed as well, only in the areas written under the lock: landing/, the
+        inference log and the monitor's records have writers that do not take it, whose writes may be in flight.
         """
         folder = storage.join(self.root, "staging")
         staged = sorted(
@@ -137,8 +138,9 @@ class Lake:
         if local.scheme == "file":
             if local.path.joinpath("staging").exists():  # emptied batch folders, temporary files of a crash
                 storage.delete_prefix(folder)
-            for tmp in local.path.rglob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+            for area in ("ledger", "offline", "keys", "quarantine", "archive"):
+                for tmp in local.path.joinpath(area).rglob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
         if staged:
             logger.warning(
                 "lake %s: crashed batch(es) published %s, removed %s", self.root, done["published"], done["removed"]
@@ -365,7 +367,7 @@ class Lake:
             if not reason:
                 raise ValueError(f"batch {batch_id}: a retraction needs a reason")
             if storage.list_objects(storage.join(self.root, "staging", batch_id), self.endpoint_url):
-                self.publish(batch_id)  # committed by a crashed run: in place first, or a later sweep would be
+                self.publish(batch_id)  # committed by a crashed run: else a later sweep would bring it back
             objects = self._stored_objects(batch_id)
             if not objects:
                 raise storage.StorageError(

@@ -100,13 +100,11 @@ def ingest_batch(
     seen = lake.read_ledger(bid)
     if seen is not None:
         logger.info("batch %s (%s) already ingested at %s: skipped", bid, ref.name, seen["ingested_at"])
-        return BatchOutcome(
-            batch_id=bid,
-            uri=ref.uri,
-            table=ref.table,
-            status="duplicate",
-            reason=f"same content as batch {bid} from {seen['uri']}, ingested {seen['ingested_at']} ({seen['status']})",
-        )
+        reason = f"same content as batch {bid} from {seen['uri']}, ingested {seen['ingested_at']} ({seen['status']})"
+        retracted = seen.get("retracted")
+        if retracted:  # the same bytes are not taken back in: a corrected file is a new batch
+            reason += f", retracted {retracted['at']} ({retracted['reason']}): send a corrected file"
+        return BatchOutcome(batch_id=bid, uri=ref.uri, table=ref.table, status="duplicate", reason=reason)
     lake.discard(bid)  # what an earlier attempt of this batch staged (a retry after an error)
     try:
         chunks = read_chunks(data, ref, chunk_rows)

@@ -143,33 +143,31 @@ def test_batch_retract_refusals_are_one_line_with_exit_2(settings: Settings) -> 
 
 
 @pytest.mark.integration
-def test_batch_retract_prints_what_moved_and_what_to_do_next(settings: Settings) -> None:
-    """The command as an operator runs it, against a running Prefect server."""
-    from cli import stack
+def test_batch_retract_prints_what_moved_and_what_to_do_next(
+    settings: Settings, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command as an operator runs it, against a running Prefect server (one run elsewhere)."""
     from cli.batches import _retraction_text
 
     lake = Lake.of(settings.lake_uri, "credit_synthetic")
     _committed(lake, "b1", [100_001, 100_002, 100_003], status="partial", rows_in=4, rows_quarantined=1)
     _committed(lake, "b1-r1", [100_005], replay_of="b1")
-    stack.up(settings, only=("prefect",))
-    try:
-        done = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "closedloop"),
-                "batch",
-                "retract",
-                "b1",
-                "--reason",
-                "wrong file",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    finally:
-        stack.down(settings)
+    monkeypatch.setenv("CLOSEDLOOP_PREFECT_URL", prefect_server.removesuffix("/api"))
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "closedloop"),
+            "batch",
+            "retract",
+            "b1",
+            "--reason",
+            "wrong file",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     payload = json.loads(done.stdout)  # only JSON on stdout
     assert {k: payload[k] for k in ("batch_id", "table", "status", "rows", "reason", "resumed")} == {
