@@ -69,7 +69,9 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
             logger.warning("crashed run(s) finished: published %s, removed %s", swept["published"], swept["removed"])
         now = utc_now()
         if params.replay:
-            outcomes = [replay_quarantined(qid, contract, lake, now) for qid in params.replay]
+            outcomes = [
+                replay_quarantined(qid, contract, lake, now, settings.ingest_chunk_rows) for qid in params.replay
+            ]
         else:
             refs = find_batches(params.sources, lake.landing, contract, settings.s3_endpoint_url)
             logger.info("%d batch file(s) found for %s", len(refs), contract.name)

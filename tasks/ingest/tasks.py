@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from closedloop import failpoints, storage
 from closedloop.contract import Contract
 from closedloop.lake import CREATED, TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
-from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, read_batch, read_chunks, unplaced_id
+from closedloop.landing import BatchRef, Chunk, UnusableBatch, batch_id, identify, read_chunks, unplaced_id
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
 from feature_repo.online_delete import delete_entities
@@ -149,7 +149,15 @@ class _Tally:
 
 
 def _ingest_in_chunks(
-    lake: Lake, contract: Contract, ref: BatchRef, table: str, bid: str, data: bytes, chunk_rows: int, now: datetime
+    lake: Lake,
+    contract: Contract,
+    ref: BatchRef,
+    table: str,
+    bid: str,
+    data: bytes,
+    chunk_rows: int,
+    now: datetime,
+    replay: _Replay | None = None,
 ) -> BatchOutcome:
     """A batch of more than ``chunk_rows`` records, validated and stored chunk by chunk: memory follows the chunk.
 
@@ -160,26 +168,38 @@ def _ingest_in_chunks(
     contract's limit, the staged parts are dropped and the batch is quarantined whole (its rows are in its
     original bytes; ``rejected.parquet`` holds the bad ones with their reasons). Nothing is visible before the
     ledger record commits the batch.
+
+    A ``replay`` of a batch quarantined whole leaves out the rows earlier replays accepted, and its ledger record
+    commits the rows it accepts (``accepted_ranges``).
     """
     spec = contract.tables[table]
+    done = _done_rows(replay.record) if replay else np.array([], dtype=np.int64)
     keys: list[tuple[np.ndarray, np.ndarray]] = []
-    rows_in = 0
+    rows_in, size = 0, 0  # rows to judge; rows of the batch (a replay leaves some out)
+    name, uri, replay_of = (replay.name, replay.uri, replay.quarantined_id) if replay else (ref.name, ref.uri, None)
     try:
-        for chunk in read_chunks(data, ref, chunk_rows):
+        for chunk in _chunks_left(data, ref, chunk_rows, done):
             codes, whole = key_codes(chunk.frame, contract, table)
             keys.append((chunk.rows[whole], codes[whole]))
             rows_in += len(chunk.frame)
+            size = max(size, int(chunk.rows.max(initial=-1)) + 1)
     except UnusableBatch as exc:
-        outcome = BatchOutcome(batch_id=bid, uri=ref.uri, table=table, status="quarantined", reason=str(exc))
-        return _finish(lake, outcome, data, ref.name, pd.DataFrame(), None, contract, now)
-    repeated = repeated_keys(keys, rows_in)
+        outcome = BatchOutcome(
+            batch_id=bid, uri=uri, table=table, status="quarantined", reason=str(exc), replay_of=replay_of
+        )
+        return _finish(lake, outcome, data, name, pd.DataFrame(), None, contract, now)
+    if replay and not rows_in:
+        reason = f"every row of batch {replay.quarantined_id} was accepted by an earlier replay: nothing to replay"
+        return _nothing_to_store(lake, replay, table, reason, now)
+    repeated = repeated_keys(keys, size)
     del keys
     tally, error = _Tally(rows_in), None
     entities: list[np.ndarray] = []  # of the accepted rows, for the history aggregates
+    accepted_rows: list[np.ndarray] = []  # their rows in the batch, for a replay's record
     staged, types = lake.staging(bid), arrow_types(contract, table)
     with tempfile.TemporaryDirectory(prefix="closedloop-batch-") as tmp:
         rejected = _RejectedRows(Path(tmp) / "rejected.parquet")
-        for part, chunk in enumerate(read_chunks(data, ref, chunk_rows)):
+        for part, chunk in enumerate(_chunks_left(data, ref, chunk_rows, done)):
             result = validate(
                 chunk.frame, contract, table, now, chunk.unreadable, repeated[chunk.rows], judge_share=False
             )
@@ -189,6 +209,8 @@ def _ingest_in_chunks(
                 break
             result, created = _against_stored(lake, contract, table, result, now)
             rejected.append(result.rejected, chunk.rows)
+            if result.accepted_rows is not None:
+                accepted_rows.append(chunk.rows[result.accepted_rows])
             if not result.accepted.empty:
                 staged.write_offline(table, result.accepted, spec.event_time, bid, created, types, part)
                 index = stored_keys.key_index(
@@ -211,9 +233,10 @@ def _ingest_in_chunks(
             status = "duplicate"
         outcome = BatchOutcome(
             batch_id=bid,
-            uri=ref.uri,
+            uri=uri,
             table=table,
             status=status,
+            replay_of=replay_of,
             rows_in=rows_in,
             rows_accepted=0 if error else tally.accepted,
             rows_quarantined=rows_in - tally.duplicates if error else tally.quarantined,
@@ -223,7 +246,29 @@ def _ingest_in_chunks(
             first_event=None if error else tally.first_event,
         )
         kept = rejected.path if rejected.rows else pd.DataFrame()
-        return _finish(lake, outcome, data, ref.name, kept, merged(tally.documents), contract, now)
+        ledgered = None
+        if replay is not None:
+            ranges = _as_ranges(np.concatenate(accepted_rows)) if accepted_rows and not error else []
+            replay.record["accepted_ranges"] = _as_ranges(
+                np.concatenate([done, *(np.arange(a, b, dtype=np.int64) for a, b in ranges)])
+            )
+            ledgered = {"accepted_ranges": ranges}  # committed with the rows (see replay_quarantined)
+        return _finish(lake, outcome, data, name, kept, merged(tally.documents), contract, now, ledgered)
+
+
+def _chunks_left(data: bytes, ref: BatchRef, chunk_rows: int, done: np.ndarray) -> Iterator[Chunk]:
+    """The chunks of a batch without the rows in ``done`` (accepted by earlier replays)."""
+    for chunk in read_chunks(data, ref, chunk_rows):
+        if not len(done):
+            yield chunk
+            continue
+        kept = np.flatnonzero(~np.isin(chunk.rows, done))
+        if len(kept) == len(chunk.rows):
+            yield chunk
+        elif len(kept):
+            renumber = {int(position): i for i, position in enumerate(kept)}
+            unreadable = {renumber[p]: why for p, why in chunk.unreadable.items() if p in renumber}
+            yield Chunk(chunk.frame.iloc[kept].reset_index(drop=True), unreadable, chunk.rows[kept])
 
 
 def _write_history_in_slices(
@@ -436,19 +481,23 @@ def _finish(
 
 
 @task(name="replay_quarantined", cache_policy=NO_CACHE)
-def replay_quarantined(quarantined_id: str, contract: Contract, lake: Lake, now: datetime) -> BatchOutcome:
+def replay_quarantined(
+    quarantined_id: str, contract: Contract, lake: Lake, now: datetime, chunk_rows: int = CHUNK_ROWS
+) -> BatchOutcome:
     """Re-validate a quarantined batch: a whole batch from its original bytes, a partial one from its rejected rows.
 
     The replay gets its own ledger record (``<id>-r<n>``); the quarantine record keeps the history of replays and
-    the rows replays have accepted (``accepted_rows``, by row of the batch): those are never replayed again, so
-    however often a batch is replayed, each of its rows is stored at most once.
+    the rows replays have accepted (``accepted_rows``, by row of the batch, or ``accepted_ranges`` as
+    ``[start, end)`` runs for a batch replayed in chunks): those are never replayed again, so however often a batch
+    is replayed, each of its rows is stored at most once. A whole batch of more than ``chunk_rows`` records is
+    replayed chunk by chunk, as it would be ingested.
     """
     record = lake.read_reason(quarantined_id)
     earlier = _committed_replays(lake, quarantined_id)
     _recover_replays(record, earlier)
     replay = _Replay(quarantined_id, f"{quarantined_id}-r{len(earlier) + 1}", record)
     if record["status"] == "quarantined":
-        outcome = _replay_whole(lake, contract, replay, now)
+        outcome = _replay_whole(lake, contract, replay, now, chunk_rows)
     else:
         rejected = lake.read_rejected(quarantined_id)
         rows = rejected["_source_row"].to_numpy(dtype="int64")
@@ -483,6 +532,26 @@ def _recover_replays(record: dict[str, Any], committed: list[dict[str, Any]]) ->
             )
     accepted = (row for replay in committed for row in replay.get("accepted_rows", []))
     record["accepted_rows"] = sorted({*record.get("accepted_rows", []), *accepted})
+    ranges = [r for replay in [record, *committed] for r in replay.get("accepted_ranges", [])]
+    if ranges:
+        record["accepted_ranges"] = _as_ranges(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges]))
+
+
+def _as_ranges(rows: np.ndarray) -> list[list[int]]:
+    """Row numbers as sorted ``[start, end)`` runs: the rows a replay of millions of rows accepted, in a few numbers."""
+    rows = np.unique(rows)
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, ends = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
+    return [[int(a), int(b)] for a, b in zip(starts, ends, strict=True)]
+
+
+def _done_rows(record: dict[str, Any]) -> np.ndarray:
+    """The rows of a quarantined batch that replays have accepted (see :func:`replay_quarantined`)."""
+    parts = [np.asarray(record.get("accepted_rows", []), dtype=np.int64)]
+    parts += [np.arange(a, b, dtype=np.int64) for a, b in record.get("accepted_ranges", [])]
+    return np.unique(np.concatenate(parts))
 
 
 def _committed_replays(lake: Lake, quarantined_id: str) -> list[dict[str, Any]]:
@@ -508,7 +577,7 @@ class _Replay:
         return str(self.record.get("source_name", self.quarantined_id))
 
 
-def _replay_whole(lake: Lake, contract: Contract, replay: _Replay, now: datetime) -> BatchOutcome:
+def _replay_whole(lake: Lake, contract: Contract, replay: _Replay, now: datetime, chunk_rows: int) -> BatchOutcome:
     """A batch quarantined whole, from its original bytes."""
     record, rid, qid = replay.record, replay.rid, replay.quarantined_id
     suffix = replay.name.rsplit(".", 1)[-1] if "." in replay.name else "bin"
@@ -520,16 +589,19 @@ def _replay_whole(lake: Lake, contract: Contract, replay: _Replay, now: datetime
         reason = f"same content as batch {seen['batch_id']} from {seen['uri']}, ingested {seen['ingested_at']}"
         return _nothing_to_store(lake, replay, table, reason, now)
     ref = BatchRef(uri=replay.uri, table=table, file_format=identify(replay.name, "", contract).file_format)
+    lake.discard(rid)
     try:
-        readout = read_batch(data, ref)
+        chunks = read_chunks(data, ref, chunk_rows)
+        readout, more = next(chunks), next(chunks, None) is not None
     except UnusableBatch as exc:
         outcome = BatchOutcome(
             batch_id=rid, uri=replay.uri, table=table, status="quarantined", reason=str(exc), replay_of=qid
         )
         return _finish(lake, outcome, data, replay.name, pd.DataFrame(), None, contract, now)
-    rows = np.arange(len(readout.frame), dtype=np.int64)
-    table = table or ""  # read_batch has refused batches that belong to no table
-    return _replay_rows(lake, contract, replay, table, readout.frame, readout.unreadable, rows, data, now)
+    table = table or ""  # read_chunks has refused batches that belong to no table
+    if more:
+        return _ingest_in_chunks(lake, contract, ref, table, rid, data, chunk_rows, now, replay)
+    return _replay_rows(lake, contract, replay, table, readout.frame, readout.unreadable, readout.rows, data, now)
 
 
 def _replay_rows(
@@ -544,7 +616,7 @@ def _replay_rows(
     now: datetime,
 ) -> BatchOutcome:
     """Validate and store the rows of a quarantined batch (``rows``: their row in the batch) no replay accepted."""
-    done = replay.record.get("accepted_rows", [])
+    done = _done_rows(replay.record)
     kept = np.flatnonzero(~np.isin(rows, done))
     if not len(kept):
         reason = f"every row of batch {replay.quarantined_id} was accepted by an earlier replay: nothing to replay"
@@ -557,7 +629,7 @@ def _replay_rows(
     accepted: list[int] = []
     if not result.batch_error:
         accepted = sorted(set(rows.tolist()) - set(result.rejected["_source_row"].tolist()))
-        replay.record["accepted_rows"] = sorted({*done, *accepted})
+        replay.record["accepted_rows"] = sorted({*replay.record.get("accepted_rows", []), *accepted})
     body = parquet_bytes(frame) if data is None else data
     return _store(
         lake,

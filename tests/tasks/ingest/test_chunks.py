@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from closedloop import storage
-from closedloop.contract import contract_at
+from closedloop.contract import Contract, contract_at, parse_contract
 from closedloop.lake import Lake
 from closedloop.landing import identify
 from closedloop.settings import PROJECT_ROOT
 from samples.synthetic import SyntheticConfig, generate_block
-from tasks.ingest.tasks import BatchOutcome, ingest_batch
+from tasks.ingest.tasks import BatchOutcome, ingest_batch, replay_quarantined
 
 CONTRACT = contract_at(str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
 NOW = datetime(2026, 1, 15, tzinfo=UTC)
@@ -120,3 +120,34 @@ def test_the_kept_validation_document_is_bounded(block: dict[str, pd.DataFrame],
     assert result["unexpected_index_list_truncated_from"] == result["unexpected_count"] > 20
     assert document["chunks"] > 1
     assert len(lake.read_rejected(outcome.batch_id)) == result["unexpected_count"]  # every row is kept there
+
+
+def _admitting_negative_loans() -> Contract:
+    data = CONTRACT.model_dump(mode="json", exclude_defaults=True)
+    for column in data["columns"]:
+        if column["name"] == "loan_amount":
+            column["min"] = -10
+    return parse_contract(data)
+
+
+def test_a_batch_quarantined_whole_is_replayed_in_chunks_once(block: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    frame = block["applications"].copy()
+    frame.loc[len(frame) // 2 :, "loan_amount"] = -1.0  # over the bad-row limit: quarantined whole
+    data = _bytes(frame, "parquet", False)
+    outcomes = {}
+    for name, chunk_rows in (("whole", IN_ONE_PIECE), ("chunked", _chunk(frame))):
+        lake, outcome = _ingest(tmp_path / name, "applications", data, "parquet", chunk_rows)
+        assert outcome.status == "quarantined"
+        fixed = _admitting_negative_loans()  # a new contract version admits the rows
+        replayed = replay_quarantined.fn(outcome.batch_id, fixed, lake, NOW, chunk_rows)
+        again = replay_quarantined.fn(outcome.batch_id, fixed, lake, NOW, chunk_rows)
+        outcomes[name] = (lake, replayed, again)
+    (whole_lake, whole, whole_again), (lake, chunked, chunked_again) = outcomes["whole"], outcomes["chunked"]
+    assert (chunked.status, chunked.rows_in, chunked.rows_accepted) == ("accepted", len(frame), len(frame))
+    assert (whole.status, whole.rows_in, whole.rows_accepted) == ("accepted", len(frame), len(frame))
+    pd.testing.assert_frame_equal(_stored(lake, "applications"), _stored(whole_lake, "applications"), check_dtype=False)
+    assert chunked_again.status == whole_again.status == "duplicate"  # nothing is stored twice
+    assert "accepted by an earlier replay" in (chunked_again.reason or "")
+    record = lake.read_reason(chunked.replay_of or "")
+    assert record["accepted_ranges"] == [[0, len(frame)]] and len(record["replays"]) == 2
+    assert lake.read_ledger(chunked.batch_id)["accepted_ranges"] == [[0, len(frame)]]
