@@ -192,11 +192,11 @@ class Lake:
         frame = frame.assign(**{CREATED: pd.Timestamp(created).tz_convert("UTC")})
         frame[CREATED] = frame[CREATED].astype("datetime64[us, UTC]")
         frame[event_time] = frame[event_time].astype("datetime64[us, UTC]")
-        days = frame[event_time].dt.strftime("%Y-%m-%d")
+        days = frame[event_time].dt.floor("D")  # grouped by the day's timestamp: formatting every row is slow
         written = []
         name = batch_id if part is None else f"{batch_id}.{part}"
         for day, rows in frame.groupby(days, sort=True):
-            uri = storage.join(self.offline(table), f"event_date={day}", f"{name}.parquet")
+            uri = storage.join(self.offline(table), f"event_date={pd.Timestamp(day):%Y-%m-%d}", f"{name}.parquet")
             written.append(self._put(uri, parquet_bytes(rows.reset_index(drop=True), schema)))
             failpoints.reach("batch-writing")
         return written
@@ -250,10 +250,21 @@ class Lake:
         return self._put(self._keys_file(table, batch_id), buffer.getvalue())
 
     def read_keys(self, table: str, keys: list[str]) -> pa.Table | None:
-        """Every stored row's primary key, event day and batch (None when the table has no row yet).
+        """Every stored row's primary key, event day and batch (None when the table has no row yet)."""
+        parts = self.read_key_parts(table, keys)
+        if parts is None:
+            return None
+        tagged = [_with(part, BATCH, name) for name, part in parts]
+        return pa.concat_tables(tagged, promote_options="permissive")
 
-        Batches stored with no index file (before the index existed, or written outside ingestion) are indexed
-        here from their offline files' key columns, once.
+    def read_key_parts(
+        self, table: str, keys: list[str], columns: list[str] | None = None
+    ) -> list[tuple[str, pa.Table]] | None:
+        """The key index of a table, file by file: (file name, its rows), None when the table has no row yet.
+
+        ``columns``: only these, from the files that hold them all (others are read whole); ``event_date`` is read
+        as a dictionary. Batches stored with no index file (before the index existed, or written outside
+        ingestion) are indexed here from their offline files' key columns, once.
         """
         files: dict[str, list[str]] = {}
         for uri in self.offline_files(table):
@@ -272,9 +283,15 @@ class Lake:
             dated = [_with(part, EVENT_DATE, day) for part, day in zip(parts, days, strict=True)]
             self.write_keys(table, batch_id, pa.concat_tables(dated, promote_options="permissive"))
         batches = sorted(files)
-        parts = self.read_offline_files([self._keys_file(table, b) for b in batches])
-        tagged = [_with(part, BATCH, b) for part, b in zip(parts, batches, strict=True)]
-        return pa.concat_tables(tagged, promote_options="permissive")
+
+        def read(batch: str) -> pa.Table:
+            data = io.BytesIO(storage.read_bytes(self._keys_file(table, batch), self.endpoint_url))
+            body = pq.ParquetFile(data, read_dictionary=[EVENT_DATE] if columns else None)
+            names = body.schema_arrow.names
+            return body.read(columns=columns if columns and all(c in names for c in columns) else None)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(zip(batches, pool.map(read, batches), strict=True))
 
     def _keys_file(self, table: str, batch_id: str) -> str:
         return storage.join(self.root, "keys", table, f"{batch_id}.parquet")
@@ -532,7 +549,7 @@ def arrow_types(contract: Contract, table: str) -> dict[str, pa.DataType]:
 
 def _with(table: pa.Table, column: str, value: str) -> pa.Table:
     """``table`` with a text column holding ``value`` in every row."""
-    return table.append_column(column, pa.array([value] * table.num_rows, pa.string()))
+    return table.append_column(column, pa.repeat(value, table.num_rows))
 
 
 def _textual(frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from closedloop import failpoints
+
 ENV_PREFIX = "CLOSEDLOOP_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -232,7 +234,7 @@ def disable_telemetry() -> None:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; name the offending variable when one is wrong or unknown."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {SECRETS_DIR}
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {SECRETS_DIR, failpoints.ENV}
     unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

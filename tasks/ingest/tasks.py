@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from closedloop import failpoints, storage
 from closedloop.contract import Contract
-from closedloop.lake import CREATED, TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
+from closedloop.lake import CREATED, EVENT_DATE, TIMESTAMP, Lake, arrow_types, key_type, parquet_bytes
 from closedloop.landing import BatchRef, Chunk, UnusableBatch, batch_id, identify, read_chunks, unplaced_id
 from closedloop.settings import Settings
 from feature_repo.definitions import build_repo, history_table
@@ -328,15 +329,21 @@ def _against_stored(
         return result, now
     spec = contract.tables[table]
     keys = list(dict.fromkeys(spec.primary_key))
-    index = lake.read_keys(table, keys)
-    if index is None:
+    parts = lake.read_key_parts(table, keys, columns=[stored_keys.HASH, stored_keys.ROW_HASH, EVENT_DATE])
+    if parts is None:
         return result, now
     incoming = stored_keys.incoming_arrow(result.accepted, arrow_types(contract, table))
-    holding = stored_keys.files_with_keys(incoming, index, keys)
-    if not holding:
+    # one stored version per key unless restatements are stored: a row sent again is known by its hashes
+    found = stored_keys.look_up(incoming, parts, keys, by_values=spec.restatement != "store")
+    if not found.files and not len(found.identical):
         return result, now
-    files = [lake.offline_file(table, day, batch) for day, batch in holding]
-    match = stored_keys.match_stored(incoming, lake.read_offline_files(files), keys)
+    match = stored_keys.StoredMatch(found.identical, {})
+    if found.files:
+        files = [lake.offline_file(table, day, batch) for day, batch in found.files]
+        rest = incoming.filter(pc.invert(pc.is_in(incoming.column(stored_keys.ROW), pa.array(found.identical))))
+        compared = stored_keys.match_stored(rest, lake.read_offline_files(files), keys)
+        identical = np.sort(np.concatenate([found.identical, compared.duplicates]))
+        match = stored_keys.StoredMatch(identical, compared.restated, compared.latest_created)
     if match.restated:
         logger.info("%d restated row(s) of %s (%s)", len(match.restated), table, spec.restatement)
     created = now
@@ -361,6 +368,8 @@ def _store(
     """Store a validated batch's accepted rows (accepted at ``created``); quarantine the rest; ledger it."""
     event_time = contract.tables[table].event_time
     status: Status = "quarantined" if result.batch_error else ("partial" if result.rows_quarantined else "accepted")
+    if status == "partial" and not result.rows_accepted and not result.duplicates:
+        status = "quarantined"  # a replay whose rows are all still bad
     if status == "accepted" and result.accepted.empty and result.duplicates:
         status = "duplicate"  # every row is stored already
     first_event = None
@@ -624,7 +633,11 @@ def _replay_rows(
     renumber = {int(position): i for i, position in enumerate(kept)}
     frame, rows = frame.iloc[kept].reset_index(drop=True), rows[kept]
     unreadable = {renumber[p]: why for p, why in unreadable.items() if p in renumber}
-    result, created = _against_stored(lake, contract, table, validate(frame, contract, table, now, unreadable), now)
+    # the bad-row limit judges a batch the first time all of it is judged: the rows a replay of a partial batch
+    # re-judges were all bad once, and a share among them says nothing about the batch
+    judge_share = data is not None and not len(done)
+    result = validate(frame, contract, table, now, unreadable, judge_share=judge_share)
+    result, created = _against_stored(lake, contract, table, result, now)
     result.rejected["_source_row"] = rows[result.rejected["_source_row"].to_numpy(dtype="int64")]  # the batch's
     accepted: list[int] = []
     if not result.batch_error:

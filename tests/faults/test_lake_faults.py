@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ LOCK_WAIT_S = 120.0
 KILLED = -signal.SIGKILL
 POINTS = ["batch-writing", "batch-staged", "batch-committed", "batch-publishing"]
 COMMITTED = {"batch-committed", "batch-publishing"}  # the crash came after the batch's ledger record
+LOCKED_AREAS = ("ledger", "offline", "keys", "quarantine", "staging")  # written only under the lake's lock
 YACHT_ROW = 5  # of the second applications batch: a purpose the contract does not know, quarantined
 
 
@@ -57,16 +59,21 @@ def ingest_run(
     replay: list[str] | None = None,
     out: str | None = None,
     go: str | None = None,
+    chunk_rows: int | None = None,
 ) -> dict[str, Any]:
     """What ``ingest_validate`` does to a lake, without Prefect: under the lock, sweep, then ingest or replay.
 
     ``contract`` is the contract's JSON form (a child gets it through a pipe); ``out`` receives the result as
-    JSON; ``go``: wait for that file to exist first (two runs then reach for the lock together).
+    JSON; ``go``: wait for that file to exist first (two runs then reach for the lock together); ``chunk_rows``:
+    validate and store larger batches chunk by chunk.
     """
     rules = parse_contract(contract)
     lake = Lake(root, endpoint)
     if go is not None:
+        deadline = time.monotonic() + LOCK_WAIT_S
         while not Path(go).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{go} never appeared")
             time.sleep(0.01)
     with lake_lock(lake.root, postgres_url, LOCK_WAIT_S):
         swept = lake.sweep()
@@ -74,7 +81,8 @@ def ingest_run(
             outcomes = [replay_quarantined.fn(qid, rules, lake, NOW) for qid in replay]
         else:
             refs = find_batches([], lake.landing, rules, endpoint)
-            outcomes = [ingest_batch.fn(ref, rules, lake, NOW) for ref in refs]
+            chunks = {} if chunk_rows is None else {"chunk_rows": chunk_rows}
+            outcomes = [ingest_batch.fn(ref, rules, lake, NOW, **chunks) for ref in refs]
     result = {"swept": swept, "outcomes": [o.model_dump(mode="json") for o in outcomes]}
     if out is not None:
         Path(out).write_text(json.dumps(result))
@@ -215,7 +223,8 @@ def _csv(frame: pd.DataFrame) -> bytes:
     for column in out.columns:
         if isinstance(out[column].dtype, pd.DatetimeTZDtype):
             out[column] = out[column].dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z")
-    return out.to_csv(index=False).encode()
+    text: str = out.to_csv(index=False)
+    return text.encode()
 
 
 @pytest.fixture(scope="module")
@@ -308,13 +317,16 @@ def _sent(place: Place, files: dict[str, bytes]) -> dict[str, bytes]:
 
 
 # --- what must hold after every fault ---------------------------------------------------------------------
-def _stored_rows(lake: Lake, table: str) -> dict[str, int]:
-    """Rows of each batch in an offline table (files are named by batch)."""
+def _batch_of(uri: str) -> str:
+    """The batch an offline or key index file belongs to: ``<batch_id>.parquet``, or ``<batch_id>.<part>.parquet``."""
+    return re.sub(r"\.\d+$", "", uri.rsplit("/", 1)[-1].removesuffix(".parquet"))
+
+
+def _rows_by_batch(lake: Lake, uris: list[str]) -> dict[str, int]:
+    """Rows of each batch among some parquet files (no column decoded)."""
     rows: dict[str, int] = {}
-    for uri in lake.offline_files(table):
-        bid = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
-        meta = pq.read_metadata(io.BytesIO(storage.read_bytes(uri, lake.endpoint_url)))
-        rows[bid] = rows.get(bid, 0) + meta.num_rows
+    for uri, table in zip(uris, lake.read_offline_files(uris, columns=[]), strict=True):
+        rows[_batch_of(uri)] = rows.get(_batch_of(uri), 0) + table.num_rows
     return rows
 
 
@@ -331,19 +343,19 @@ def assert_sound(lake: Lake, contract: Contract = CONTRACT) -> None:
         assert _ledger_id(lake, uri, contract) in records, f"{uri}: a landing file with no ledger record"
     tables = list(contract.tables)
     histories = {t: f"{t}_history" for t in tables if contract.aggregates_of(t)}
-    stored = {t: _stored_rows(lake, t) for t in [*tables, *histories.values()]}
+    stored = {t: _rows_by_batch(lake, lake.offline_files(t)) for t in [*tables, *histories.values()]}
+    indexed = {t: _rows_by_batch(lake, storage.list_objects(storage.join(lake.root, "keys", t), ep)) for t in tables}
     for bid, record in records.items():
         assert record["rows_in"] == record["rows_accepted"] + record["rows_quarantined"] + record["rows_duplicate"], (
             record
         )
         table = record["table"]
         if table is not None:  # the accepted rows are stored, under the batch's name, and only they are
-            assert stored[table].pop(bid, 0) == record["rows_accepted"], (bid, record)
+            in_place = 0 if record.get("retracted") else record["rows_accepted"]  # a retraction archives them
+            assert stored[table].pop(bid, 0) == in_place, (bid, record)
             if table in histories:
-                assert stored[histories[table]].pop(bid, 0) == record["rows_accepted"], (bid, record)
-            if record["rows_accepted"]:
-                index = storage.read_bytes(storage.join(lake.root, "keys", table, f"{bid}.parquet"), ep)
-                assert pq.read_metadata(io.BytesIO(index)).num_rows == record["rows_accepted"], (bid, "key index")
+                assert stored[histories[table]].pop(bid, 0) == in_place, (bid, record)
+            assert indexed[table].get(bid, 0) == in_place, (bid, "key index")
         if record["status"] in ("partial", "quarantined"):  # the rest is quarantined with a reason
             reason = lake.read_reason(bid)
             if storage.exists(lake.quarantine(bid, "rejected.parquet"), ep):
@@ -357,22 +369,28 @@ def assert_sound(lake: Lake, contract: Contract = CONTRACT) -> None:
     for table, spec in contract.tables.items():
         if spec.restatement != "quarantine":
             continue
-        keys = list(dict.fromkeys(spec.primary_key))
-        frame = lake.read_offline(table, columns=keys)
+        frame = lake.read_offline(table, columns=_primary_key(contract, table))
         assert not frame.duplicated().any(), f"{table}: keys stored twice {frame[frame.duplicated()].head()}"
     assert storage.list_objects(storage.join(lake.root, "staging"), ep) == [], "staged objects left"
     local = storage.parse(lake.root)
     if local.scheme == "file":
         assert [p for p in local.path.joinpath("staging").rglob("*") if p.is_file()] == [], "staged files left"
-        assert list(local.path.rglob("*.tmp")) == [], "temporary files left"
+        left = [p for area in LOCKED_AREAS for p in local.path.joinpath(area).rglob("*.tmp")]
+        assert left == [], "temporary files left"
 
 
-def _key_set(frame: pd.DataFrame, keys: list[str]) -> set[tuple[Any, ...]]:
+def _primary_key(contract: Contract, table: str) -> list[str]:
+    return list(dict.fromkeys(contract.tables[table].primary_key))
+
+
+def _key_set(frame: pd.DataFrame, contract: Contract, table: str) -> set[tuple[Any, ...]]:
+    """The primary keys of some rows of ``table``, comparable whatever they were read from (text included)."""
+    event_time = contract.tables[table].event_time
     columns = [
         pd.to_datetime(frame[k], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
-        if k.endswith("_at")
+        if k == event_time
         else frame[k].astype("int64")
-        for k in keys
+        for k in _primary_key(contract, table)
     ]
     return set(zip(*(c.tolist() for c in columns), strict=True))
 
@@ -386,12 +404,12 @@ def assert_every_landing_row_kept(lake: Lake, contract: Contract = CONTRACT) -> 
         if table and storage.exists(lake.quarantine(bid, "rejected.parquet"), ep):
             rejected = lake.read_rejected(bid)
             rejected = rejected[rejected["_reasons"].map(bool)]
-            quarantined[table] |= _key_set(rejected, list(dict.fromkeys(contract.tables[table].primary_key)))
-    for table, spec in contract.tables.items():
-        keys = list(dict.fromkeys(spec.primary_key))
-        kept = _key_set(lake.read_offline(table, columns=keys), keys) | quarantined[table]
+            quarantined[table] |= _key_set(rejected, contract, table)
+    for table in contract.tables:
+        stored = lake.read_offline(table, columns=_primary_key(contract, table))
+        kept = _key_set(stored, contract, table) | quarantined[table]
         for uri in storage.list_objects(storage.join(lake.landing, table), ep):
-            sent = _key_set(pd.read_parquet(io.BytesIO(storage.read_bytes(uri, ep))), keys)
+            sent = _key_set(pd.read_parquet(io.BytesIO(storage.read_bytes(uri, ep))), contract, table)
             assert sent <= kept, f"{uri}: {len(sent - kept)} row(s) neither stored nor quarantined"
 
 
@@ -429,23 +447,21 @@ def _objects_of(lake: Lake, bid: str) -> tuple[list[str], list[str]]:
 
 
 # --- A, D, E: kill -9 at each failpoint of a batch --------------------------------------------------------
+APPS, HISTORY = "applications/applications-2.parquet", "credit_history/credit_history-2.parquet"
 CRASHES = [
-    pytest.param("local", point, "applications/applications-2.parquet", id=f"local-{point}") for point in POINTS
-] + [
-    pytest.param("local", point, "credit_history/credit_history-2.parquet", id=f"local-{point}-history")
-    for point in ("batch-writing", "batch-publishing")
-]
-S3_CRASHES = [
-    pytest.param("s3", point, "applications/applications-2.parquet", id=f"s3-{point}", marks=pytest.mark.integration)
-    for point in ("batch-staged", "batch-committed", "batch-publishing")
+    *(pytest.param("local", point, APPS, None, id=f"local-{point}") for point in POINTS),
+    pytest.param("local", "batch-writing", HISTORY, None, id="local-batch-writing-history"),
+    pytest.param("local", "batch-writing", APPS, 8, id="local-batch-writing-chunks"),  # some parts staged
+    pytest.param("local", "batch-publishing", APPS, 8, id="local-batch-publishing-chunks"),
+    *(
+        pytest.param("s3", point, APPS, None, id=f"s3-{point}", marks=pytest.mark.integration)
+        for point in ("batch-staged", "batch-committed", "batch-publishing")
+    ),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("where", "point", "target"),
-    [*CRASHES, *S3_CRASHES],
-)
+@pytest.mark.parametrize(("where", "point", "target", "chunk_rows"), CRASHES)
 def test_a_batch_killed_at_a_failpoint_is_finished_or_undone_by_the_next_run(
     forks: Forks,
     tables: dict[str, pd.DataFrame],
@@ -455,10 +471,11 @@ def test_a_batch_killed_at_a_failpoint_is_finished_or_undone_by_the_next_run(
     where: str,
     point: str,
     target: str,
+    chunk_rows: int | None,
 ) -> None:
     place = _local(tmp_path) if where == "local" else _on_s3(request.getfixturevalue("s3_endpoint"))
     lake = place.lake
-    names = [n for n in files if where == "local" or n in ON_S3]
+    names = list(_sent(place, files))
     before = {n: files[n] for n in names[: names.index(target)]}
     place.land(before)
     place.run()  # the batches before the one that crashes are committed already
@@ -466,7 +483,7 @@ def test_a_batch_killed_at_a_failpoint_is_finished_or_undone_by_the_next_run(
     bid = batch_id(files[target])
     table = target.split("/", 1)[0]
 
-    code, log = forks.run(point, place.env, **place.args())
+    code, log = forks.run(point, place.env, **place.args(chunk_rows=chunk_rows))
 
     assert code == KILLED, f"the run did not die at {point} (return code {code}):\n{log[-3000:]}"
     staged, placed = _objects_of(lake, bid)
@@ -477,14 +494,13 @@ def test_a_batch_killed_at_a_failpoint_is_finished_or_undone_by_the_next_run(
     # before the next run, what a reader sees of the batch: nothing until its commit, then what was moved
     assert len(published) == (1 if point == "batch-publishing" else 0), published
     if point != "batch-publishing":
-        sent = pd.read_parquet(io.BytesIO(files[target]))
-        keys = list(dict.fromkeys(CONTRACT.tables[table].primary_key))
-        visible = _key_set(lake.read_offline(table, columns=keys), keys) & _key_set(sent, keys)
+        sent = _key_set(pd.read_parquet(io.BytesIO(files[target])), CONTRACT, table)
+        visible = _key_set(lake.read_offline(table, columns=_primary_key(CONTRACT, table)), CONTRACT, table) & sent
         assert not visible, f"{len(visible)} row(s) of the crashed batch visible before the next run"
     for earlier in before.values():  # what was committed before stays committed
         assert lake.read_ledger(batch_id(earlier)) is not None
 
-    result = place.run()
+    result = place.run()  # a batch in chunks is finished or undone by the sweep, whatever the next run's chunks
 
     done = "published" if point in COMMITTED else "removed"
     assert result["swept"] == {"published": [], "removed": [], done: [bid]}
@@ -496,6 +512,29 @@ def test_a_batch_killed_at_a_failpoint_is_finished_or_undone_by_the_next_run(
     assert lake.read_ledger(bid)["status"] == ("partial" if table == "applications" else "accepted")  # type: ignore[index]
     assert_sound(lake)
     assert_every_landing_row_kept(lake)
+    yacht = int(tables["applications"].loc[20 + YACHT_ROW, "application_id"])
+    assert_trains(place, _matured(tables, frozenset({yacht})))
+
+
+@pytest.mark.slow
+def test_a_crash_while_the_sweep_finishes_a_crashed_batch_is_finished_by_the_next_sweep(
+    forks: Forks, tables: dict[str, pd.DataFrame], files: dict[str, bytes], tmp_path: Path
+) -> None:
+    place = _local(tmp_path)
+    place.land(files)
+    bid = batch_id(files["applications/applications-1.parquet"])
+    assert forks.run("batch-committed", **place.args())[0] == KILLED
+    staged, _ = _objects_of(place.lake, bid)
+
+    code, log = forks.run("batch-publishing", **place.args())  # killed again, by the sweep's first move
+
+    assert code == KILLED, log[-3000:]
+    still, placed = _objects_of(place.lake, bid)
+    assert len(still) == len(staged) - 1 and len(placed) == 2  # its ledger record and the one object moved
+    result = place.run()
+    assert result["swept"] == {"published": [bid], "removed": []}
+    assert_sound(place.lake)
+    assert_every_landing_row_kept(place.lake)
     yacht = int(tables["applications"].loc[20 + YACHT_ROW, "application_id"])
     assert_trains(place, _matured(tables, frozenset({yacht})))
 
@@ -535,9 +574,10 @@ def test_a_replay_killed_at_a_failpoint_stores_the_quarantined_rows_once_when_re
 
     result = place.run(fixed, replay=[qid])
 
-    expected_sweep = {"batch-staged": ("removed", [first]), "batch-committed": ("published", [first])}
-    swept = {"published": [], "removed": []} | dict([expected_sweep.get(point, ("published", []))])
-    assert result["swept"] == swept
+    assert result["swept"] == {  # replay-committed: published already by the crashed run
+        "published": [first] if point == "batch-committed" else [],
+        "removed": [first] if point == "batch-staged" else [],
+    }
     (outcome,) = result["outcomes"]
     replays = [first] if point == "batch-staged" else [first, f"{qid}-r2"]
     assert outcome["batch_id"] == replays[-1]
@@ -586,19 +626,20 @@ def test_two_ingests_of_the_same_new_files_at_once_store_them_once(
 
 # --- F: files a team sends, all together, then the training set ---------------------------------------------
 def _sent_with_every_earlier_fault(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, bytes], dict[str, int]]:
-    """Landing files holding each fault the ingest tasks' tests check one by one; and the rows that carry them.
+    """Landing files holding each fault the ingest tasks' tests check one by one; and the rows those faults lose.
 
     Each fault's own behaviour is tested in tests/tasks/ingest/test_tasks.py; here they meet in one data set.
     """
     apps = tables["applications"].copy()
-    first = apps.iloc[:20].assign(channel=None)  # an all-null nullable column
+    first = apps.iloc[:10].assign(channel=None)  # an all-null nullable column
     first["application_id"] = first["application_id"].astype("Int64")
     first.loc[0, "application_id"] = None  # one null in an integer key
-    second = apps.iloc[20:].reset_index(drop=True).astype({"application_id": object})
-    second.loc[[2, 3], "loan_purpose"] = "yacht"  # a partial batch, replayed twice below
+    second = apps.iloc[10:30].reset_index(drop=True).astype({"application_id": object})
     second.loc[7, "application_id"] = "99999999999999999999"  # beyond the 64-bit range
     lines = _csv(second).decode().splitlines()
     lines[1 + 5] += ",surplus"  # a ragged line: row 5
+    third = apps.iloc[30:].reset_index(drop=True)
+    third.loc[[2, 3], "loan_purpose"] = "yacht"  # a partial batch, replayed twice
     restated = tables["outcomes"].copy().reset_index(drop=True)
     restated.loc[3, "defaulted"] = 1 - restated.loc[3, "defaulted"]  # a restated value
     profiles = _parquet(tables["profiles"])
@@ -606,6 +647,7 @@ def _sent_with_every_earlier_fault(tables: dict[str, pd.DataFrame]) -> tuple[dic
         "applications/applications-a.parquet": _parquet(first),
         "applications/applications-b.csv": ("\n".join(lines) + "\n").encode(),
         "applications/applications-c.csv": _csv(first),  # a CSV re-export of an ingested parquet batch
+        "applications/applications-y.parquet": _parquet(third),
         "credit_history/credit_history-1.parquet": _parquet(tables["credit_history"]),
         "loans/export.parquet": profiles,  # a misplaced file ...
         "outcomes/outcomes-1.parquet": _parquet(tables["outcomes"]),
@@ -613,7 +655,7 @@ def _sent_with_every_earlier_fault(tables: dict[str, pd.DataFrame]) -> tuple[dic
         "profiles/profiles-1.parquet": profiles,  # ... then the same bytes under the right name
     }
     ids = apps["application_id"]
-    lost = {"null key": int(ids.iloc[0]), "ragged line": int(ids.iloc[25]), "beyond 64 bits": int(ids.iloc[27])}
+    lost = {"null key": int(ids.iloc[0]), "ragged line": int(ids.iloc[15]), "beyond 64 bits": int(ids.iloc[17])}
     return files, lost
 
 
@@ -633,22 +675,69 @@ def test_every_earlier_fault_of_a_sent_file_leaves_a_sound_lake_that_still_train
     place.land(files)
 
     ingested = {o["uri"].rsplit("/landing/", 1)[-1]: o for o in place.run()["outcomes"]}
-    partial = batch_id(files["applications/applications-b.csv"])
+    partial = batch_id(files["applications/applications-y.parquet"])
     replays = [place.run(fixed, replay=[partial])["outcomes"][0] for _ in range(2)]
     misplaced = ingested["loans/export.parquet"]["batch_id"]
     moved = place.run(replay=[misplaced])["outcomes"][0]
 
-    summary = {name: (o["status"], o["rows_accepted"], o["rows_quarantined"], o["rows_duplicate"]) for name, o in ingested.items()}
-    assert summary["applications/applications-a.parquet"] == ("partial", 19, 1, 0)
-    assert summary["applications/applications-b.csv"] == ("partial", 16, 4, 0)
-    assert summary["applications/applications-c.csv"] == ("partial", 0, 1, 19)
+    summary = {
+        n: (o["status"], o["rows_accepted"], o["rows_quarantined"], o["rows_duplicate"]) for n, o in ingested.items()
+    }
+    assert summary["applications/applications-a.parquet"] == ("partial", 9, 1, 0)
+    assert summary["applications/applications-b.csv"] == ("partial", 18, 2, 0)
+    assert summary["applications/applications-c.csv"] == ("partial", 0, 1, 9)  # the null key again, 9 duplicates
+    assert summary["applications/applications-y.parquet"] == ("partial", 8, 2, 0)
     assert summary["outcomes/outcomes-2.csv"][1:] == (0, 1, len(tables["outcomes"]) - 1)
     assert summary["loans/export.parquet"][0] == "quarantined"
     assert summary["profiles/profiles-1.parquet"][:2] == ("accepted", len(tables["profiles"]))
-    assert [(r["status"], r["rows_in"], r["rows_accepted"]) for r in replays] == [("partial", 4, 2), ("quarantined", 2, 0)]
+    assert [(r["status"], r["rows_in"], r["rows_accepted"]) for r in replays] == [
+        ("accepted", 2, 2),
+        ("duplicate", 0, 0),
+    ]
     assert moved["status"] == "duplicate"
     for name, data in files.items():  # every row sent is counted in (a misplaced file has no rows to count)
         if not name.startswith("loans/"):
             assert ingested[name]["rows_in"] == _rows_of(name, data), name
     assert_sound(lake, fixed)
     assert_trains(place, _matured(tables, frozenset(lost.values())), fixed)
+
+
+# --- writes outside the lock ----------------------------------------------------------------------------
+def test_the_sweep_removes_temporary_files_of_crashed_writes_but_not_those_of_writes_outside_the_lock(
+    files: dict[str, bytes], tmp_path: Path
+) -> None:
+    """A team's upload into landing/ and the scoring service's inference log write without the lake's lock."""
+    place = _local(tmp_path)
+    root = storage.parse(place.lake.root).path
+    crashed = root / "offline/applications/event_date=2025-01-14/.a.parquet.x1.tmp"  # killed before its rename
+    uploading = root / "landing/applications/.applications-3.parquet.x2.tmp"  # an upload in flight
+    logging = root / "inference/event_date=2026-01-15/.b.parquet.x3.tmp"  # a flush of the inference log in flight
+    for path in (crashed, uploading, logging):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(files["applications/applications-2.parquet"])
+    place.land({"applications/applications-1.parquet": files["applications/applications-1.parquet"]})
+
+    place.run()
+
+    assert not crashed.exists()
+    assert uploading.exists() and logging.exists()  # their writers rename them into place next
+    uploading.replace(uploading.with_name("applications-3.parquet"))
+    (outcome,) = [o for o in place.run()["outcomes"] if o["uri"].endswith("applications-3.parquet")]
+    assert (outcome["status"], outcome["rows_accepted"]) == ("partial", 19)
+    assert_sound(place.lake)
+
+
+def test_a_replay_stores_the_rows_a_new_contract_admits_while_the_others_stay_quarantined(
+    tables: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    place = _local(tmp_path)
+    apps = tables["applications"].copy()
+    apps.loc[2:5, "loan_purpose"] = "yacht"  # admitted by the next contract
+    apps.loc[10:13, "loan_amount"] = -1.0  # wrong under any contract
+    place.land({"applications/applications-1.parquet": _parquet(apps)})
+    (first,) = place.run()["outcomes"]
+    assert (first["status"], first["rows_accepted"], first["rows_quarantined"]) == ("partial", 32, 8)
+
+    (replay,) = place.run(_admit_yacht(), replay=[first["batch_id"]])["outcomes"]
+
+    assert (replay["status"], replay["rows_accepted"], replay["rows_quarantined"]) == ("partial", 4, 4), replay
