@@ -150,7 +150,7 @@ def bench_lake(batch: int = 100_000, stored: tuple[int, ...] = (1_000_000, 10_00
             large["peak_mb"],
             small["peak_mb"],
             False,
-            f"target 1.2x; {large['seconds']:.1f} s vs {small['seconds']:.1f} s; fresh processes, imports and warm-up included",
+            f"target 1.2x; {large['seconds']:.1f} s vs {small['seconds']:.1f} s; fresh processes, imports included",
         )
     )
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,37 +114,56 @@ class Chunk:
     rows: np.ndarray
 
 
-def read_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int) -> Iterator[Chunk]:
+def is_large(data: bytes, ref: BatchRef, rows_per_chunk: int) -> bool:
+    """Whether a batch holds more than ``rows_per_chunk`` records, from a parquet footer or a CSV's line count.
+
+    A file that cannot say is not large: :func:`read_batch` then reads it, or says why it cannot.
+    """
+    if ref.table is None or not data:
+        return False
+    if ref.file_format == "parquet":
+        try:
+            return bool(pq.ParquetFile(io.BytesIO(data)).metadata.num_rows > rows_per_chunk)
+        except (pa.ArrowInvalid, OSError):
+            return False
+    return ref.file_format == "csv" and data.count(b"\n") > rows_per_chunk
+
+
+def batch_columns(data: bytes, ref: BatchRef) -> list[str]:
+    """The column names a batch holds (parquet schema, CSV header), without reading its rows."""
+    try:
+        if ref.file_format == "parquet":
+            return [str(name) for name in pq.ParquetFile(io.BytesIO(data)).schema_arrow.names]
+        first = data[: data.find(b"\n") if b"\n" in data else len(data)].decode("utf-8-sig")
+        return next(csv.reader([first]), [])
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise UnusableBatch(f"cannot read the columns of {ref.name!r} ({_first_line(exc)})") from exc
+
+
+def read_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int, columns: list[str] | None = None) -> Generator[Chunk]:
     """A batch as chunks of at most ``rows_per_chunk`` records, so memory follows the chunk, not the batch.
 
-    A batch that fits in one chunk is read by :func:`read_batch` (one chunk). A parquet file is read row group by
-    row group; a CSV file through pandas' chunked reader, its ragged lines (see :class:`Readout`) coming last as
-    empty rows. Errors that make the whole batch unusable raise :class:`UnusableBatch`, at the latest from the
-    chunk where the reader meets them.
+    A batch that fits in one chunk is read by :func:`read_batch` (one chunk). A parquet file is read batch by
+    batch; a CSV file through pandas' chunked reader, its ragged lines (see :class:`Readout`) coming last as
+    empty rows. ``columns``: only these (they must be in the batch, see :func:`batch_columns`). Errors that make
+    the whole batch unusable raise :class:`UnusableBatch`, at the latest from the chunk where the reader meets them.
     """
-    if ref.table is None or not data or ref.file_format not in ("parquet", "csv"):
+    if not is_large(data, ref, rows_per_chunk):
         readout = read_batch(data, ref)  # raises UnusableBatch with the reason
-        yield Chunk(readout.frame, readout.unreadable, np.arange(len(readout.frame), dtype=np.int64))
+        frame = readout.frame if columns is None else readout.frame[columns]
+        yield Chunk(frame, readout.unreadable, np.arange(len(frame), dtype=np.int64))
         return
     if ref.file_format == "parquet":
-        yield from _parquet_chunks(data, ref, rows_per_chunk)
+        yield from _parquet_chunks(data, rows_per_chunk, columns)
         return
-    if data.count(b"\n") <= rows_per_chunk:  # at most that many records: one read
-        readout = read_batch(data, ref)
-        yield Chunk(readout.frame, readout.unreadable, np.arange(len(readout.frame), dtype=np.int64))
-        return
-    yield from _csv_chunks(data, rows_per_chunk)
+    yield from _csv_chunks(data, rows_per_chunk, columns)
 
 
-def _parquet_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int) -> Iterator[Chunk]:
+def _parquet_chunks(data: bytes, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
     try:
-        file = pq.ParquetFile(io.BytesIO(data))
-        if file.metadata.num_rows <= rows_per_chunk:
-            readout = read_batch(data, ref)
-            yield Chunk(readout.frame, {}, np.arange(len(readout.frame), dtype=np.int64))
-            return
+        file = pq.ParquetFile(io.BytesIO(data), pre_buffer=False)  # no whole row group buffered ahead
         start = 0
-        for batch in file.iter_batches(batch_size=rows_per_chunk):
+        for batch in file.iter_batches(batch_size=rows_per_chunk, columns=columns, use_threads=False):
             frame = pa.Table.from_batches([batch]).to_pandas(types_mapper=exact_integers)
             yield Chunk(frame, {}, np.arange(start, start + len(frame), dtype=np.int64))
             start += len(frame)
@@ -152,7 +171,7 @@ def _parquet_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int) -> Iterator
         raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
 
 
-def _csv_chunks(data: bytes, rows_per_chunk: int) -> Iterator[Chunk]:
+def _csv_chunks(data: bytes, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
     _check_csv_bytes(data)
     ragged = _ragged(data)
     source = data if ragged is None else ragged.readable.encode("utf-8")
@@ -166,6 +185,7 @@ def _csv_chunks(data: bytes, rows_per_chunk: int) -> Iterator[Chunk]:
             na_values=[""],
             encoding="utf-8",
             chunksize=rows_per_chunk,
+            usecols=columns,
         )
         start = 0
         for frame in reader:
@@ -175,12 +195,14 @@ def _csv_chunks(data: bytes, rows_per_chunk: int) -> Iterator[Chunk]:
             rows = np.arange(start, start + len(frame), dtype=np.int64)
             start += len(frame)
             frame.index = pd.RangeIndex(len(frame))
-            yield Chunk(frame, {}, rows if positions is None else positions[rows])
+            yield Chunk(
+                frame if columns is None else frame[columns], {}, rows if positions is None else positions[rows]
+            )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
     if ragged is not None and ragged.unreadable:  # the lines that could not be read, as empty rows
         lines = sorted(ragged.unreadable)
-        frame = pd.DataFrame({c: pd.Series([None] * len(lines), dtype=object) for c in header})
+        frame = pd.DataFrame({c: pd.Series([None] * len(lines), dtype=object) for c in columns or header})
         why = {i: ragged.unreadable[line] for i, line in enumerate(lines)}
         yield Chunk(frame, why, np.asarray(lines, dtype=np.int64))
 

@@ -384,9 +384,6 @@ GX_SAMPLE_ROWS = 10_000
 UNREADABLE = "unreadable_line"  # the failure of a record the reader could not split into the header's fields
 
 
-SAMPLES = 20  # unexpected values and rows a kept validation document lists per expectation
-
-
 def validate(
     frame: pd.DataFrame,
     contract: Contract,
@@ -401,9 +398,9 @@ def validate(
     ``unreadable`` (from :class:`closedloop.landing.Readout`) names the rows whose record could not be read: each
     is rejected with that reason alone, and counts in the batch's rows like any other.
 
-    A chunk of a larger batch (see :func:`repeated_keys`) passes ``repeated``, the rows whose primary key occurs
-    elsewhere in the batch (they break the uniqueness expectation as they would in one piece), and
-    ``judge_share=False``: the bad-row share is the whole batch's to judge.
+    A chunk of a larger batch passes ``repeated`` (see :func:`tasks.ingest.chunks.repeated_keys`), the rows
+    whose primary key occurs elsewhere in the batch (they break the uniqueness expectation as they would in one
+    piece), and ``judge_share=False``: the bad-row share is the whole batch's to judge.
     """
     if not frame.index.equals(pd.RangeIndex(len(frame))):
         frame = frame.reset_index(drop=True)  # positions are row numbers below; a copy only when needed
@@ -496,73 +493,6 @@ def key_codes(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[np.n
         codes.append(values)
         whole &= present
     return np.column_stack(codes), whole
-
-
-def repeated_keys(chunks: list[tuple[np.ndarray, np.ndarray]], rows: int) -> np.ndarray:
-    """Which rows of a batch (``rows`` in all) share their primary key with another row of the batch.
-
-    ``chunks``: for each chunk, its rows' positions in the batch and their :func:`key_codes` (rows with a whole
-    key only). Memory is the batch's key codes, 8 bytes per key column and row, not its rows.
-    """
-    repeated = np.zeros(rows, dtype=bool)
-    if not chunks:
-        return repeated
-    positions = np.concatenate([p for p, _ in chunks])
-    codes = np.ascontiguousarray(np.concatenate([c for _, c in chunks]))
-    as_records = codes.view([(f"k{i}", np.int64) for i in range(codes.shape[1])]).ravel()
-    _, inverse, counts = np.unique(as_records, return_inverse=True, return_counts=True)
-    repeated[positions] = counts[inverse] > 1
-    return repeated
-
-
-def bounded(document: dict[str, Any] | None, samples: int = SAMPLES) -> dict[str, Any] | None:
-    """A validation document as kept in quarantine: counts whole, lists of values and rows cut to ``samples``.
-
-    Every rejected row is kept with its reasons in ``rejected.parquet``; the document says how many broke each
-    expectation and shows examples, so its size does not grow with the batch.
-    """
-    if document is None:
-        return None
-    out = {**document, "results": []}
-    for item in document.get("results", []):
-        result = dict(item.get("result") or {})
-        for name, value in list(result.items()):
-            if isinstance(value, list) and len(value) > samples:
-                result[name] = value[:samples]
-                result[f"{name}_truncated_from"] = len(value)
-        out["results"].append({**item, "result": result})
-    return out
-
-
-def merged(documents: list[dict[str, Any]], samples: int = SAMPLES) -> dict[str, Any] | None:
-    """The validation documents of a batch's chunks as one: verdicts and counts over every chunk, samples kept.
-
-    Each chunk ran the same suite, so their results line up one for one.
-    """
-    if not documents:
-        return None
-    first = bounded(documents[0], samples) or {}
-    results = first["results"]
-    for document in documents[1:]:
-        for item, other in zip(results, document.get("results", []), strict=True):
-            item["success"] = bool(item["success"] and other["success"])
-            result, more = item["result"], other.get("result") or {}
-            for name, value in more.items():
-                if isinstance(value, bool) or name.endswith("_percent"):
-                    continue
-                if isinstance(value, int | float) and isinstance(result.get(name, 0), int | float):
-                    result[name] = result.get(name, 0) + value
-                elif isinstance(value, list):
-                    kept = [*result.get(name, []), *value]
-                    if len(kept) > samples:
-                        total = result.get(f"{name}_truncated_from", len(result.get(name, []))) + len(value)
-                        result[f"{name}_truncated_from"], kept = total, kept[:samples]
-                    result[name] = kept
-    for item in results:  # a share of one chunk is not the batch's
-        item["result"] = {k: v for k, v in item["result"].items() if "_percent" not in k}
-    first["success"] = all(item["success"] for item in results)
-    first["chunks"] = len(documents)
-    return first
 
 
 def _whole(
