@@ -367,7 +367,7 @@ def ingest_in_chunks(
                 break
             result, created = against_stored(lake, contract, table, result, now)
             rejected.append(result.rejected, chunk.rows)
-            if result.accepted_rows is not None:
+            if replay is not None and result.accepted_rows is not None:
                 accepted_rows.append(chunk.rows[result.accepted_rows])
             if not result.accepted.empty:
                 staged.write_offline(table, result.accepted, spec.event_time, bid, created, types, part)
@@ -375,7 +375,8 @@ def ingest_in_chunks(
                     result.accepted, list(dict.fromkeys(spec.primary_key)), spec.event_time, types
                 )
                 staged.write_keys(table, f"{bid}.{part}", index)
-                entities.append(result.accepted[contract.entity.join_key].dropna().unique())
+                if contract.aggregates_of(table):
+                    entities.append(result.accepted[contract.entity.join_key].dropna().unique())
             tally.add(result, spec.event_time)
         rejected.close()
         share = tally.quarantined / rows_in if rows_in else 0.0
