@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import prefect_api
 
-from closedloop import events, storage
+from closedloop import events, failpoints, storage
 from closedloop.contract import load_contract
 from closedloop.lake import Lake
 from closedloop.settings import Settings
@@ -149,3 +153,44 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def test_a_flow_run_killed_after_its_commit_is_finished_by_the_next_run(
+    prefect_server: str, settings: Settings
+) -> None:
+    """kill -9 of a real flow run between a batch's ledger record and its move into place, then the next run."""
+    contract = load_contract(SYNTHETIC)
+    lake = Lake.of(settings.lake_uri, contract.name)
+    write_synthetic(SyntheticConfig(customers=200, months=2), lake.landing)
+    landing = Path(lake.landing[len("file://") :])
+    kept = sorted((landing / "credit_history").iterdir())[-1]  # the latest month: within the ttl
+    for path in [p for p in landing.rglob("*.parquet") if p != kept]:
+        path.unlink()  # one batch of a table the online store serves
+    code = (
+        "from flows.ingest_validate import IngestParams, ingest_validate\n"
+        f"ingest_validate(IngestParams(contract={str(SYNTHETIC)!r}))\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, failpoints.ENV: "batch-committed"}
+    crashed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    (committed,) = lake.ledger_records()  # the first batch is committed, nothing of it is in place yet
+    assert lake.read_offline(committed["table"]).empty
+
+    result = ingest_validate(IngestParams(contract=str(SYNTHETIC)))
+
+    first = next(b for b in result.batches if b.batch_id == committed["batch_id"])
+    assert first.status == "duplicate"  # its rows were stored by the crashed run, published by this one
+    stored = lake.read_offline(committed["table"])
+    assert len(stored) == committed["rows_accepted"] + sum(
+        b.rows_accepted for b in result.batches if b.table == committed["table"]
+    )
+    assert {"credit_history", "credit_history_history"} <= {*result.materialized_views}  # the online store too
+    customer = int(stored.sort_values("snapshot_at").iloc[-1]["customer_id"])
+    store = open_store(settings, contract)
+    online = store.get_online_features(features=["credit_history:utilisation"], entity_rows=[{"customer_id": customer}])
+    assert online.to_dict()["utilisation"][0] is not None
+    assert storage.list_objects(storage.join(lake.root, "staging")) == []
+    records = lake.ledger_records()
+    assert sum(r["rows_in"] for r in records) == sum(
+        r["rows_accepted"] + r["rows_quarantined"] + r.get("rows_duplicate", 0) for r in records
+    )
