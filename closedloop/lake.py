@@ -284,14 +284,16 @@ class Lake:
             self.write_keys(table, batch_id, pa.concat_tables(dated, promote_options="permissive"))
         batches = sorted(files)
 
-        def read(batch: str) -> pa.Table:
-            data = io.BytesIO(storage.read_bytes(self._keys_file(table, batch), self.endpoint_url))
-            body = pq.ParquetFile(data, read_dictionary=[EVENT_DATE] if columns else None)
-            names = body.schema_arrow.names
-            return body.read(columns=columns if columns and all(c in names for c in columns) else None)
-
         with ThreadPoolExecutor(max_workers=4) as pool:
-            return list(zip(batches, pool.map(read, batches), strict=True))
+            found = pool.map(lambda batch: self.read_key_file(table, batch, columns), batches)
+            return list(zip(batches, found, strict=True))
+
+    def read_key_file(self, table: str, name: str, columns: list[str] | None = None) -> pa.Table:
+        """One key index file (see :meth:`read_key_parts`): ``columns`` if it holds them all, else all of it."""
+        data = io.BytesIO(storage.read_bytes(self._keys_file(table, name), self.endpoint_url))
+        body = pq.ParquetFile(data, read_dictionary=[EVENT_DATE] if columns else None)
+        names = body.schema_arrow.names
+        return body.read(columns=columns if columns and all(c in names for c in columns) else None)
 
     def _keys_file(self, table: str, batch_id: str) -> str:
         return storage.join(self.root, "keys", table, f"{batch_id}.parquet")

@@ -116,12 +116,16 @@ def against_stored(
         return result, now
     spec = contract.tables[table]
     keys = list(dict.fromkeys(spec.primary_key))
-    parts = lake.read_key_parts(table, keys, columns=[stored_keys.HASH, stored_keys.ROW_HASH, EVENT_DATE])
+    parts = lake.read_key_parts(table, keys, columns=[stored_keys.HASH])  # 8 bytes a stored row
     if parts is None:
         return result, now
     incoming = stored_keys.incoming_arrow(result.accepted, arrow_types(contract, table))
+
+    def rest(name: str) -> pa.Table:  # the rest of an index file holding a sent key
+        return lake.read_key_file(table, name, [stored_keys.HASH, stored_keys.ROW_HASH, EVENT_DATE])
+
     # one stored version per key unless restatements are stored: a row sent again is known by its hashes
-    found = stored_keys.look_up(incoming, parts, keys, by_values=spec.restatement != "store")
+    found = stored_keys.look_up(incoming, parts, keys, by_values=spec.restatement != "store", rest=rest)
     if not found.files and not len(found.identical):
         return result, now
     match = stored_keys.StoredMatch(found.identical, {})

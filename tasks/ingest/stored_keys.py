@@ -16,6 +16,7 @@ holding one of its keys, and compares them; joins run in DuckDB over Arrow table
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -135,11 +136,19 @@ class Lookup:
     files: list[tuple[str, str]]  # (event day, file name) of the stored files holding the other sent keys
 
 
-def look_up(incoming: pa.Table, parts: list[tuple[str, pa.Table]], keys: list[str], by_values: bool) -> Lookup:
+def look_up(
+    incoming: pa.Table,
+    parts: list[tuple[str, pa.Table]],
+    keys: list[str],
+    by_values: bool,
+    rest: Callable[[str], pa.Table] | None = None,
+) -> Lookup:
     """The batch's keys in the table's key index (see :func:`files_with_keys`).
 
     ``by_values`` (a table that stores one version per key): a sent row whose key and value hashes equal a
     stored row's is identical to it, and no file is read for it; a re-sent file is settled from the index alone.
+    ``rest``: where ``parts`` hold only the key hashes, the other columns of an index file by its name, read only
+    for the files holding a sent key.
     """
     if incoming.num_rows == 0:
         return Lookup(np.array([], dtype=np.int64), [])
@@ -160,6 +169,8 @@ def look_up(incoming: pa.Table, parts: list[tuple[str, pa.Table]], keys: list[st
             sent = np.flatnonzero(at < len(stored))
             sent = sent[stored[at[sent]] == sent_keys[sent]]  # incoming rows whose key hash is stored here
             hit = at[sent]
+            if len(hit) and rest is not None and EVENT_DATE not in part.column_names:
+                part = rest(name)
             if sent_rows is not None and ROW_HASH in part.column_names:
                 same = part.column(ROW_HASH).to_numpy()[hit] == sent_rows[sent]
                 identical.append(positions[sent[same]])
