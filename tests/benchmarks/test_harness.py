@@ -37,6 +37,7 @@ def test_every_benchmark_family_is_registered_under_its_command_line_name() -> N
         "concept_drift",
         "drift",
         "generator",
+        "lake",
         "materialize",
         "scale",
         "serving",
