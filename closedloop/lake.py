@@ -82,10 +82,15 @@ class Lake:
         """The lake with its writes (offline rows, key index, quarantine) staged for one batch until committed."""
         return Lake(self.root, self.endpoint_url, staged=batch_id)
 
-    def _put(self, uri: str, body: bytes) -> str:
-        """Write an object of this lake, under the staging area of the batch being written when there is one."""
+    def _put(self, uri: str, body: bytes | Path) -> str:
+        """Write an object of this lake: bytes, or a local file streamed.
+
+        Under the staging area of the batch being written when there is one.
+        """
         if self.staged is not None and uri.startswith(self.root + "/"):
             uri = storage.join(self.root, "staging", self.staged, uri[len(self.root) + 1 :])
+        if isinstance(body, Path):
+            return storage.upload_file(body, uri, self.endpoint_url)
         return storage.write_bytes(uri, body, self.endpoint_url)
 
     def staged_view(self, batch_id: str) -> Lake:
@@ -318,17 +323,20 @@ class Lake:
     def write_quarantine(
         self,
         batch_id: str,
-        original: bytes,
+        original: bytes | Path,
         original_name: str,
         rejected: pd.DataFrame | Path,
         reason: dict[str, Any],
         validation: dict[str, Any] | None,
     ) -> str:
-        """Keep a batch's bytes, its rejected rows (a frame, or a parquet file written chunk by chunk) and why."""
+        """Keep a batch's bytes (or its file), its rejected rows and why.
+
+        The rejected rows are a frame, or a parquet file written chunk by chunk.
+        """
         suffix = original_name.rsplit(".", 1)[-1] if "." in original_name else "bin"
         self._put(self.quarantine(batch_id, f"original.{suffix}"), original)
         if isinstance(rejected, Path):
-            self._put(self.quarantine(batch_id, "rejected.parquet"), rejected.read_bytes())
+            self._put(self.quarantine(batch_id, "rejected.parquet"), rejected)
         elif not rejected.empty:
             self._put(self.quarantine(batch_id, "rejected.parquet"), parquet_bytes(_textual(rejected)))
         if validation is not None:

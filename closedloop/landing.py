@@ -12,16 +12,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import tempfile
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from closedloop import storage
 from closedloop.contract import Contract
 
+BLOCK = 1 << 23  # bytes a CSV check or a hash reads at a time: memory stays this, not the file's size
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
@@ -47,13 +53,37 @@ def batch_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:20]
 
 
-def unplaced_id(data: bytes, uri: str) -> str:
-    """Identity of a batch that belongs to no table: its content and its place.
+def unplaced_id(content_id: str, uri: str) -> str:
+    """Identity of a batch that belongs to no table: its content (its :func:`batch_id`) and its place.
 
     Such a batch is quarantined for where it landed, not for its bytes: the same file sent under a table's name
     is a new batch (see :func:`batch_id`), while the misplaced copy seen again is still recognised.
     """
-    return f"{batch_id(data)}-at-{batch_id(uri.encode())[:8]}"
+    return f"{content_id}-at-{batch_id(uri.encode())[:8]}"
+
+
+@dataclass(frozen=True)
+class SentFile:
+    """A batch's bytes as a private local file, and their :func:`batch_id`.
+
+    The file is a copy taken once (from the landing zone or an object store), so the bytes that are read are
+    the bytes that were hashed, whatever happens to the landing file meanwhile, and memory never holds them whole.
+    """
+
+    path: Path
+    content_id: str
+
+
+@contextmanager
+def fetched(uri: str, endpoint_url: str | None = None) -> Iterator[SentFile]:
+    """A private copy of the object at ``uri`` for as long as the context lasts."""
+    with tempfile.TemporaryDirectory(prefix="closedloop-sent-") as tmp:
+        path = storage.download_file(uri, Path(tmp) / "sent", endpoint_url)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(BLOCK):
+                digest.update(block)
+        yield SentFile(path, digest.hexdigest()[:20])
 
 
 def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
@@ -83,23 +113,34 @@ class Readout:
     unreadable: dict[int, str] = field(default_factory=dict)
 
 
-def read_batch(data: bytes, ref: BatchRef) -> Readout:
-    """Parse a batch's bytes. CSV cells stay text: types are the contract's job, not the reader's."""
-    if not data:
+def read_batch(path: Path, ref: BatchRef) -> Readout:
+    """Parse a batch's file. CSV cells stay text: types are the contract's job, not the reader's."""
+    _check_readable(path, ref)
+    if ref.file_format == "parquet":
+        try:
+            # integers as nullable integers: a column with one null would otherwise turn float64 and lose digits
+            return Readout(pq.read_table(path).to_pandas(types_mapper=exact_integers))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
+    with tempfile.TemporaryDirectory(prefix="closedloop-csv-") as tmp:
+        scan = _scan_csv(path, Path(tmp))
+        frame = _read_csv(scan.source)
+        _check_header(frame)
+        if not scan.unreadable:
+            return Readout(frame)
+        frame.index = pd.Index(scan.batch_rows(np.arange(len(frame), dtype=np.int64)))
+        return Readout(frame.reindex(pd.RangeIndex(scan.rows)), scan.unreadable)
+
+
+def _check_readable(path: Path, ref: BatchRef) -> None:
+    if not path.stat().st_size:
         raise UnusableBatch("empty file (0 bytes)")
     if ref.table is None:
         raise UnusableBatch(
             f"cannot tell which table {ref.name!r} belongs to: put it under <table>/ or name it <table>-..."
         )
-    if ref.file_format == "parquet":
-        try:
-            # integers as nullable integers: a column with one null would otherwise turn float64 and lose digits
-            return Readout(pq.read_table(io.BytesIO(data)).to_pandas(types_mapper=exact_integers))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
-    if ref.file_format == "csv":
-        return _read_csv(data)
-    raise UnusableBatch(f"unsupported file type {ref.name!r}: closedloop reads .parquet and .csv")
+    if ref.file_format not in ("parquet", "csv"):
+        raise UnusableBatch(f"unsupported file type {ref.name!r}: closedloop reads .parquet and .csv")
 
 
 @dataclass(frozen=True)
@@ -114,33 +155,40 @@ class Chunk:
     rows: np.ndarray
 
 
-def is_large(data: bytes, ref: BatchRef, rows_per_chunk: int) -> bool:
+def is_large(path: Path, ref: BatchRef, rows_per_chunk: int) -> bool:
     """Whether a batch holds more than ``rows_per_chunk`` records, from a parquet footer or a CSV's line count.
 
     A file that cannot say is not large: :func:`read_batch` then reads it, or says why it cannot.
     """
-    if ref.table is None or not data:
+    if ref.table is None or not path.stat().st_size:
         return False
     if ref.file_format == "parquet":
         try:
-            return bool(pq.ParquetFile(io.BytesIO(data)).metadata.num_rows > rows_per_chunk)
+            return bool(pq.ParquetFile(path).metadata.num_rows > rows_per_chunk)
         except (pa.ArrowInvalid, OSError):
             return False
-    return ref.file_format == "csv" and data.count(b"\n") > rows_per_chunk
+    if ref.file_format != "csv":
+        return False
+    lines = 0
+    with path.open("rb") as handle:
+        while (block := handle.read(BLOCK)) and lines <= rows_per_chunk:
+            lines += block.count(b"\n")
+    return lines > rows_per_chunk
 
 
-def batch_columns(data: bytes, ref: BatchRef) -> list[str]:
+def batch_columns(path: Path, ref: BatchRef) -> list[str]:
     """The column names a batch holds (parquet schema, CSV header), without reading its rows."""
     try:
         if ref.file_format == "parquet":
-            return [str(name) for name in pq.ParquetFile(io.BytesIO(data)).schema_arrow.names]
-        first = data[: data.find(b"\n") if b"\n" in data else len(data)].decode("utf-8-sig")
-        return next(csv.reader([first]), [])
+            return [str(name) for name in pq.ParquetFile(path).schema_arrow.names]
+        with path.open("rb") as handle:
+            first = handle.readline(BLOCK)
+        return next(csv.reader([first.decode("utf-8-sig")]), [])
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise UnusableBatch(f"cannot read the columns of {ref.name!r} ({_first_line(exc)})") from exc
 
 
-def read_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int, columns: list[str] | None = None) -> Generator[Chunk]:
+def read_chunks(path: Path, ref: BatchRef, rows_per_chunk: int, columns: list[str] | None = None) -> Generator[Chunk]:
     """A batch as chunks of at most ``rows_per_chunk`` records, so memory follows the chunk, not the batch.
 
     A batch that fits in one chunk is read by :func:`read_batch` (one chunk). A parquet file is read batch by
@@ -148,20 +196,21 @@ def read_chunks(data: bytes, ref: BatchRef, rows_per_chunk: int, columns: list[s
     empty rows. ``columns``: only these (they must be in the batch, see :func:`batch_columns`). Errors that make
     the whole batch unusable raise :class:`UnusableBatch`, at the latest from the chunk where the reader meets them.
     """
-    if not is_large(data, ref, rows_per_chunk):
-        readout = read_batch(data, ref)  # raises UnusableBatch with the reason
+    if not is_large(path, ref, rows_per_chunk):
+        readout = read_batch(path, ref)  # raises UnusableBatch with the reason
         frame = readout.frame if columns is None else readout.frame[columns]
         yield Chunk(frame, readout.unreadable, np.arange(len(frame), dtype=np.int64))
         return
     if ref.file_format == "parquet":
-        yield from _parquet_chunks(data, rows_per_chunk, columns)
+        yield from _parquet_chunks(path, rows_per_chunk, columns)
         return
-    yield from _csv_chunks(data, rows_per_chunk, columns)
+    with tempfile.TemporaryDirectory(prefix="closedloop-csv-") as tmp:
+        yield from _csv_chunks(_scan_csv(path, Path(tmp)), rows_per_chunk, columns)
 
 
-def _parquet_chunks(data: bytes, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
+def _parquet_chunks(path: Path, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
     try:
-        file = pq.ParquetFile(io.BytesIO(data), pre_buffer=False)  # no whole row group buffered ahead
+        file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)  # pages read as needed, not whole row groups
         start = 0
         for batch in file.iter_batches(batch_size=rows_per_chunk, columns=columns, use_threads=False):
             frame = pa.Table.from_batches([batch]).to_pandas(types_mapper=exact_integers)
@@ -171,39 +220,25 @@ def _parquet_chunks(data: bytes, rows_per_chunk: int, columns: list[str] | None)
         raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
 
 
-def _csv_chunks(data: bytes, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
-    _check_csv_bytes(data)
-    ragged = _ragged(data)
-    source = data if ragged is None else ragged.readable.encode("utf-8")
-    positions = None if ragged is None else np.asarray(ragged.positions, dtype=np.int64)
+def _csv_chunks(scan: _CsvScan, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
     header: list[str] = []
     try:
-        reader = pd.read_csv(
-            io.BytesIO(source),
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            encoding="utf-8",
-            chunksize=rows_per_chunk,
-            usecols=columns,
-        )
+        reader = _read_csv(scan.source, chunksize=rows_per_chunk, usecols=columns)
         start = 0
         for frame in reader:
             if not header:
                 _check_header(frame)
                 header = [str(c) for c in frame.columns]
-            rows = np.arange(start, start + len(frame), dtype=np.int64)
+            rows = scan.batch_rows(np.arange(start, start + len(frame), dtype=np.int64))
             start += len(frame)
             frame.index = pd.RangeIndex(len(frame))
-            yield Chunk(
-                frame if columns is None else frame[columns], {}, rows if positions is None else positions[rows]
-            )
+            yield Chunk(frame if columns is None else frame[columns], {}, rows)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
-    if ragged is not None and ragged.unreadable:  # the lines that could not be read, as empty rows
-        lines = sorted(ragged.unreadable)
+    if scan.unreadable:  # the lines that could not be read, as empty rows
+        lines = sorted(scan.unreadable)
         frame = pd.DataFrame({c: pd.Series([None] * len(lines), dtype=object) for c in columns or header})
-        why = {i: ragged.unreadable[line] for i, line in enumerate(lines)}
+        why = {i: scan.unreadable[line] for i, line in enumerate(lines)}
         yield Chunk(frame, why, np.asarray(lines, dtype=np.int64))
 
 
@@ -221,15 +256,11 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_csv_bytes(data: bytes) -> None:
+def _read_csv(source: Path, **options: Any) -> Any:
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UnusableBatch(
-            f"CSV is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (re-export it as UTF-8)"
-        ) from exc
-    if b"\x00" in data[:4096]:
-        raise UnusableBatch("not a CSV file: it holds binary data")
+        return pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8", **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
 
 
 def _check_header(frame: pd.DataFrame) -> None:
@@ -242,65 +273,104 @@ def _check_header(frame: pd.DataFrame) -> None:
                 )
 
 
-def _read_csv(data: bytes) -> Readout:
-    _check_csv_bytes(data)
-    ragged = _ragged(data)
-    source = data if ragged is None else ragged.readable.encode("utf-8")
-    try:
-        frame = pd.read_csv(io.BytesIO(source), dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
-    _check_header(frame)
-    if ragged is None:
-        return Readout(frame)
-    frame.index = pd.Index(ragged.positions)
-    return Readout(frame.reindex(pd.RangeIndex(ragged.rows)), ragged.unreadable)
-
-
 @dataclass(frozen=True)
-class _Ragged:
-    readable: str  # the header and every record with its field count
-    positions: list[int]  # row position of each readable record
+class _CsvScan:
+    """A CSV file checked line by line: the file pandas reads, and the records it cannot read as rows."""
+
+    source: Path  # the file itself, or a copy holding the header and every record with the header's field count
     unreadable: dict[int, str]  # row position -> why its record is not read
-    rows: int  # records in the file (blank lines are not records)
+    rows: int  # records in the file (blank lines are not records); 0 when every record is readable (not counted)
+
+    def batch_rows(self, readable: np.ndarray) -> np.ndarray:
+        """The batch rows of the ``readable``-th records of ``source``: the unreadable rows are skipped."""
+        if not self.unreadable:
+            return readable
+        skipped = np.asarray(sorted(self.unreadable), dtype=np.int64)
+        gaps = skipped - np.arange(len(skipped), dtype=np.int64)  # readable records before each skipped row
+        return readable + np.searchsorted(gaps, readable, side="right")
 
 
-def _ragged(data: bytes) -> _Ragged | None:
-    """The records whose field count is not the header's, with their line numbers; None when there is none.
+def _scan_csv(path: Path, tmp: Path) -> _CsvScan:
+    """Check a CSV file block by block (UTF-8, text, every record the header's field count): memory is a block.
 
-    The common case (no quotes, every line the header's field count) is decided in one vectorised pass over the
-    bytes; quoted files are split by the csv module, whose records may span lines.
+    The common case (no quotes, every line the header's field count) is decided by counting commas per line,
+    vectorised. Otherwise the csv module reads the records (a quoted one may span lines) and those whose field
+    count is not the header's are set aside with their line numbers, the rest copied to a file pandas reads.
     """
-    if b'"' not in data and _same_field_counts(np.frombuffer(data, dtype=np.uint8)):
-        return None
-    text = data.decode("utf-8-sig")
-    if b'"' in data and len({len(r) for r in csv.reader(io.StringIO(text, newline="")) if r}) <= 1:
-        return None
-    lines = io.StringIO(text, newline="").readlines()
-    reader = csv.reader(lines)
-    header = next((record for record in reader if record), [])
-    start, rows = reader.line_num, 0
-    kept, positions, unreadable = lines[:start], [], {}
-    for record in reader:
-        end = reader.line_num
-        if record:  # a blank line is no record (pandas skips it too)
-            if len(record) == len(header):
-                kept.extend(lines[start:end])
-                positions.append(rows)
-            else:
-                unreadable[rows] = f"line {start + 1}: {len(record)} field(s) where the header has {len(header)}"
-            rows += 1
-        start = end
-    return _Ragged("".join(kept), positions, unreadable, rows)
+    plain, fields, offset, carry = True, -1, 0, b""
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(BLOCK)
+            data = carry + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            part, carry = data[:cut], data[cut:]
+            if offset == 0 and b"\x00" in part[:4096]:
+                raise UnusableBatch("not a CSV file: it holds binary data")
+            try:
+                part.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte, at = part[exc.start], offset + exc.start
+                why = f"CSV is not UTF-8: byte 0x{byte:02x} at offset {at} (re-export it as UTF-8)"
+                raise UnusableBatch(why) from exc
+            if plain and b'"' in part:
+                plain = False
+            if plain and part:
+                counts = _field_counts(part)
+                fields = counts[0] if fields < 0 and len(counts) else fields
+                plain = bool((counts == fields).all())
+            offset += len(part)
+            if not block:
+                break
+    if plain:
+        return _CsvScan(path, {}, 0)
+    return _records(path, tmp / "readable.csv")
 
 
-def _same_field_counts(buf: np.ndarray) -> bool:
-    """Every non-blank line of an unquoted CSV holds as many commas as the first."""
-    ends = np.flatnonzero(buf == ord("\n"))
-    bounds = np.concatenate(([-1], ends, [len(buf)]))
-    commas = np.concatenate(([0], np.cumsum(buf == ord(","))))  # commas[k]: commas before byte k
-    per_line = commas[bounds[1:]] - commas[bounds[:-1] + 1]
-    lengths = bounds[1:] - bounds[:-1] - 1
-    first = np.minimum(bounds[:-1] + 1, max(len(buf) - 1, 0))
-    blank = (lengths == 0) | ((lengths == 1) & (buf[first] == ord("\r")))
-    return bool(np.unique(per_line[~blank]).size <= 1)
+def _field_counts(part: bytes) -> np.ndarray:
+    """Fields on each non-blank line of unquoted CSV text made of whole lines."""
+    buf = np.frombuffer(part, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(buf[:-1] == ord("\n")) + 1))
+    commas = np.add.reduceat(buf == ord(","), starts, dtype=np.int64)
+    lengths = np.diff(np.append(starts, len(buf)))
+    ends = starts + lengths - 1
+    content = lengths - (buf[ends] == ord("\n")) - (buf[np.maximum(ends - 1, 0)] == ord("\r")) * (lengths > 1)
+    return np.asarray(commas[content > 0] + 1, dtype=np.int64)
+
+
+def _checked(reader: Any) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise UnusableBatch(f"not a readable CSV file (line {reader.line_num}: {exc})") from exc
+
+
+def _records(path: Path, readable: Path) -> _CsvScan:
+    """Read a CSV file record by record; set aside those whose field count is not the header's (see ``_scan_csv``)."""
+    lines: list[str] = []
+
+    def taken(handle: io.TextIOBase) -> Iterator[str]:
+        for line in handle:
+            lines.append(line)
+            yield line
+
+    header: list[str] | None = None
+    rows, start, unreadable = 0, 0, {}
+    with path.open(encoding="utf-8-sig", newline="") as source, readable.open("w", encoding="utf-8", newline="") as out:
+        reader = csv.reader(taken(source))
+        for record in _checked(reader):
+            text = "".join(lines)
+            lines.clear()
+            if record and header is None:
+                header = record
+                out.write(text)
+            elif record and len(record) == len(header or []):
+                out.write(text)
+                rows += 1
+            elif record:
+                unreadable[rows] = f"line {start + 1}: {len(record)} field(s) where the header has {len(header or [])}"
+                rows += 1
+            start = reader.line_num
+    if not unreadable:
+        readable.unlink()
+        return _CsvScan(path, {}, rows)
+    return _CsvScan(readable, unreadable, rows)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+BLOCK = 1 << 22  # bytes per read when a file is streamed
+
+
 class StorageError(OSError):
     """An object could not be read or written; the message names the URI."""
 
@@ -132,15 +135,43 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> str:
 
 
 def upload_file(path: Path, uri: str, endpoint_url: str | None = None) -> str:
-    """Copy a local file to a URI (multipart on S3 for large files)."""
+    """Copy a local file to a URI, streamed (multipart on S3 for large files); atomic as ``write_bytes``."""
     loc = parse(uri)
     if loc.scheme == "file":
-        return write_bytes(uri, path.read_bytes())
+        target = loc.path
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            with os.fdopen(fd, "wb") as handle, path.open("rb") as source:
+                shutil.copyfileobj(source, handle, BLOCK)
+                handle.flush()
+                os.fsync(handle.fileno())
+            Path(tmp).replace(target)
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot write ({exc.strerror})") from exc
+        return str(loc)
     try:
         s3_client(endpoint_url).upload_file(str(path), loc.bucket, loc.key)
     except Exception as exc:
         raise _s3_error(exc, uri, "upload") from exc
     return str(loc)
+
+
+def download_file(uri: str, path: Path, endpoint_url: str | None = None) -> Path:
+    """Copy an object to a local file, streamed: memory stays a block whatever the object's size."""
+    loc = parse(uri)
+    try:
+        if loc.scheme == "file":
+            with loc.path.open("rb") as source, path.open("wb") as target:
+                shutil.copyfileobj(source, target, BLOCK)
+            return path
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot read ({exc.strerror})") from exc
+    try:
+        s3_client(endpoint_url).download_file(loc.bucket, loc.key, str(path))
+    except Exception as exc:
+        raise _s3_error(exc, uri, "read") from exc
+    return path
 
 
 def exists(uri: str, endpoint_url: str | None = None) -> bool:

@@ -10,9 +10,10 @@ is staged and its ledger record commits it (see :mod:`closedloop.lake`). The Pre
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,20 +21,22 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from closedloop import failpoints, storage
+from closedloop import failpoints
 from closedloop.contract import Contract
 from closedloop.lake import CREATED, EVENT_DATE, TIMESTAMP, Lake, arrow_types, key_type
 from closedloop.landing import (
     BatchRef,
     Chunk,
+    SentFile,
     UnusableBatch,
     batch_columns,
-    batch_id,
+    fetched,
     is_large,
     read_batch,
     read_chunks,
@@ -42,7 +45,7 @@ from closedloop.landing import (
 from feature_repo.definitions import history_table
 from feature_repo.transforms import compute_aggregates
 from tasks.ingest import stored_keys
-from tasks.ingest.chunks import merged, repeated_keys
+from tasks.ingest.chunks import bounded, key_hashes, merged, repeated_keys
 from tasks.ingest.validation import Validation, key_codes, validate
 
 logger = logging.getLogger(__name__)
@@ -76,9 +79,15 @@ def ingest(ref: BatchRef, contract: Contract, lake: Lake, now: datetime, chunk_r
 
     A batch of more than ``chunk_rows`` records is validated and stored chunk by chunk (see ``ingest_in_chunks``).
     """
-    data = storage.read_bytes(ref.uri, lake.endpoint_url)
+    with fetched(ref.uri, lake.endpoint_url) as sent:
+        return _ingest_sent(ref, contract, lake, now, chunk_rows, sent)
+
+
+def _ingest_sent(
+    ref: BatchRef, contract: Contract, lake: Lake, now: datetime, chunk_rows: int, sent: SentFile
+) -> BatchOutcome:
     # a file of no table is refused for its place: its bytes are not ledgered, so they still count under a table
-    bid = batch_id(data) if ref.table else unplaced_id(data, ref.uri)
+    bid = sent.content_id if ref.table else unplaced_id(sent.content_id, ref.uri)
     seen = lake.read_ledger(bid)
     if seen is not None:
         logger.info("batch %s (%s) already ingested at %s: skipped", bid, ref.name, seen["ingested_at"])
@@ -88,6 +97,7 @@ def ingest(ref: BatchRef, contract: Contract, lake: Lake, now: datetime, chunk_r
             reason += f", retracted {retracted['at']} ({retracted['reason']}): send a corrected file"
         return BatchOutcome(batch_id=bid, uri=ref.uri, table=ref.table, status="duplicate", reason=reason)
     lake.discard(bid)  # what an earlier attempt of this batch staged (a retry after an error)
+    data = sent.path
     more = is_large(data, ref, chunk_rows)
     try:
         first = read_batch(data, ref) if not more else None
@@ -150,7 +160,7 @@ def store_batch(
     name: str,
     table: str,
     bid: str,
-    data: bytes,
+    data: bytes | Path,
     result: Validation,
     created: datetime,
     replay_of: str | None = None,
@@ -233,7 +243,7 @@ def _write_history(
 def finish_batch(
     lake: Lake,
     outcome: BatchOutcome,
-    data: bytes,
+    data: bytes | Path,
     name: str,
     rejected: pd.DataFrame,
     validation: dict[str, Any] | None,
@@ -296,8 +306,8 @@ class _Tally:
         self.duplicates += result.duplicates
         for name, count in result.failing.items():
             self.failing[name] = self.failing.get(name, 0) + count
-        if result.gx_result is not None:
-            self.documents.append(result.gx_result)
+        if result.gx_result is not None:  # bounded now: a batch's documents stay a few per chunk
+            self.documents.append(bounded(result.gx_result) or {})
         if not result.accepted.empty:
             first = result.accepted[event_time].min().to_pydatetime()
             self.first_event = first if self.first_event is None else min(self.first_event, first)
@@ -313,7 +323,7 @@ def ingest_in_chunks(
     ref: BatchRef,
     table: str,
     bid: str,
-    data: bytes,
+    data: Path,
     chunk_rows: int,
     now: datetime,
     replay: Replay | None = None,
@@ -333,7 +343,7 @@ def ingest_in_chunks(
     """
     spec = contract.tables[table]
     done = done_rows(replay.record) if replay else np.array([], dtype=np.int64)
-    keys: list[tuple[np.ndarray, np.ndarray]] = []
+    hashes: list[np.ndarray] = []
     rows_in, size = 0, 0  # rows to judge; rows of the batch (a replay leaves some out)
     name, uri, replay_of = (replay.name, replay.uri, replay.quarantined_id) if replay else (ref.name, ref.uri, None)
     primary = list(dict.fromkeys(spec.primary_key))
@@ -342,7 +352,7 @@ def ingest_in_chunks(
         for chunk in _chunks_left(data, ref, chunk_rows, done, primary if readable else None):
             if readable:
                 codes, whole = key_codes(chunk.frame, contract, table)
-                keys.append((chunk.rows[whole], codes[whole]))
+                hashes.append(key_hashes(codes[whole]))
             rows_in += len(chunk.frame)
             size = max(size, int(chunk.rows.max(initial=-1)) + 1)
     except UnusableBatch as exc:
@@ -353,8 +363,13 @@ def ingest_in_chunks(
     if replay and not rows_in:
         reason = f"every row of batch {replay.quarantined_id} was accepted by an earlier replay: nothing to replay"
         return nothing_to_store(lake, replay, table, reason, now)
-    repeated = repeated_keys(keys, size)
-    del keys
+
+    def keys_again() -> Iterator[tuple[np.ndarray, np.ndarray]]:  # read only when two keys' hashes are equal
+        return _whole_keys(_chunks_left(data, ref, chunk_rows, done, primary), contract, table)
+
+    repeated = repeated_keys(hashes, size, keys_again)
+    del hashes
+    _give_back()
     tally, error = _Tally(rows_in), None
     entities: list[np.ndarray] = []  # of the accepted rows, for the history aggregates
     accepted_rows: list[np.ndarray] = []  # their rows in the batch, for a replay's record
@@ -382,6 +397,8 @@ def ingest_in_chunks(
                 if contract.aggregates_of(table):
                     entities.append(result.accepted[contract.entity.join_key].dropna().unique())
             tally.add(result, spec.event_time)
+            del result, chunk
+            _give_back()
         rejected.close()
         share = tally.quarantined / rows_in if rows_in else 0.0
         if error is None and share > contract.max_bad_row_share:
@@ -419,8 +436,26 @@ def ingest_in_chunks(
         return finish_batch(lake, outcome, data, name, kept, merged(tally.documents), contract, now, ledgered)
 
 
+def _give_back() -> None:
+    """Return what a chunk freed to the system before the next one.
+
+    Arrow's memory pool and the C heap keep freed pages for reuse; over a batch of many chunks they would hold
+    more than one chunk's worth.
+    """
+    gc.collect()  # pandas frames and groupbys hold reference cycles: freed only by the collector
+    pa.default_memory_pool().release_unused()
+    psutil.heap_trim()
+
+
+def _whole_keys(chunks: Iterable[Chunk], contract: Contract, table: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each chunk's rows with a whole primary key: their positions in the batch and their key codes."""
+    for chunk in chunks:
+        codes, whole = key_codes(chunk.frame, contract, table)
+        yield chunk.rows[whole], codes[whole]
+
+
 def _chunks_left(
-    data: bytes, ref: BatchRef, chunk_rows: int, done: np.ndarray, columns: list[str] | None = None
+    data: Path, ref: BatchRef, chunk_rows: int, done: np.ndarray, columns: list[str] | None = None
 ) -> Iterator[Chunk]:
     """The chunks of a batch (only ``columns``, when given) without the rows in ``done`` (accepted by replays)."""
     for chunk in read_chunks(data, ref, chunk_rows, columns):

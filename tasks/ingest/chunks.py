@@ -7,6 +7,7 @@ batch's (:func:`merged`, :func:`bounded`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -14,32 +15,43 @@ import numpy as np
 SAMPLES = 20  # unexpected values and rows a kept validation document lists per expectation
 
 
-def repeated_keys(chunks: list[tuple[np.ndarray, np.ndarray]], rows: int) -> np.ndarray:
-    """Which rows of a batch (``rows`` in all) share their primary key with another row of the batch.
-
-    ``chunks``: for each chunk, its rows' positions in the batch and their key codes (``key_codes`` in
-    :mod:`tasks.ingest.validation`; rows with a whole key only). The codes of each row are mixed into one 64-bit
-    number and sorted; rows whose numbers repeat are then compared on their exact codes, so the answer is exact,
-    and memory is a few 8-byte numbers per row, not the batch's rows.
-    """
-    repeated = np.zeros(rows, dtype=bool)
-    if not chunks:
-        return repeated
-    positions = np.concatenate([p for p, _ in chunks])
-    codes = np.concatenate([c for _, c in chunks])
+def key_hashes(codes: np.ndarray) -> np.ndarray:
+    """One 64-bit number per row mixing its key codes (``key_codes`` in :mod:`tasks.ingest.validation`)."""
     mixed = np.zeros(len(codes), dtype=np.uint64)
     for column in codes.T:
         mixed = _mix(mixed ^ column.view(np.uint64))
-    order = np.argsort(mixed, kind="stable")
-    ordered = mixed[order]
+    return mixed
+
+
+def repeated_keys(
+    hashes: list[np.ndarray], rows: int, keys_again: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+) -> np.ndarray:
+    """Which rows of a batch (``rows`` in all) share their primary key with another row of the batch.
+
+    ``hashes``: the :func:`key_hashes` of each chunk's rows with a whole key, kept by a first pass over the
+    batch's key columns: 8 bytes per row. They are sorted; only when some repeat does ``keys_again`` read the
+    keys once more (each chunk's rows' positions in the batch and their key codes), and the rows whose numbers
+    repeat are compared on their exact codes. The answer is exact, and memory is two 8-byte numbers per row.
+    """
+    repeated = np.zeros(rows, dtype=bool)
+    if not hashes:
+        return repeated
+    ordered = np.concatenate(hashes)
+    ordered.sort()
     same = ordered[1:] == ordered[:-1]
     if not same.any():
         return repeated
-    candidates = np.unique(order[np.concatenate([same, [False]]) | np.concatenate([[False], same])])
-    exact = np.ascontiguousarray(codes[candidates])  # the few rows whose mixed numbers repeat
-    as_records = exact.view([(f"k{i}", np.int64) for i in range(exact.shape[1])]).ravel()
+    twice = np.unique(ordered[1:][same])
+    del ordered, same
+    positions, exact = [], []
+    for rows_of, codes in keys_again():  # the few rows whose numbers repeat, with their exact codes
+        candidates = np.isin(key_hashes(codes), twice)
+        positions.append(rows_of[candidates])
+        exact.append(codes[candidates])
+    codes = np.ascontiguousarray(np.concatenate(exact))
+    as_records = codes.view([(f"k{i}", np.int64) for i in range(codes.shape[1])]).ravel()
     _, inverse, counts = np.unique(as_records, return_inverse=True, return_counts=True)
-    repeated[positions[candidates]] = counts[inverse.ravel()] > 1
+    repeated[np.concatenate(positions)] = counts[inverse.ravel()] > 1
     return repeated
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from closedloop import failpoints, storage
+from closedloop import failpoints
 from closedloop.contract import Contract
 from closedloop.lake import Lake, parquet_bytes
-from closedloop.landing import BatchRef, UnusableBatch, batch_id, identify, is_large, read_batch
+from closedloop.landing import BatchRef, SentFile, UnusableBatch, fetched, identify, is_large, read_batch
 from tasks.ingest.batch import (
     CHUNK_ROWS,
     BatchOutcome,
@@ -101,12 +102,19 @@ def _committed_replays(lake: Lake, quarantined_id: str) -> list[dict[str, Any]]:
 
 def _replay_whole(lake: Lake, contract: Contract, replay: Replay, now: datetime, chunk_rows: int) -> BatchOutcome:
     """A batch quarantined whole, from its original bytes."""
-    record, rid, qid = replay.record, replay.rid, replay.quarantined_id
+    qid = replay.quarantined_id
     suffix = replay.name.rsplit(".", 1)[-1] if "." in replay.name else "bin"
-    data = storage.read_bytes(lake.quarantine(qid, f"original.{suffix}"), lake.endpoint_url)
+    with fetched(lake.quarantine(qid, f"original.{suffix}"), lake.endpoint_url) as sent:
+        return _replay_sent(lake, contract, replay, now, chunk_rows, sent)
+
+
+def _replay_sent(
+    lake: Lake, contract: Contract, replay: Replay, now: datetime, chunk_rows: int, sent: SentFile
+) -> BatchOutcome:
+    record, rid, qid, data = replay.record, replay.rid, replay.quarantined_id, sent.path
     # a batch of no table may belong to one of this contract's tables (one added since)
     table = record["table"] or identify(replay.uri, lake.landing, contract).table
-    seen = lake.read_ledger(batch_id(data)) if record["table"] is None else None
+    seen = lake.read_ledger(sent.content_id) if record["table"] is None else None
     if seen is not None:  # the same bytes were ingested under a table's name since: their rows are stored once
         reason = f"same content as batch {seen['batch_id']} from {seen['uri']}, ingested {seen['ingested_at']}"
         return nothing_to_store(lake, replay, table, reason, now)
@@ -134,7 +142,7 @@ def _replay_rows(
     frame: pd.DataFrame,
     unreadable: dict[int, str],
     rows: np.ndarray,
-    data: bytes | None,
+    data: Path | None,
     now: datetime,
 ) -> BatchOutcome:
     """Validate and store the rows of a quarantined batch (``rows``: their row in the batch) no replay accepted."""

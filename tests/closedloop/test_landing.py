@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from closedloop import landing
 from closedloop.contract import contract_at
-from closedloop.landing import BatchRef, Chunk, UnusableBatch, batch_id, identify, read_batch, read_chunks
+from closedloop.landing import BatchRef, Chunk, UnusableBatch, batch_id, fetched, identify, read_batch, read_chunks
 from closedloop.settings import PROJECT_ROOT
 
 CONTRACT = contract_at(str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
+
+
+@pytest.fixture
+def sent(tmp_path: Path) -> Callable[[bytes], Path]:
+    """A batch's bytes as the file the readers take."""
+
+    def write(data: bytes) -> Path:
+        path = tmp_path / f"sent-{hashlib.sha256(data).hexdigest()[:8]}"
+        path.write_bytes(data)
+        return path
+
+    return write
 
 
 def test_batch_ref_names_the_table_by_folder_or_prefix() -> None:
@@ -29,9 +44,18 @@ def test_the_same_bytes_are_the_same_batch_whatever_their_name() -> None:
     assert len(batch_id(b"")) == 20
 
 
-def test_csv_cells_stay_text_for_the_contract_to_type() -> None:
+def test_a_sent_file_is_a_private_copy_named_by_its_content(tmp_path: Path) -> None:
+    landed = tmp_path / "applications-1.csv"
+    landed.write_bytes(b"a,b\n1,2\n")
+    with fetched(landed.as_uri()) as copy:
+        landed.write_bytes(b"a,b\n9,9\n")  # the landing file changes while the batch is read
+        assert copy.path.read_bytes() == b"a,b\n1,2\n" and copy.content_id == batch_id(b"a,b\n1,2\n")
+    assert not copy.path.exists()
+
+
+def test_csv_cells_stay_text_for_the_contract_to_type(sent: Callable[[bytes], Path]) -> None:
     frame = read_batch(
-        b"application_id,loan_amount\n1,0012.50\n2,\n", BatchRef("x/applications/a.csv", "applications", "csv")
+        sent(b"application_id,loan_amount\n1,0012.50\n2,\n"), BatchRef("x/applications/a.csv", "applications", "csv")
     ).frame
     assert frame["loan_amount"].tolist()[0] == "0012.50" and pd.isna(frame["loan_amount"].iloc[1])
 
@@ -48,17 +72,21 @@ def test_csv_cells_stay_text_for_the_contract_to_type() -> None:
     ],
     ids=["empty", "no table", "unknown kind", "delimiter", "encoding", "broken parquet"],
 )
-def test_an_unusable_batch_is_refused_with_its_reason(data: bytes, ref: BatchRef, message: str) -> None:
+def test_an_unusable_batch_is_refused_with_its_reason(
+    data: bytes, ref: BatchRef, message: str, sent: Callable[[bytes], Path]
+) -> None:
     with pytest.raises(UnusableBatch) as caught:
-        read_batch(data, ref)
+        read_batch(sent(data), ref)
     assert message in str(caught.value)
 
 
 @pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
-def test_a_ragged_csv_line_is_an_empty_row_named_by_its_line_number(quoted: bool) -> None:
+def test_a_ragged_csv_line_is_an_empty_row_named_by_its_line_number(
+    quoted: bool, sent: Callable[[bytes], Path]
+) -> None:
     first = '"a, quoted"' if quoted else "a"
     data = f"id,name\n1,{first}\n2,b,extra\n\n3\n4,d\n".encode()
-    readout = read_batch(data, BatchRef("x/applications/a.csv", "applications", "csv"))
+    readout = read_batch(sent(data), BatchRef("x/applications/a.csv", "applications", "csv"))
     assert readout.frame["id"].tolist()[0::3] == ["1", "4"] and readout.frame.iloc[1:3].isna().all(axis=None)
     assert readout.unreadable == {
         1: "line 3: 3 field(s) where the header has 2",
@@ -71,14 +99,13 @@ def _rows_of(chunks: list[Chunk]) -> list[int]:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_a_large_batch_is_read_in_chunks_that_cover_every_row_once(fmt: str) -> None:
+def test_a_large_batch_is_read_in_chunks_that_cover_every_row_once(fmt: str, tmp_path: Path) -> None:
     frame = pd.DataFrame({"id": [str(i) for i in range(10)], "v": [f"x{i}" for i in range(10)]})
+    data = tmp_path / f"a.{fmt}"
     if fmt == "csv":
-        data = frame.to_csv(index=False).encode()
+        frame.to_csv(data, index=False)
     else:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        data = buffer.getvalue()
+        frame.to_parquet(data, index=False)
     ref = BatchRef(f"file:///l/applications/a.{fmt}", "applications", fmt)
     chunks = list(read_chunks(data, ref, 4))
     assert [len(c.frame) for c in chunks] == [4, 4, 2] and _rows_of(chunks) == list(range(10))
@@ -86,8 +113,8 @@ def test_a_large_batch_is_read_in_chunks_that_cover_every_row_once(fmt: str) -> 
     assert len(list(read_chunks(data, ref, 10))) == 1  # a batch that fits is read in one piece
 
 
-def test_ragged_lines_of_a_chunked_csv_come_last_with_their_line_numbers() -> None:
-    data = b"id,v\n" + b"".join(b"%d,x\n" % i if i != 3 else b"3,x,extra\n" for i in range(8))
+def test_ragged_lines_of_a_chunked_csv_come_last_with_their_line_numbers(sent: Callable[[bytes], Path]) -> None:
+    data = sent(b"id,v\n" + b"".join(b"%d,x\n" % i if i != 3 else b"3,x,extra\n" for i in range(8)))
     ref = BatchRef("file:///l/applications/a.csv", "applications", "csv")
     chunks = list(read_chunks(data, ref, 3))
     assert _rows_of(chunks) == [0, 1, 2, 4, 5, 6, 7, 3]
@@ -96,8 +123,27 @@ def test_ragged_lines_of_a_chunked_csv_come_last_with_their_line_numbers() -> No
     assert last.frame.isna().all().all() and list(last.frame.columns) == ["id", "v"]
 
 
-def test_a_chunked_csv_that_breaks_midway_is_refused_whole() -> None:
-    data = b"id;v\n" + b"1;x\n" * 10
+def test_a_chunked_csv_that_breaks_midway_is_refused_whole(sent: Callable[[bytes], Path]) -> None:
+    data = sent(b"id;v\n" + b"1;x\n" * 10)
     ref = BatchRef("file:///l/applications/a.csv", "applications", "csv")
     with pytest.raises(UnusableBatch, match="delimited by ';'"):
         list(read_chunks(data, ref, 3))
+
+
+@pytest.mark.parametrize("block", [5, 16, 1 << 20], ids=["tiny blocks", "small blocks", "one block"])
+def test_a_csv_is_checked_block_by_block_with_the_same_verdicts(
+    block: int, sent: Callable[[bytes], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines cut by a block boundary, a bad byte or a ragged line far into the file: the answer of one piece."""
+    monkeypatch.setattr(landing, "BLOCK", block)
+    ref = BatchRef("file:///l/applications/a.csv", "applications", "csv")
+    lines = [b"id,name\r\n", *(b"%d,n%d\r\n" % (i, i) for i in range(40))]
+    plain = read_batch(sent(b"".join(lines)), ref)
+    assert len(plain.frame) == 40 and not plain.unreadable and plain.frame["name"].iloc[-1] == "n39"
+    ragged = read_batch(sent(b"".join([*lines[:30], b"29,n,x\r\n", *lines[30:]])), ref)
+    assert ragged.unreadable == {29: "line 31: 3 field(s) where the header has 2"} and len(ragged.frame) == 41
+    chunks = list(read_chunks(sent(b"".join([*lines[:30], b"29,n,x\r\n", *lines[30:]])), ref, 7))
+    assert sorted(_rows_of(chunks)) == list(range(41)) and chunks[-1].unreadable == {0: ragged.unreadable[29]}
+    data = b"".join(lines) + "Genève\n".encode("latin-1")
+    with pytest.raises(UnusableBatch, match=f"byte 0xe8 at offset {len(data) - 4}"):
+        read_batch(sent(data), ref)

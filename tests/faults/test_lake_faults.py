@@ -332,7 +332,7 @@ def _rows_by_batch(lake: Lake, uris: list[str]) -> dict[str, int]:
 
 def _ledger_id(lake: Lake, uri: str, contract: Contract) -> str:
     data = storage.read_bytes(uri, lake.endpoint_url)
-    return batch_id(data) if identify(uri, lake.landing, contract).table else unplaced_id(data, uri)
+    return batch_id(data) if identify(uri, lake.landing, contract).table else unplaced_id(batch_id(data), uri)
 
 
 def assert_sound(lake: Lake, contract: Contract = CONTRACT) -> None:

@@ -151,3 +151,25 @@ def test_a_batch_quarantined_whole_is_replayed_in_chunks_once(block: dict[str, p
     record = lake.read_reason(chunked.replay_of or "")
     assert record["accepted_ranges"] == [[0, len(frame)]] and len(record["replays"]) == 2
     assert lake.read_ledger(chunked.batch_id)["accepted_ranges"] == [[0, len(frame)]]
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["real hashes", "every hash equal"])
+def test_keys_repeated_across_chunks_are_found_exactly_even_when_their_hashes_collide(
+    collide: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Equal 64-bit hashes only send rows to the exact comparison: a collision never makes a key repeated."""
+    import numpy as np
+
+    from tasks.ingest import chunks
+
+    if collide:
+        monkeypatch.setattr(chunks, "key_hashes", lambda codes: np.zeros(len(codes), dtype=np.uint64))
+    parts = [  # positions in the batch, key codes (two key columns); row 4 has no whole key (left out)
+        (np.array([0, 1, 2]), np.array([[1, 10], [2, 20], [3, 30]])),
+        (np.array([3, 5, 6]), np.array([[2, 20], [2, 21], [7, 70]])),
+    ]
+    hashes = [chunks.key_hashes(codes) for _, codes in parts]
+    assert chunks.repeated_keys(hashes, 7, lambda: iter(parts)).tolist() == [0, 1, 0, 1, 0, 0, 0]
+    unique = [(rows, codes * 100) for rows, codes in parts[:1]]
+    hashes = [chunks.key_hashes(codes) for _, codes in unique]
+    assert not chunks.repeated_keys(hashes, 3, lambda: iter(unique)).any()
