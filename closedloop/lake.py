@@ -251,7 +251,12 @@ class Lake:
     def write_keys(self, table: str, batch_id: str, index: pa.Table) -> str:
         """Index a batch's stored rows: their primary key and ``event_date``, one small file per batch."""
         buffer = io.BytesIO()
-        pq.write_table(index, buffer, compression="zstd")
+        # the hashes (``_key_hash``, ``_row_hash``) are random 64-bit numbers: stored plain, they are read at the
+        # speed of the disk, where compressing them gains nothing
+        hashes = [f.name for f in index.schema if f.name.startswith("_") and pa.types.is_integer(f.type)]
+        others = [c for c in index.column_names if c not in hashes]
+        compression = {**dict.fromkeys(others, "zstd"), **dict.fromkeys(hashes, "none")}
+        pq.write_table(index, buffer, compression=compression, use_dictionary=others)
         return self._put(self._keys_file(table, batch_id), buffer.getvalue())
 
     def read_keys(self, table: str, keys: list[str]) -> pa.Table | None:
@@ -295,7 +300,9 @@ class Lake:
 
     def read_key_file(self, table: str, name: str, columns: list[str] | None = None) -> pa.Table:
         """One key index file (see :meth:`read_key_parts`): ``columns`` if it holds them all, else all of it."""
-        data = io.BytesIO(storage.read_bytes(self._keys_file(table, name), self.endpoint_url))
+        uri = self._keys_file(table, name)
+        local = storage.local_path(uri)  # on disk only the columns asked for are read
+        data = local if local is not None else io.BytesIO(storage.read_bytes(uri, self.endpoint_url))
         body = pq.ParquetFile(data, read_dictionary=[EVENT_DATE] if columns else None)
         names = body.schema_arrow.names
         return body.read(columns=columns if columns and all(c in names for c in columns) else None)

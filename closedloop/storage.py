@@ -96,6 +96,12 @@ def _s3_error(exc: Exception, uri: str, action: str) -> StorageError:
     return StorageError(f"{uri}: cannot {action} ({code}: {exc})")
 
 
+def local_path(uri: str) -> Path | None:
+    """The file of a ``file://`` URI (for readers that read only the parts they need), None for other stores."""
+    loc = parse(uri)
+    return loc.path if loc.scheme == "file" else None
+
+
 def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
     """Whole object as bytes."""
     loc = parse(uri)
