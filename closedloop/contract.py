@@ -7,7 +7,11 @@ not new code. Loading a malformed contract raises :class:`ContractError` naming 
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import hashlib
+import json
+import re
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -35,10 +39,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FileFormat(_Strict):
+    """How a table's files are written, when that is not a headed, comma-separated file named like the contract."""
+
+    format: Literal["csv", "parquet"] | None = Field(
+        default=None, description="the file kind; None: from the extension (.csv, .parquet)"
+    )
+    delimiter: str = Field(
+        default=",", description="one character, or 'whitespace': runs of blanks and tabs (leading/trailing ignored)"
+    )
+    header: bool = Field(default=True, description="whether the first line names the fields")
+    columns: list[str] | None = Field(
+        default=None, description="the field names of a header-less file, in file order (required iff header: false)"
+    )
+    headers: dict[Identifier, str] = Field(
+        default_factory=dict,
+        description="contract name -> file header, for any column of the table (keys, time, label included); "
+        "absent: the header is the name. One header may feed several names",
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="file headers (fnmatch patterns) read and dropped, never stored: an unnamed index ('', which "
+        "also matches 'Unnamed: 0') or fields the table does not use",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FileFormat:
+        if self.delimiter != "whitespace" and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
+            raise ValueError(
+                f"delimiter {self.delimiter!r}: give one character (for example ';' or '\\t') or 'whitespace'"
+            )
+        if self.header and self.columns is not None:
+            raise ValueError("'columns' names the fields of a header-less file: remove it or set header: false")
+        if not self.header:
+            if not self.columns:
+                raise ValueError("header: false needs 'columns': the field names of the file, in file order")
+            twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if twice:
+                raise ValueError(f"'columns' lists {twice} more than once: give each field its own name")
+        if self.format == "parquet" and (self.delimiter != "," or not self.header):
+            raise ValueError("'delimiter' and 'header' apply to csv files, not parquet: remove them")
+        return self
+
+    def ignored(self, header: str) -> bool:
+        """Whether a file header is read and dropped; ``""`` also matches ``Unnamed: <n>``, as a reader names it."""
+        unnamed = re.fullmatch(r"Unnamed: \d+", header) is not None
+        return any(fnmatch.fnmatchcase(header, p) or (p == "" and unnamed) for p in self.ignore)
+
+
 class Table(_Strict):
     """A source table as it arrives in the landing zone."""
 
     event_time: Identifier = Field(description="UTC timestamp column: when the row became true")
+    as_of: datetime | Literal["ingest"] | None = Field(
+        default=None,
+        description="a snapshot table whose file has no time column: closedloop adds 'event_time' holding this "
+        "instant (timezone required) or, with 'ingest', the time the batch is ingested",
+    )
+    generated_key: Identifier | None = Field(
+        default=None,
+        description="a key column closedloop adds: a 63-bit hash of the row's values and its occurrence among "
+        "identical rows of its batch, so a re-sent row keeps its key; must be in primary_key",
+    )
+    file: FileFormat = FileFormat()
     primary_key: list[Identifier] = Field(min_length=1, description="columns unique within the table")
     ttl_days: int = Field(default=3650, ge=1, description="how long a row stays a valid feature value")
     restatement: Literal["quarantine", "store"] = Field(
@@ -47,6 +110,30 @@ class Table(_Strict):
         "columns that differ (quarantine), or stored as the newer version of that row (store)",
     )
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_event_time(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("as_of") is not None and "event_time" not in data:
+            return {**data, "event_time": "event_time"}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Table:
+        if isinstance(self.as_of, datetime) and self.as_of.tzinfo is None:
+            raise ValueError("'as_of' needs a timezone (for example 2005-10-01T00:00:00Z)")
+        if self.generated_key is not None and self.generated_key not in self.primary_key:
+            raise ValueError(
+                f"generated_key {self.generated_key!r} is not in primary_key {self.primary_key}: add it there"
+            )
+        added = {self.generated_key} | ({self.event_time} if self.as_of is not None else set())
+        for name in sorted(n for n in added if n is not None):
+            if name in self.file.headers:
+                raise ValueError(
+                    f"file.headers.{name}: closedloop adds {name!r} (as_of/generated_key), it is not read from "
+                    "the file: remove it from file.headers"
+                )
+        return self
 
 
 class Entity(_Strict):
@@ -110,6 +197,21 @@ class Column(_Strict):
     risk_direction: Literal["increasing", "decreasing"] | None = Field(
         default=None, description="known direction of risk: enforced in training, checked by behavioural tests"
     )
+    null_tokens: list[str] | None = Field(
+        default=None, description="text cells that mean missing in this column; replaces the contract's null_tokens"
+    )
+    missing_codes: list[float | str] = Field(
+        default_factory=list,
+        description="values that mean unknown (96, 98, 365243, ...): made missing before validation, counted",
+    )
+    codes: dict[str, str] | None = Field(
+        default=None, description="category columns: file value -> category (several values may share one)"
+    )
+    formula: str | None = Field(
+        default=None,
+        description="a derived numeric column: + - * / and parentheses over numbers and numeric columns of the "
+        "same table; computed at ingest and again at serving, never read from the file",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Column:
@@ -135,6 +237,21 @@ class Column(_Strict):
             raise ValueError("'risk_direction' applies only to numeric columns")
         if self.model_input and self.exclude:
             raise ValueError("a column cannot be both excluded and a model input")
+        if not self.nullable:
+            if self.missing_codes:
+                raise ValueError("missing_codes make values missing: set nullable: true")
+            if self.null_tokens:
+                raise ValueError("null_tokens make values missing: set nullable: true")
+        if self.codes is not None:
+            if self.type is not ColumnType.CATEGORY:
+                raise ValueError(f"'codes' map file values to categories: set type: category (not {self.type.value})")
+            unknown = sorted(set(self.codes.values()) - set(self.categories or []))
+            if unknown:
+                raise ValueError(f"codes map to {unknown}, which are not in 'categories': add them there")
+        if self.formula is not None:
+            if self.type not in (ColumnType.INT, ColumnType.FLOAT):
+                raise ValueError(f"a formula column is numeric: set type: float (not {self.type.value})")
+            formula_names(self.formula)
         return self
 
     @property
@@ -144,6 +261,48 @@ class Column(_Strict):
         if self.model_input is not None:
             return self.model_input
         return not self.sensitive
+
+
+def parse_formula(text: str) -> ast.expr:
+    """The expression of a formula; only numbers, column names, + - * /, unary minus and parentheses."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"formula {text!r} is not an arithmetic expression ({exc.msg})") from exc
+    for node in ast.walk(tree):
+        ok = (
+            isinstance(node, (ast.Name, ast.Load, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub, ast.UAdd))
+            or (isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)))
+            or (isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)))
+            or (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, (int, float))
+                and not isinstance(node.value, bool)
+            )
+        )
+        if not ok:
+            raise ValueError(
+                f"formula {text!r}: {ast.unparse(node) if isinstance(node, ast.expr) else type(node).__name__!r} "
+                "is not allowed; use numbers, column names, + - * / and parentheses"
+            )
+    return tree
+
+
+def formula_names(text: str) -> set[str]:
+    """The column names a formula reads."""
+    return {node.id for node in ast.walk(parse_formula(text)) if isinstance(node, ast.Name)}
+
+
+class FairnessPolicy(_Strict):
+    """Fairness limits of a use case; a field left out keeps the training gates' default."""
+
+    max_demographic_parity_difference: float | None = Field(default=None, ge=0, le=1)
+    max_equalized_odds_difference: float | None = Field(default=None, ge=0, le=1)
+    min_disparate_impact: float | None = Field(default=None, ge=0, le=1)
+    min_group_rows: int | None = Field(default=None, ge=1, description="rows a group needs to be judged")
+    min_group_outcomes: int | None = Field(default=None, ge=1, description="positives and negatives a group needs")
+    max_fairness_worsening: float | None = Field(default=None, ge=0)
+    mitigation: Literal["threshold_optimizer", "none"] | None = None
 
 
 class Label(_Strict):
@@ -174,7 +333,9 @@ class Contract(_Strict):
     )
     entity: Entity
     tables: dict[Identifier, Table] = Field(min_length=1)
-    prediction: Identifier = Field(description="the table whose rows are scored (one row = one decision)")
+    prediction: Identifier = Field(
+        description="the table whose rows are scored (one row = one decision); defaults to the only table"
+    )
     label: Label
     columns: list[Column] = Field(min_length=1)
     decision: Decision
@@ -189,6 +350,25 @@ class Contract(_Strict):
         description="share of matured applications that must have each feature table's rows at their time; "
         "below it the feature_coverage gate fails",
     )
+    null_tokens: list[str] = Field(
+        default_factory=list, description="text cells that mean missing in every column (the empty cell always does)"
+    )
+    fairness: FairnessPolicy = FairnessPolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_only_table(cls, data: Any) -> Any:
+        """With one table, the prediction, the label and every column come from it unless they say otherwise."""
+        if not isinstance(data, dict) or not isinstance(data.get("tables"), dict) or len(data["tables"]) != 1:
+            return data
+        only = next(iter(data["tables"]))
+        data = {**data}
+        data.setdefault("prediction", only)
+        if isinstance(data.get("label"), dict):
+            data["label"] = {"source": only, **data["label"]}
+        if isinstance(data.get("columns"), list):
+            data["columns"] = [{"source": only, **c} if isinstance(c, dict) else c for c in data["columns"]]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Contract:
@@ -214,8 +394,45 @@ class Contract(_Strict):
             if col.name in reserved:
                 raise ValueError(f"columns[{i}]: {col.name!r} is a key, time or label column and cannot be a feature")
             seen.add(col.name)
+        if self.is_flat and self.label.delay_days != 0:
+            raise ValueError(
+                f"label.delay_days: table {self.prediction!r} holds both the decisions and their label (the label "
+                "arrives with its row): set delay_days: 0"
+            )
+        for i, col in enumerate(self.columns):
+            if col.is_model_input and col.source == self.label.source and not self.is_flat:
+                raise ValueError(
+                    f"columns[{i}] ({col.name}): table {col.source!r} holds the label; inputs come from the "
+                    f"prediction table {self.prediction!r} or a feature table: change its source or exclude it"
+                )
         if not self.model_inputs:
-            raise ValueError("no column is a model input: every column is sensitive or excluded")
+            looked = "; ".join(
+                f"{t}: " + (", ".join(f"{c.name} ({self._role(c)})" for c in self.columns_of(t)) or "no column")
+                for t in self.tables
+            )
+            raise ValueError(
+                f"no column is a model input: every column is sensitive or excluded (looked at {looked}); "
+                "add a column, or set model_input: true on a sensitive one"
+            )
+        for name, table in self.tables.items():
+            self._check_table(name, table)
+        for i, col in enumerate(self.columns):
+            if col.formula is None:
+                continue
+            operands = {c.name: c for c in self.columns_of(col.source)}
+            for operand in sorted(formula_names(col.formula)):
+                found = operands.get(operand)
+                if found is None or found.type not in (ColumnType.INT, ColumnType.FLOAT) or found.formula:
+                    raise ValueError(
+                        f"columns[{i}] ({col.name}).formula: {operand!r} is not a numeric column of table "
+                        f"{col.source!r} read from the file: use one of "
+                        f"{sorted(c.name for c in operands.values() if c.type in ('int', 'float') and not c.formula)}"
+                    )
+            if col.name in self.tables[col.source].file.headers:
+                raise ValueError(
+                    f"columns[{i}] ({col.name}): a formula column is computed, not read: remove it from "
+                    f"tables.{col.source}.file.headers"
+                )
         numeric = {c.name for c in self.model_inputs if c.type in (ColumnType.INT, ColumnType.FLOAT)}
         for i, ratio in enumerate(self.ratios):
             for side in ("numerator", "denominator"):
@@ -232,7 +449,66 @@ class Contract(_Strict):
             raise ValueError(f"derived feature name(s) {clash} clash with a column or with each other")
         return self
 
+    def _check_table(self, name: str, table: Table) -> None:
+        where = f"tables.{name}"
+        if isinstance(table.as_of, datetime):
+            if table.as_of < self.start:
+                raise ValueError(f"{where}.as_of ({table.as_of.isoformat()}) is before 'start': move one of them")
+            if name == self.prediction and self.time_ordered:
+                raise ValueError(
+                    f"{where}.as_of: every row of the prediction table has the same time, so splits must be "
+                    "random: set time_ordered: false"
+                )
+        required = self.required_columns(name)
+        added = set(self.added_columns(name))
+        for field in sorted(table.file.headers):
+            if field not in required:
+                raise ValueError(f"{where}.file.headers.{field}: table {name!r} has no column {field!r}: remove it")
+        if table.file.columns is not None:
+            for field in sorted(added & set(table.file.columns)):
+                raise ValueError(
+                    f"{where}.file.columns: {field!r} is added by closedloop (as_of, generated_key or a formula), "
+                    "not read from the file: name that field otherwise or list it in file.ignore"
+                )
+            unread = [
+                f"{column} (header {header!r})"
+                for column, header in self.file_columns(name).items()
+                if header not in table.file.columns
+            ]
+            if unread:
+                raise ValueError(
+                    f"{where}.file.columns: no field for {', '.join(unread)}: add the field to file.columns or map "
+                    "the column to a listed field in file.headers"
+                )
+
+    def _role(self, col: Column) -> str:
+        if col.exclude:
+            return "excluded"
+        if col.sensitive:
+            return "sensitive"
+        return "input"
+
     # --- derived views -------------------------------------------------------------------------
+    @property
+    def is_flat(self) -> bool:
+        """One table holds the decisions and their label."""
+        return self.prediction == self.label.source
+
+    def added_columns(self, table: str) -> list[str]:
+        """Columns of ``table`` closedloop adds at ingest: the as-of event time, the generated key, formulas."""
+        spec = self.tables[table]
+        names = [spec.event_time] if spec.as_of is not None else []
+        if spec.generated_key is not None:
+            names.append(spec.generated_key)
+        names.extend(c.name for c in self.columns_of(table) if c.formula is not None)
+        return list(dict.fromkeys(names))
+
+    def file_columns(self, table: str) -> dict[str, str]:
+        """Column name -> file header, for every column of ``table`` read from its files."""
+        headers = self.tables[table].file.headers
+        added = set(self.added_columns(table))
+        return {name: headers.get(name, name) for name in self.required_columns(table) if name not in added}
+
     @property
     def model_inputs(self) -> list[Column]:
         """Columns the model is trained on, in contract order."""
@@ -272,8 +548,29 @@ class Contract(_Strict):
     @property
     def fingerprint(self) -> str:
         """Stable hash of the contract's content; recorded with every dataset and model version."""
-        canonical = self.model_dump_json(exclude={"description"})
+        data = self.model_dump(mode="json", exclude={"description"})
+        _drop_defaults(data, _ADDED_DEFAULTS["contract"])
+        for table in data["tables"].values():
+            _drop_defaults(table, _ADDED_DEFAULTS["table"])
+        for column in data["columns"]:
+            _drop_defaults(column, _ADDED_DEFAULTS["column"])
+        canonical = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# Fields added after contracts were first fingerprinted: left at their default they are left out of the
+# fingerprint, so a contract that does not use them keeps the fingerprint its data and models were recorded with.
+_ADDED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "contract": {"null_tokens": [], "fairness": FairnessPolicy().model_dump(mode="json")},
+    "table": {"as_of": None, "generated_key": None, "file": FileFormat().model_dump(mode="json")},
+    "column": {"null_tokens": None, "missing_codes": [], "codes": None, "formula": None},
+}
+
+
+def _drop_defaults(data: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key, default in defaults.items():
+        if data.get(key) == default:
+            del data[key]
 
 
 def _format_loc(loc: tuple[Any, ...], data: Any) -> str:

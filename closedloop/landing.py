@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import tempfile
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop import storage
-from closedloop.contract import Contract
+from closedloop.contract import Contract, FileFormat
 
 BLOCK = 1 << 23  # bytes a CSV check or a hash reads at a time: memory stays this, not the file's size
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -42,6 +43,7 @@ class BatchRef:
     uri: str
     table: str | None  # None when the path names no table of the contract
     file_format: str | None  # "parquet", "csv" or None when the extension is unknown
+    fmt: FileFormat | None = None  # how the table's files are written (its contract's ``file``), when not the default
 
     @property
     def name(self) -> str:
@@ -87,7 +89,11 @@ def fetched(uri: str, endpoint_url: str | None = None) -> Iterator[SentFile]:
 
 
 def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
-    """Table from the first folder below the landing root (``<table>/...``) or the file name (``<table>-...``)."""
+    """Table from the first folder below the landing root (``<table>/...``) or the file name (``<table>-...``).
+
+    A file that names no table belongs to the table of a one-table contract. The table's ``file`` settings say
+    how it is written; its ``format`` wins over the extension.
+    """
     relative = uri[len(landing_uri.rstrip("/")) + 1 :] if uri.startswith(landing_uri.rstrip("/")) else uri
     parts = relative.split("/")
     name = parts[-1]
@@ -97,8 +103,13 @@ def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
             (t for t in sorted(contract.tables, key=len, reverse=True) if name.startswith((f"{t}-", f"{t}_", f"{t}."))),
             None,
         )
+    if table is None and len(contract.tables) == 1:  # a file of a one-table contract is of that table
+        table = next(iter(contract.tables))
     suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    return BatchRef(uri=uri, table=table, file_format=FORMATS.get(suffix))
+    fmt = contract.tables[table].file if table is not None else None
+    if fmt is None or fmt == FileFormat():
+        return BatchRef(uri=uri, table=table, file_format=FORMATS.get(suffix))
+    return BatchRef(uri=uri, table=table, file_format=fmt.format or FORMATS.get(suffix), fmt=fmt)
 
 
 @dataclass(frozen=True)
@@ -123,9 +134,9 @@ def read_batch(path: Path, ref: BatchRef) -> Readout:
         except (pa.ArrowInvalid, OSError) as exc:
             raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
     with tempfile.TemporaryDirectory(prefix="closedloop-csv-") as tmp:
-        scan = _scan_csv(path, Path(tmp))
+        scan = _scan_csv(_normalised(path, ref, Path(tmp)), Path(tmp), _added_lines(ref))
         frame = _read_csv(scan.source)
-        _check_header(frame)
+        _check_header(frame, ref)
         if not scan.unreadable:
             return Readout(frame)
         frame.index = pd.Index(scan.batch_rows(np.arange(len(frame), dtype=np.int64)))
@@ -181,9 +192,11 @@ def batch_columns(path: Path, ref: BatchRef) -> list[str]:
     try:
         if ref.file_format == "parquet":
             return [str(name) for name in pq.ParquetFile(path).schema_arrow.names]
+        if ref.fmt is not None and not ref.fmt.header:
+            return list(ref.fmt.columns or [])
         with path.open("rb") as handle:
             first = handle.readline(BLOCK)
-        return next(csv.reader([first.decode("utf-8-sig")]), [])
+        return _fields(first.decode("utf-8-sig"), ref.fmt)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise UnusableBatch(f"cannot read the columns of {ref.name!r} ({_first_line(exc)})") from exc
 
@@ -205,7 +218,9 @@ def read_chunks(path: Path, ref: BatchRef, rows_per_chunk: int, columns: list[st
         yield from _parquet_chunks(path, rows_per_chunk, columns)
         return
     with tempfile.TemporaryDirectory(prefix="closedloop-csv-") as tmp:
-        yield from _csv_chunks(_scan_csv(path, Path(tmp)), rows_per_chunk, columns)
+        yield from _csv_chunks(
+            _scan_csv(_normalised(path, ref, Path(tmp)), Path(tmp), _added_lines(ref)), rows_per_chunk, columns, ref
+        )
 
 
 def _parquet_chunks(path: Path, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
@@ -220,14 +235,14 @@ def _parquet_chunks(path: Path, rows_per_chunk: int, columns: list[str] | None) 
         raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
 
 
-def _csv_chunks(scan: _CsvScan, rows_per_chunk: int, columns: list[str] | None) -> Iterator[Chunk]:
+def _csv_chunks(scan: _CsvScan, rows_per_chunk: int, columns: list[str] | None, ref: BatchRef) -> Iterator[Chunk]:
     header: list[str] = []
     try:
         reader = _read_csv(scan.source, chunksize=rows_per_chunk, usecols=columns)
         start = 0
         for frame in reader:
             if not header:
-                _check_header(frame)
+                _check_header(frame, ref)
                 header = [str(c) for c in frame.columns]
             rows = scan.batch_rows(np.arange(start, start + len(frame), dtype=np.int64))
             start += len(frame)
@@ -263,14 +278,55 @@ def _read_csv(source: Path, **options: Any) -> Any:
         raise UnusableBatch(f"not a readable CSV file ({_first_line(exc)})") from exc
 
 
-def _check_header(frame: pd.DataFrame) -> None:
-    if len(frame.columns) == 1:
+def _check_header(frame: pd.DataFrame, ref: BatchRef) -> None:
+    if len(frame.columns) == 1 and (ref.fmt is None or ref.fmt.header):
         header = str(frame.columns[0])
         for sep in (";", "\t", "|"):
             if sep in header:
                 raise UnusableBatch(
-                    f"CSV header {header[:60]!r} is one column: the file is delimited by {sep!r}; closedloop reads ','"
+                    f"CSV header {header[:60]!r} is one column: the file is delimited by {sep!r}; set "
+                    f"tables.{ref.table or '<table>'}.file.delimiter: {sep!r} in the contract"
                 )
+
+
+def _fields(line: str, fmt: FileFormat | None) -> list[str]:
+    """The fields of one line of a table's CSV file, split by its delimiter."""
+    line = line.rstrip("\r\n")
+    if fmt is not None and fmt.delimiter == "whitespace":
+        return re.split(r"[ \t]+", line.strip()) if line.strip() else []
+    return next(csv.reader([line], delimiter=fmt.delimiter if fmt is not None else ","), [])
+
+
+def _normalised(path: Path, ref: BatchRef, tmp: Path) -> Path:
+    """A CSV file as closedloop reads it: comma-delimited, with a header line.
+
+    A file of another delimiter, or without a header (its field names from the contract's ``file.columns``), is
+    rewritten to ``tmp`` line by line, blank lines kept so line numbers stay the file's; memory is a line. Other
+    files are read as they are.
+    """
+    fmt = ref.fmt
+    if fmt is None or (fmt.delimiter == "," and fmt.header):
+        return path
+    out = tmp / "normalised.csv"
+    try:
+        with (
+            path.open(encoding="utf-8-sig", newline="") as source,
+            out.open("w", encoding="utf-8", newline="") as target,
+        ):
+            writer = csv.writer(target, lineterminator="\n")
+            if not fmt.header:
+                writer.writerow(fmt.columns or [])
+            if fmt.delimiter == "whitespace":
+                for line in source:
+                    writer.writerow(_fields(line, fmt))
+            else:
+                reader = csv.reader(source, delimiter=fmt.delimiter)
+                for record in _checked(reader):
+                    writer.writerow(record)
+    except UnicodeDecodeError as exc:
+        why = f"CSV is not UTF-8: byte 0x{exc.object[exc.start]:02x} (re-export it as UTF-8)"
+        raise UnusableBatch(why) from exc
+    return out
 
 
 @dataclass(frozen=True)
@@ -290,7 +346,12 @@ class _CsvScan:
         return readable + np.searchsorted(gaps, readable, side="right")
 
 
-def _scan_csv(path: Path, tmp: Path) -> _CsvScan:
+def _added_lines(ref: BatchRef) -> int:
+    """Lines before the file's first: the header line of a header-less file (see :func:`_normalised`)."""
+    return 1 if ref.fmt is not None and not ref.fmt.header else 0
+
+
+def _scan_csv(path: Path, tmp: Path, added_lines: int = 0) -> _CsvScan:
     """Check a CSV file block by block (UTF-8, text, every record the header's field count): memory is a block.
 
     The common case (no quotes, every line the header's field count) is decided by counting commas per line,
@@ -323,7 +384,7 @@ def _scan_csv(path: Path, tmp: Path) -> _CsvScan:
                 break
     if plain:
         return _CsvScan(path, {}, 0)
-    return _records(path, tmp / "readable.csv")
+    return _records(path, tmp / "readable.csv", added_lines)
 
 
 def _field_counts(part: bytes) -> np.ndarray:
@@ -344,7 +405,7 @@ def _checked(reader: Any) -> Iterator[list[str]]:
         raise UnusableBatch(f"not a readable CSV file (line {reader.line_num}: {exc})") from exc
 
 
-def _records(path: Path, readable: Path) -> _CsvScan:
+def _records(path: Path, readable: Path, added_lines: int = 0) -> _CsvScan:
     """Read a CSV file record by record; set aside those whose field count is not the header's (see ``_scan_csv``)."""
     lines: list[str] = []
 
@@ -367,7 +428,9 @@ def _records(path: Path, readable: Path) -> _CsvScan:
                 out.write(text)
                 rows += 1
             elif record:
-                unreadable[rows] = f"line {start + 1}: {len(record)} field(s) where the header has {len(header or [])}"
+                unreadable[rows] = (
+                    f"line {start + 1 - added_lines}: {len(record)} field(s) where the header has {len(header or [])}"
+                )
                 rows += 1
             start = reader.line_num
     if not unreadable:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,11 +42,12 @@ from closedloop.landing import (
     read_chunks,
     unplaced_id,
 )
+from closedloop.source import KeyState, key_frame, key_headers, to_internal
 from feature_repo.definitions import history_table
 from feature_repo.transforms import compute_aggregates
 from tasks.ingest import stored_keys
 from tasks.ingest.chunks import bounded, key_hashes, merged, repeated_keys
-from tasks.ingest.validation import Validation, key_codes, validate
+from tasks.ingest.validation import Validation, key_codes, validate, whole_batch
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class BatchOutcome(BaseModel):
     quarantine_uri: str | None = None
     first_event: datetime | None = None
     replay_of: str | None = None
+    made_missing: dict[str, int] = Field(default_factory=dict)  # cells null tokens / missing codes made missing
 
 
 def ingest(ref: BatchRef, contract: Contract, lake: Lake, now: datetime, chunk_rows: int = CHUNK_ROWS) -> BatchOutcome:
@@ -107,10 +109,30 @@ def _ingest_sent(
     table = ref.table or ""  # read_chunks has refused batches that belong to no table
     if first is None:
         return ingest_in_chunks(lake, contract, ref, table, bid, data, chunk_rows, now)
-    result, created = against_stored(
-        lake, contract, table, validate(first.frame, contract, table, now, first.unreadable), now
-    )
-    return store_batch(lake, contract, ref.uri, ref.name, table, bid, data, result, created)
+    rows = np.arange(len(first.frame), dtype=np.int64)
+    validated, made_missing = validate_sourced(first.frame, first.unreadable, rows, contract, table, bid, now)
+    result, created = against_stored(lake, contract, table, validated, now)
+    return store_batch(lake, contract, ref.uri, ref.name, table, bid, data, result, created, made_missing=made_missing)
+
+
+def validate_sourced(
+    frame: pd.DataFrame,
+    unreadable: dict[int, str],
+    rows: np.ndarray,
+    contract: Contract,
+    table: str,
+    bid: str,
+    now: datetime,
+) -> tuple[Validation, dict[str, int]]:
+    """A batch as read, under the contract's names (see ``to_internal``), validated; and the cells made missing.
+
+    A header the contract does not expect, or one it expects and the batch lacks, rejects the batch whole.
+    """
+    try:
+        sourced = to_internal(frame, contract, table, batch_id=bid, rows=rows, now=now)
+    except UnusableBatch as exc:
+        return whole_batch(frame, table, str(exc), unreadable=unreadable), {}
+    return validate(sourced.frame, contract, table, now, unreadable), sourced.made_missing
 
 
 def against_stored(
@@ -130,6 +152,7 @@ def against_stored(
     if parts is None:
         return result, now
     incoming = stored_keys.incoming_arrow(result.accepted, arrow_types(contract, table))
+    incoming = incoming.drop_columns(stored_keys.unversioned(contract, table))  # compared on the row's values
 
     def rest(name: str) -> pa.Table:  # the rest of an index file holding a sent key
         return lake.read_key_file(table, name, [stored_keys.HASH, stored_keys.ROW_HASH, EVENT_DATE])
@@ -165,6 +188,7 @@ def store_batch(
     created: datetime,
     replay_of: str | None = None,
     ledgered: dict[str, Any] | None = None,
+    made_missing: dict[str, int] | None = None,
 ) -> BatchOutcome:
     """Store a validated batch's accepted rows (accepted at ``created``); quarantine the rest; ledger it."""
     event_time = contract.tables[table].event_time
@@ -179,7 +203,8 @@ def store_batch(
         staged = lake.staging(bid)  # nothing of the batch is visible before its ledger record (see finish_batch)
         staged.write_offline(table, result.accepted, event_time, bid, created, types)
         keys = list(dict.fromkeys(contract.tables[table].primary_key))
-        staged.write_keys(table, bid, stored_keys.key_index(result.accepted, keys, event_time, types))
+        unversioned = stored_keys.unversioned(contract, table)
+        staged.write_keys(table, bid, stored_keys.key_index(result.accepted, keys, event_time, types, unversioned))
         first_event = result.accepted[event_time].min().to_pydatetime()
         aggregates = contract.aggregates_of(table)
         if aggregates:
@@ -197,6 +222,7 @@ def store_batch(
         failing=result.failing,
         first_event=first_event,
         replay_of=replay_of,
+        made_missing=made_missing or {},
     )
     return finish_batch(lake, outcome, data, name, result.rejected, result.gx_result, contract, created, ledgered)
 
@@ -300,6 +326,7 @@ class _Tally:
     failing: dict[str, int] = field(default_factory=dict)
     first_event: datetime | None = None
     documents: list[dict[str, Any]] = field(default_factory=list)
+    made_missing: dict[str, int] = field(default_factory=dict)  # added up by the chunks' to_internal
 
     def add(self, result: Validation, event_time: str) -> None:
         self.accepted += len(result.accepted)
@@ -346,12 +373,13 @@ def ingest_in_chunks(
     hashes: list[np.ndarray] = []
     rows_in, size = 0, 0  # rows to judge; rows of the batch (a replay leaves some out)
     name, uri, replay_of = (replay.name, replay.uri, replay.quarantined_id) if replay else (ref.name, ref.uri, None)
-    primary = list(dict.fromkeys(spec.primary_key))
+    primary = key_headers(contract, table)  # None: a generated key, unique by construction
     try:
-        readable = all(key in batch_columns(data, ref) for key in primary)  # else validation says what is missing
+        # else validation says what is missing
+        readable = primary is not None and all(key in batch_columns(data, ref) for key in primary)
         for chunk in _chunks_left(data, ref, chunk_rows, done, primary if readable else None):
             if readable:
-                codes, whole = key_codes(chunk.frame, contract, table)
+                codes, whole = key_codes(key_frame(chunk.frame, contract, table, now), contract, table)
                 hashes.append(key_hashes(codes[whole]))
             rows_in += len(chunk.frame)
             size = max(size, int(chunk.rows.max(initial=-1)) + 1)
@@ -365,7 +393,7 @@ def ingest_in_chunks(
         return nothing_to_store(lake, replay, table, reason, now)
 
     def keys_again() -> Iterator[tuple[np.ndarray, np.ndarray]]:  # read only when two keys' hashes are equal
-        return _whole_keys(_chunks_left(data, ref, chunk_rows, done, primary), contract, table)
+        return _whole_keys(_chunks_left(data, ref, chunk_rows, done, primary), contract, table, now)
 
     repeated = repeated_keys(hashes, size, keys_again)
     del hashes
@@ -374,31 +402,46 @@ def ingest_in_chunks(
     entities: list[np.ndarray] = []  # of the accepted rows, for the history aggregates
     accepted_rows: list[np.ndarray] = []  # their rows in the batch, for a replay's record
     staged, types = lake.staging(bid), arrow_types(contract, table)
+    keys = KeyState()  # generated keys count identical rows across the chunks, as in one piece
+
+    def internal(chunk: Chunk) -> Chunk:  # every row of the chunk, those replays accepted included
+        sourced = to_internal(chunk.frame, contract, table, batch_id=bid, rows=chunk.rows, now=now, keys=keys)
+        for name, count in sourced.made_missing.items():
+            tally.made_missing[name] = tally.made_missing.get(name, 0) + count
+        return Chunk(sourced.frame, chunk.unreadable, chunk.rows)
+
     with tempfile.TemporaryDirectory(prefix="closedloop-batch-") as tmp:
         rejected = _RejectedRows(Path(tmp) / "rejected.parquet")
-        for part, chunk in enumerate(_chunks_left(data, ref, chunk_rows, done)):
-            result = validate(
-                chunk.frame, contract, table, now, chunk.unreadable, repeated[chunk.rows], judge_share=False
-            )
-            if result.batch_error:  # the columns, or GX disagreeing with the row checks: the whole batch
-                error = result.batch_error
-                tally.documents.append(result.gx_result or {})
-                break
-            result, created = against_stored(lake, contract, table, result, now)
-            rejected.append(result.rejected, chunk.rows)
-            if replay is not None and result.accepted_rows is not None:
-                accepted_rows.append(chunk.rows[result.accepted_rows])
-            if not result.accepted.empty:
-                staged.write_offline(table, result.accepted, spec.event_time, bid, created, types, part)
-                index = stored_keys.key_index(
-                    result.accepted, list(dict.fromkeys(spec.primary_key)), spec.event_time, types
+        try:
+            for part, chunk in enumerate(_chunks_left(data, ref, chunk_rows, done, internal=internal)):
+                result = validate(
+                    chunk.frame, contract, table, now, chunk.unreadable, repeated[chunk.rows], judge_share=False
                 )
-                staged.write_keys(table, f"{bid}.{part}", index)
-                if contract.aggregates_of(table):
-                    entities.append(result.accepted[contract.entity.join_key].dropna().unique())
-            tally.add(result, spec.event_time)
-            del result, chunk
-            _give_back()
+                if result.batch_error:  # the columns, or GX disagreeing with the row checks: the whole batch
+                    error = result.batch_error
+                    tally.documents.append(result.gx_result or {})
+                    break
+                result, created = against_stored(lake, contract, table, result, now)
+                rejected.append(result.rejected, chunk.rows)
+                if replay is not None and result.accepted_rows is not None:
+                    accepted_rows.append(chunk.rows[result.accepted_rows])
+                if not result.accepted.empty:
+                    staged.write_offline(table, result.accepted, spec.event_time, bid, created, types, part)
+                    index = stored_keys.key_index(
+                        result.accepted,
+                        list(dict.fromkeys(spec.primary_key)),
+                        spec.event_time,
+                        types,
+                        stored_keys.unversioned(contract, table),
+                    )
+                    staged.write_keys(table, f"{bid}.{part}", index)
+                    if contract.aggregates_of(table):
+                        entities.append(result.accepted[contract.entity.join_key].dropna().unique())
+                tally.add(result, spec.event_time)
+                del result, chunk
+                _give_back()
+        except UnusableBatch as exc:  # headers the contract does not expect (see to_internal): the whole batch
+            error = str(exc)
         rejected.close()
         share = tally.quarantined / rows_in if rows_in else 0.0
         if error is None and share > contract.max_bad_row_share:
@@ -424,6 +467,7 @@ def ingest_in_chunks(
             reason=error,
             failing=dict(sorted(tally.failing.items(), key=lambda kv: -kv[1])),
             first_event=None if error else tally.first_event,
+            made_missing=tally.made_missing,
         )
         kept = rejected.path if rejected.rows else pd.DataFrame()
         ledgered = None
@@ -447,18 +491,31 @@ def _give_back() -> None:
     psutil.heap_trim()
 
 
-def _whole_keys(chunks: Iterable[Chunk], contract: Contract, table: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _whole_keys(
+    chunks: Iterable[Chunk], contract: Contract, table: str, now: datetime
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Each chunk's rows with a whole primary key: their positions in the batch and their key codes."""
     for chunk in chunks:
-        codes, whole = key_codes(chunk.frame, contract, table)
+        codes, whole = key_codes(key_frame(chunk.frame, contract, table, now), contract, table)
         yield chunk.rows[whole], codes[whole]
 
 
 def _chunks_left(
-    data: Path, ref: BatchRef, chunk_rows: int, done: np.ndarray, columns: list[str] | None = None
+    data: Path,
+    ref: BatchRef,
+    chunk_rows: int,
+    done: np.ndarray,
+    columns: list[str] | None = None,
+    internal: Callable[[Chunk], Chunk] | None = None,
 ) -> Iterator[Chunk]:
-    """The chunks of a batch (only ``columns``, when given) without the rows in ``done`` (accepted by replays)."""
+    """The chunks of a batch (only ``columns``, when given) without the rows in ``done`` (accepted by replays).
+
+    ``internal`` turns each whole chunk into the contract's columns before rows are left out, so what depends on
+    every row of the batch (a generated key counts identical rows) is what it was when the batch was first read.
+    """
     for chunk in read_chunks(data, ref, chunk_rows, columns):
+        if internal is not None:
+            chunk = internal(chunk)
         if not len(done):
             yield chunk
             continue

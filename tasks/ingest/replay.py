@@ -19,6 +19,7 @@ from closedloop import failpoints
 from closedloop.contract import Contract
 from closedloop.lake import Lake, parquet_bytes
 from closedloop.landing import BatchRef, SentFile, UnusableBatch, fetched, identify, is_large, read_batch
+from closedloop.source import to_internal
 from tasks.ingest.batch import (
     CHUNK_ROWS,
     BatchOutcome,
@@ -31,7 +32,7 @@ from tasks.ingest.batch import (
     nothing_to_store,
     store_batch,
 )
-from tasks.ingest.validation import validate
+from tasks.ingest.validation import validate, whole_batch
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def _replay_sent(
     if seen is not None:  # the same bytes were ingested under a table's name since: their rows are stored once
         reason = f"same content as batch {seen['batch_id']} from {seen['uri']}, ingested {seen['ingested_at']}"
         return nothing_to_store(lake, replay, table, reason, now)
-    ref = BatchRef(uri=replay.uri, table=table, file_format=identify(replay.name, "", contract).file_format)
+    fmt = contract.tables[table].file if table in contract.tables else None
+    suffix_format = identify(replay.name, "", contract).file_format
+    ref = BatchRef(uri=replay.uri, table=table, file_format=(fmt.format if fmt else None) or suffix_format, fmt=fmt)
     lake.discard(rid)
     try:
         readout = read_batch(data, ref) if not is_large(data, ref, chunk_rows) else None
@@ -131,7 +134,14 @@ def _replay_sent(
     if readout is None:
         return ingest_in_chunks(lake, contract, ref, table, rid, data, chunk_rows, now, replay)
     rows = np.arange(len(readout.frame), dtype=np.int64)
-    return _replay_rows(lake, contract, replay, table, readout.frame, readout.unreadable, rows, data, now)
+    try:  # every row of the batch, those earlier replays accepted included: generated keys count identical rows
+        sourced = to_internal(readout.frame, contract, table, batch_id=qid, rows=rows, now=now)
+    except UnusableBatch as exc:
+        result = whole_batch(readout.frame, table, str(exc), unreadable=readout.unreadable)
+        return store_batch(lake, contract, replay.uri, replay.name, table, rid, data, result, now, qid)
+    return _replay_rows(
+        lake, contract, replay, table, sourced.frame, readout.unreadable, rows, data, now, sourced.made_missing
+    )
 
 
 def _replay_rows(
@@ -144,8 +154,13 @@ def _replay_rows(
     rows: np.ndarray,
     data: Path | None,
     now: datetime,
+    made_missing: dict[str, int] | None = None,
 ) -> BatchOutcome:
-    """Validate and store the rows of a quarantined batch (``rows``: their row in the batch) no replay accepted."""
+    """Validate and store the rows of a quarantined batch (``rows``: their row in the batch) no replay accepted.
+
+    ``frame`` is under the contract's names: the original file's rows passed through ``to_internal``, or the rows
+    quarantine kept (stored as validated).
+    """
     done = done_rows(replay.record)
     kept = np.flatnonzero(~np.isin(rows, done))
     if not len(kept):
@@ -177,4 +192,5 @@ def _replay_rows(
         created,
         replay.quarantined_id,
         {"accepted_rows": accepted},  # the ledger record commits them with the rows (see replay)
+        made_missing,
     )

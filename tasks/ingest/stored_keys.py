@@ -16,7 +16,7 @@ holding one of its keys, and compares them; joins run in DuckDB over Arrow table
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from closedloop.contract import Contract
 from closedloop.lake import CREATED, EVENT_DATE
 from tasks.ingest.validation import Validation
 
@@ -50,22 +51,39 @@ def incoming_arrow(accepted: pd.DataFrame, types: dict[str, pa.DataType]) -> pa.
     return table.append_column(ROW, pa.array(np.arange(len(accepted), dtype=np.int64)))
 
 
-def key_index(accepted: pd.DataFrame, keys: list[str], event_time: str, types: dict[str, pa.DataType]) -> pa.Table:
+def key_index(
+    accepted: pd.DataFrame,
+    keys: list[str],
+    event_time: str,
+    types: dict[str, pa.DataType],
+    unversioned: Sequence[str] = (),
+) -> pa.Table:
     """The key index of a batch's stored rows (see ``Lake.write_keys``), sorted by ``_key_hash``.
 
     Each row's primary key, event day and the 64-bit hash of its key (:func:`key_hashes`), by which a batch's
-    keys are looked up without decoding the stored keys.
+    keys are looked up without decoding the stored keys, and of its values but ``unversioned`` (see
+    :func:`unversioned`).
     """
     columns = {key: pa.array(accepted[key], types[key], from_pandas=True) for key in keys}
     times = pa.array(accepted[event_time].astype("datetime64[us, UTC]"), from_pandas=True)
     days = pc.cast(pc.cast(times, pa.date32()), pa.string())  # YYYY-MM-DD of the UTC day, in Arrow's kernels
     index = pa.table({**columns, EVENT_DATE: days})
     hashes = key_hashes(index, keys)
-    values = [str(c) for c in accepted.columns if c not in keys and c != CREATED]
+    values = [str(c) for c in accepted.columns if c not in keys and c != CREATED and c not in unversioned]
     rows = row_hashes(pa.table({c: pa.array(accepted[c], types[c], from_pandas=True) for c in values}), values)
     order = np.argsort(hashes, kind="stable")
     index = index.take(pa.array(order)).append_column(HASH, pa.array(hashes[order], pa.uint64()))
     return index.append_column(ROW_HASH, pa.array(rows[order], pa.uint64()))
+
+
+def unversioned(contract: Contract, table: str) -> list[str]:
+    """Columns a row sent again may differ in and still be the same row: the ingest time of an ``as_of: ingest`` table.
+
+    Such a table's event time is when closedloop first saw the row, not a value of the row; a file sent again
+    later holds the same rows, which are duplicates, not restatements.
+    """
+    spec = contract.tables[table]
+    return [spec.event_time] if spec.as_of == "ingest" and spec.event_time not in spec.primary_key else []
 
 
 def row_hashes(table: pa.Table, columns: list[str]) -> np.ndarray:

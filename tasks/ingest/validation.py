@@ -94,7 +94,8 @@ def build_suite(contract: Contract, table: str, now: datetime) -> Any:
         expectations.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.primary_key)))
     if table == contract.label.source:
         label = contract.label
-        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=label.column))
+        if not contract.is_flat:  # in a flat table a row without its label yet is a decision awaiting its outcome
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=label.column))
         expectations.append(
             gxe.ExpectColumnValuesToBeInSet(column=label.column, value_set=[label.negative, label.positive])
         )
@@ -409,7 +410,7 @@ def validate(
     try:
         check_schema(frame, contract, table)
     except UnusableBatch as exc:
-        return _whole(frame, table, str(exc), unreadable=unreadable)
+        return whole_batch(frame, table, str(exc), unreadable=unreadable)
     typed, type_failures = coerce(frame, contract, table)
     suite = build_suite(contract, table, now)
     masks = unexpected_masks(typed, suite)
@@ -439,7 +440,7 @@ def validate(
     document = run_suite(pd.concat([typed.iloc[bad], sample], ignore_index=True).copy(), suite)
     disagreement = _rejected_by_gx_among_accepted(document, len(bad))
     if disagreement:
-        return _whole(
+        return whole_batch(
             frame,
             table,
             f"validator disagreement: GX rejects accepted rows on {sorted(disagreement)}; batch held for review",
@@ -495,7 +496,7 @@ def key_codes(frame: pd.DataFrame, contract: Contract, table: str) -> tuple[np.n
     return np.column_stack(codes), whole
 
 
-def _whole(
+def whole_batch(
     frame: pd.DataFrame,
     table: str,
     reason: str,

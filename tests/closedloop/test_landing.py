@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from closedloop import landing
-from closedloop.contract import contract_at
+from closedloop.contract import Contract, FileFormat, contract_at, parse_contract
 from closedloop.landing import BatchRef, Chunk, UnusableBatch, batch_id, fetched, identify, read_batch, read_chunks
 from closedloop.settings import PROJECT_ROOT
 
@@ -147,3 +147,76 @@ def test_a_csv_is_checked_block_by_block_with_the_same_verdicts(
     data = b"".join(lines) + "Genève\n".encode("latin-1")
     with pytest.raises(UnusableBatch, match=f"byte 0xe8 at offset {len(data) - 4}"):
         read_batch(sent(data), ref)
+
+
+GERMAN = PROJECT_ROOT / "datasets/german_credit/german.data"
+GERMAN_FIELDS = [f"f{i}" for i in range(1, 22)]
+
+
+def _german_contract() -> Contract:
+    """One table read from a header-less, blank-separated file (UCI's german.data)."""
+    columns = [{"name": name, "type": "category", "categories": ["x"]} for name in GERMAN_FIELDS[1:-1]]
+    return parse_contract(
+        {
+            "name": "german",
+            "version": 1,
+            "start": "1990-01-01T00:00:00Z",
+            "time_ordered": False,
+            "entity": {"name": "application", "join_key": "application_id"},
+            "tables": {
+                "applications": {
+                    "as_of": "1994-11-17T00:00:00Z",
+                    "generated_key": "application_id",
+                    "primary_key": ["application_id"],
+                    "file": {"format": "csv", "delimiter": "whitespace", "header": False, "columns": GERMAN_FIELDS},
+                }
+            },
+            "label": {"column": "f21", "positive": 2, "negative": 1, "delay_days": 0},
+            "decision": {"cost_false_negative": 5, "cost_false_positive": 1},
+            "columns": [{"name": "f1", "type": "category", "categories": ["A11"]}, *columns],
+        }
+    )
+
+
+def test_a_file_of_a_one_table_contract_belongs_to_that_table_in_the_contracts_format() -> None:
+    ref = identify("file:///l/german.data", "file:///l", _german_contract())
+    assert ref.table == "applications" and ref.file_format == "csv"  # the contract's format, not the extension
+    assert ref.fmt is not None and ref.fmt.delimiter == "whitespace"
+    assert identify("file:///l/x.csv", "file:///l", CONTRACT).table is None  # several tables: the name must say
+
+
+def test_a_header_less_blank_separated_file_reads_as_its_named_columns(tmp_path: Path) -> None:
+    ref = identify("file:///l/german.data", "file:///l", _german_contract())
+    frame = read_batch(GERMAN, ref).frame
+    assert list(frame.columns) == GERMAN_FIELDS and len(frame) == 1000  # no line taken for a header
+    assert frame.iloc[0].tolist()[:5] == ["A11", "6", "A34", "A43", "1169"]
+    assert frame["f21"].value_counts().to_dict() == {"1": 700, "2": 300}
+    assert landing.batch_columns(GERMAN, ref) == GERMAN_FIELDS
+    chunks = list(read_chunks(GERMAN, ref, 300))
+    assert len(chunks) == 4 and pd.concat([c.frame for c in chunks], ignore_index=True).equals(frame)
+    assert _rows_of(chunks) == list(range(1000))
+
+
+def test_blank_runs_tabs_and_trailing_blanks_separate_fields_and_ragged_lines_keep_their_numbers(
+    sent: Callable[[bytes], Path],
+) -> None:
+    fmt = FileFormat(delimiter="whitespace", header=False, columns=["a", "b", "c"])
+    ref = BatchRef("file:///l/t/x.txt", "applications", "csv", fmt)
+    readout = read_batch(sent(b"1  2\t3 \n 4 5 6\n\n7 8\n9,9 10 11\n"), ref)
+    assert readout.frame.iloc[[0, 1, 3]].to_numpy().tolist() == [["1", "2", "3"], ["4", "5", "6"], ["9,9", "10", "11"]]
+    assert readout.unreadable == {2: "line 4: 2 field(s) where the header has 3"}  # the file's own line number
+
+
+def test_another_delimiter_with_a_header_is_read_when_the_contract_names_it(sent: Callable[[bytes], Path]) -> None:
+    data = sent(b'id;v\n1;"a;b"\n2;c\n')
+    assert read_batch(data, BatchRef("a.csv", "applications", "csv", FileFormat(delimiter=";"))).frame.to_dict(
+        "list"
+    ) == {"id": ["1", "2"], "v": ["a;b", "c"]}
+    with pytest.raises(UnusableBatch, match=r"delimited by ';'; set tables.applications.file.delimiter: ';'"):
+        read_batch(data, BatchRef("a.csv", "applications", "csv"))
+
+
+def test_a_normalised_file_that_is_not_utf8_is_refused_with_the_fix(sent: Callable[[bytes], Path]) -> None:
+    fmt = FileFormat(delimiter="whitespace", header=False, columns=["a"])
+    with pytest.raises(UnusableBatch, match=r"CSV is not UTF-8: byte 0xe8 \(re-export it as UTF-8\)"):
+        read_batch(sent("Genève\n".encode("latin-1")), BatchRef("a.txt", "applications", "csv", fmt))
