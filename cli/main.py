@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +36,9 @@ app.add_typer(batch_app, name="batch")
 @app.callback()
 def _main() -> None:
     disable_telemetry()
+    # MLflow prints a "View run" link to stdout when a run ends: --json prints only JSON, and the commands' own
+    # output names the versions they make
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @app.command()
@@ -134,6 +138,74 @@ def contract_check(
     emit(derived, as_json, text)
 
 
+@contract_app.command("init")
+def contract_init(
+    paths: Annotated[list[Path], typer.Argument(help="the file(s) of one flat table (CSV, any delimiter)")],
+    label: Annotated[str, typer.Option("--label", help="the outcome column (file header, or col_N without header)")],
+    id_column: Annotated[str | None, typer.Option("--id", help="the column that identifies a row")] = None,
+    time_column: Annotated[str | None, typer.Option("--time", help="the column saying when a row became true")] = None,
+    sensitive: Annotated[
+        list[str] | None, typer.Option("--sensitive", help="protected attributes: COL,COL,... (repeatable)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write the draft here (default: print it)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Draft a contract from a table's files: what was inferred, and the '# CHECK:' lines a person must review."""
+    from closedloop.drafting import DraftError, draft_contract
+
+    if out is not None and out.exists():
+        fail(f"{out} exists: give another --out or remove it (a draft never overwrites a contract)")
+    given = [s.strip() for group in sensitive or [] for s in group.split(",") if s.strip()]
+    try:
+        draft = draft_contract(
+            paths,
+            label=label,
+            id_column=id_column,
+            time_column=time_column,
+            sensitive=given,
+            source=", ".join(p.name for p in paths),
+        )
+    except DraftError as exc:
+        fail(str(exc))
+    if out is not None:
+        try:
+            out.write_text(draft.text)
+        except OSError as exc:
+            fail(f"{out}: cannot write the draft ({exc.strerror}): give another --out")
+    contract = {**draft.contract, "start": draft.contract["start"].isoformat()}
+    payload = {
+        "name": contract["name"],
+        "out": str(out) if out else None,
+        "rows": draft.rows,
+        "rows_profiled": draft.rows_profiled,
+        "contract": contract,
+        "findings": [{"field": f.field, "inferred": f.inferred, "check": f.check} for f in draft.findings],
+        "checks": [{"field": f.field, "check": f.check} for f in draft.checks],
+    }
+    if out is None:
+        payload["yaml"] = draft.text
+    if as_json:
+        emit(payload, True, "")
+        return
+    width = max(len(f.field) for f in draft.findings)
+    profiled = "all profiled" if draft.rows_profiled >= draft.rows else f"{draft.rows_profiled:,} profiled"
+    lines = [
+        f"drafted contract {contract['name']} from {', '.join(map(str, paths))}: {draft.rows:,} rows ({profiled}), "
+        f"{len(contract['columns'])} columns" + (f" -> {out}" if out else ""),
+        "inferred:",
+        *(f"  {f.field:<{width}}  {f.inferred}" for f in draft.findings if f.inferred),
+        f"check ({len(draft.checks)}):",
+        *(f"  {f.field:<{width}}  {f.check}" for f in draft.checks),
+        f"next: review the '# CHECK:' lines in {out or 'the draft'}, then: closedloop contract check "
+        f"{out or 'CONTRACT'}",
+    ]
+    if out is None:
+        typer.echo(draft.text, nl=False)
+        typer.echo("\n".join(lines), err=True)
+    else:
+        typer.echo("\n".join(lines))
+
+
 @app.command()
 def ingest(
     sources: Annotated[
@@ -167,16 +239,50 @@ def ingest(
     emit(result.model_dump(mode="json"), as_json, text)
 
 
+def _fairness_overrides(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs of ``--fairness``, checked against the contract's fairness fields."""
+    from pydantic import ValidationError
+
+    from closedloop.contract import FairnessPolicy
+
+    given: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--fairness {pair!r}: expected KEY=VALUE, for example --fairness min_group_rows=30")
+        given[key.strip()] = value.strip()
+    try:
+        FairnessPolicy.model_validate(given)
+    except ValidationError as exc:
+        fields = ", ".join(FairnessPolicy.model_fields)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"--fairness: {problems} (fields: {fields})")
+    return given
+
+
 @app.command()
-def train(contract: ContractOption = None, as_json: JsonFlag = False) -> None:
+def train(
+    contract: ContractOption = None,
+    as_json: JsonFlag = False,
+    fairness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fairness",
+            help="KEY=VALUE fairness limit over the contract's for this run (repeatable), e.g. min_group_rows=30; "
+            "recorded with the version",
+        ),
+    ] = None,
+) -> None:
     """Run the train/evaluate flow on the running stack: version, metrics with intervals, gate verdicts."""
+    overrides = _fairness_overrides(fairness or [])
     settings = settings_or_fail()
     connect(settings)
     from flows.train_evaluate import TrainParams, train_evaluate
     from tasks.train.fit import TrainingDataError
 
     try:
-        result = train_evaluate(TrainParams(contract=contract_option(contract, settings)))
+        params = TrainParams.model_validate({"contract": contract_option(contract, settings), "fairness": overrides})
+        result = train_evaluate(params)
     except TrainingDataError as exc:
         fail(str(exc))
     except known_errors() as exc:

@@ -109,7 +109,9 @@ def identify(uri: str, landing_uri: str, contract: Contract) -> BatchRef:
     fmt = contract.tables[table].file if table is not None else None
     if fmt is None or fmt == FileFormat():
         return BatchRef(uri=uri, table=table, file_format=FORMATS.get(suffix))
-    return BatchRef(uri=uri, table=table, file_format=fmt.format or FORMATS.get(suffix), fmt=fmt)
+    # a delimiter or a header-less layout only a CSV has says what a file of any name (german.data) is
+    delimited = "csv" if fmt.delimiter != "," or not fmt.header else None
+    return BatchRef(uri=uri, table=table, file_format=fmt.format or FORMATS.get(suffix) or delimited, fmt=fmt)
 
 
 @dataclass(frozen=True)

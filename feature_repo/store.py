@@ -14,6 +14,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import urlparse
 
+import pandas as pd
 import pyarrow as pa
 from feast import FeatureService, FeatureStore
 from feast.infra.offline_stores.offline_store import RetrievalJob
@@ -114,8 +115,68 @@ def service_refs(service: FeatureService) -> list[str]:
     ]
 
 
+def stored_views(store: FeatureStore, refs: Iterable[str]) -> list[str]:
+    """The views of ``refs`` (``view:feature``) whose values are stored: not the on-demand ones (the ratios)."""
+    on_demand = {view.name for view in store.list_on_demand_feature_views()}
+    return list(dict.fromkeys(ref.split(":", 1)[0] for ref in refs if ref.split(":", 1)[0] not in on_demand))
+
+
+class LocalRetrieval:
+    """A retrieval that needs no stored view: the entity frame with the contract's ratios.
+
+    The ratios are computed by :func:`feature_repo.transforms.compute_ratios`, the function Feast's on-demand
+    view runs.
+    """
+
+    metadata = None
+    on_demand_feature_views: tuple[()] = ()
+    full_feature_names = False
+
+    def __init__(self, entities: pd.DataFrame, contract: Contract, refs: list[str]) -> None:
+        from feature_repo.transforms import compute_ratios
+
+        wanted = {ref.split(":", 1)[1] for ref in refs}
+        ratios = [r for r in contract.ratios if r.name in wanted]
+        self.frame = entities.reset_index(drop=True)
+        if ratios:
+            self.frame = pd.concat([self.frame, compute_ratios(self.frame, ratios)], axis=1)
+
+    def to_df(self) -> pd.DataFrame:
+        return self.frame
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pandas(self.frame, preserve_index=False)
+
+
+def historical_job(
+    store: FeatureStore, contract: Contract, entities: pd.DataFrame, refs: list[str]
+) -> RetrievalJob | LocalRetrieval:
+    """Point-in-time features of ``entities`` for ``refs``, through Feast when a stored view is named.
+
+    Otherwise the entity frame's own columns (the prediction table's inputs) with the ratios computed locally:
+    Feast refuses a retrieval without a stored feature ("No features specified for retrieval"): a contract
+    whose inputs all arrive with the application (one flat table) has none.
+    """
+    if stored_views(store, refs):
+        return store.get_historical_features(entity_df=entities, features=refs)
+    inputs = [c.name for c in contract.model_inputs if c.source == contract.prediction]
+    if not refs and not inputs:
+        looked_at = {
+            table: [
+                c.name + (" (sensitive)" if c.sensitive else "") + (" (excluded)" if c.exclude else "")
+                for c in contract.columns_of(table)
+            ]
+            for table in contract.tables
+        }
+        raise ValueError(
+            f"contract {contract.name}: no model input found; looked at tables {looked_at}: mark a column as a "
+            "model input (not sensitive, not excluded) in the prediction table or a feature table"
+        )
+    return LocalRetrieval(entities, contract, refs)
+
+
 def write_retrieval(
-    jobs: Iterable[RetrievalJob],
+    jobs: Iterable[RetrievalJob | LocalRetrieval],
     path: Path,
     order_by: list[str],
     extra: Callable[[pa.Table, int], pa.Table] | None = None,
@@ -152,7 +213,7 @@ def write_retrieval(
     return list(writer.schema.names)
 
 
-def _retrieved(job: RetrievalJob, order_by: list[str], batch_rows: int) -> Iterator[pa.Table]:
+def _retrieved(job: RetrievalJob | LocalRetrieval, order_by: list[str], batch_rows: int) -> Iterator[pa.Table]:
     """One job's rows in ``order_by`` order, ``batch_rows`` at a time, with the on-demand features requested."""
     requested = {ref.split(":", 1)[1] for ref in (job.metadata.features if job.metadata else [])}
     table = getattr(job, "table", None)

@@ -10,13 +10,13 @@ from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict, Field
 
 from closedloop import events
-from closedloop.contract import contract_at
+from closedloop.contract import FairnessPolicy, contract_at
 from closedloop.settings import load_settings
 from tasks.shared.dask_cluster import dask_runner
 from tasks.train.dataset import TrainingSet
 from tasks.train.evidence import GateVerdict
 from tasks.train.fit import TrainingConfig, Trial, Tuning, choose, search_space
-from tasks.train.gates import Gates
+from tasks.train.gates import Gates, effective_gates
 from tasks.train.guards import GuardVerdict, RetrainGuards
 from tasks.train.tasks import (
     build_training_set,
@@ -41,6 +41,10 @@ class TrainParams(BaseModel):
         default=0, ge=0, le=64, description="random-search trials (mapped tasks) before the final fit; 0: none"
     )
     gates: Gates = Field(default_factory=Gates)
+    fairness: FairnessPolicy = Field(
+        default_factory=FairnessPolicy,
+        description="fairness limits that override the contract's for this run (recorded with the version)",
+    )
     guards: RetrainGuards = Field(default_factory=RetrainGuards)
 
 
@@ -136,7 +140,8 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     if params.tuning_trials > 1:
         config, tuning = _tune(training, contract_path, config, params.tuning_trials)
     model_path = train_model(training, contract, config, settings)
-    evaluation = evaluate_candidate(training, model_path, contract, settings.mlflow_tracking_uri, params.gates)
+    gates, fairness = effective_gates(contract, params.gates, params.fairness)
+    evaluation = evaluate_candidate(training, model_path, contract, settings.mlflow_tracking_uri, gates)
     version, card, _ = register_candidate(
         training,
         model_path,
@@ -148,6 +153,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         now,
         tuning,
         automatic=params.guards.enabled,
+        fairness=fairness,
     )
     create_markdown_artifact(
         key=f"model-card-{contract.name.replace('_', '-')}", markdown=card, description=f"{contract.name} v{version}"

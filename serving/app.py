@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from closedloop.contract import ColumnType, Contract
+from closedloop.contract import Column, ColumnType, Contract
 from closedloop.settings import Settings
 from feature_repo.store import open_store
 from serving.champion import Champion, Rollout
@@ -41,33 +41,33 @@ MAX_BATCH = 1000
 
 
 def request_model(contract: Contract) -> type[BaseModel]:
-    """The request body: the entity key and the prediction table's model inputs, typed and bounded by the contract."""
+    """The request body: the entity key and the prediction table's model inputs, typed and bounded by the contract.
+
+    The body is read under the rules ingest applies to the table's file (``closedloop.source.request_values``):
+    null tokens and missing codes are missing, a category may be sent as its file code, and a derived column is
+    computed from its operands, which the body then carries instead.
+    """
+    from closedloop.contract import formula_names
+    from closedloop.source import request_values
+
     fields: dict[str, Any] = {
         contract.entity.join_key: (int if contract.key_type == "int" else str, Field(description="entity key")),
     }
-    for column in contract.columns_of(contract.prediction):
-        if not column.is_model_input:
+    own = contract.columns_of(contract.prediction)
+    derived = [c for c in own if c.formula and (c.is_model_input or c.group_thresholds)]
+    operands = {name for c in derived for name in formula_names(c.formula or "")}
+    for column in own:
+        if column.formula:
             continue
-        kind: Any
-        if column.type is ColumnType.CATEGORY:
-            kind = Literal[tuple(column.categories or [])]
-        elif column.type is ColumnType.INT:
-            kind = int
-        elif column.type is ColumnType.BOOL:
-            kind = bool
-        else:
-            kind = float
-        constraints: dict[str, Any] = {"description": column.description or column.name}
-        if column.min is not None:
-            constraints["ge"] = column.min
-        if column.max is not None:
-            constraints["le"] = column.max
-        if column.nullable:
-            fields[column.name] = (kind | None, Field(default=None, **constraints))
-        else:
-            fields[column.name] = (kind, Field(**constraints))
+        if column.is_model_input or column.name in operands:
+            fields[column.name] = _request_field(column)
+    for column in derived:
+        fields[column.name] = (
+            float | None,
+            Field(default=None, description=f"{column.name} = {column.formula}: computed from the request's values"),
+        )
     for column in contract.sensitive:
-        if column.group_thresholds:  # only read when the champion's decision policy needs it
+        if column.group_thresholds and column.name not in fields:  # only read by a group-threshold policy
             fields[column.name] = (
                 float | str | None,
                 Field(
@@ -76,11 +76,37 @@ def request_model(contract: Contract) -> type[BaseModel]:
                     "stored value when the request leaves it out",
                 ),
             )
+
+    def as_ingested(cls: type[BaseModel], data: Any) -> Any:
+        return request_values(contract, data) if isinstance(data, dict) else data
+
     return create_model(
         f"{contract.name.title().replace('_', '')}Application",
         __config__=ConfigDict(extra="forbid"),
+        __validators__={"as_ingested": model_validator(mode="before")(as_ingested)},  # type: ignore[dict-item]
         **fields,
     )
+
+
+def _request_field(column: Column) -> tuple[Any, Any]:
+    """One input of the request: its type, bounds, and whether it may be left out."""
+    kind: Any
+    if column.type is ColumnType.CATEGORY:  # a category's name, or its code in the table's file
+        kind = Literal[tuple(dict.fromkeys([*(column.categories or []), *(column.codes or {})]))]
+    elif column.type is ColumnType.INT:
+        kind = int
+    elif column.type is ColumnType.BOOL:
+        kind = bool
+    else:
+        kind = float
+    constraints: dict[str, Any] = {"description": column.description or column.name}
+    if column.min is not None:
+        constraints["ge"] = column.min
+    if column.max is not None:
+        constraints["le"] = column.max
+    if column.nullable:
+        return kind | None, Field(default=None, **constraints)
+    return kind, Field(**constraints)
 
 
 class Reason(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 from pathlib import Path
 
@@ -32,11 +33,14 @@ def write_flat_table(path: Path, rows: int = 3000, seed: int = 7) -> Path:
             age = rng.randint(21, 79)
             late = rng.choice([0, 0, 0, 0, 1, 1, 2, 3, 5]) if rng.random() > 0.01 else rng.choice([96, 98])
             employed = -rng.randint(30, 12000) if rng.random() > 0.15 else 365243
+            utilisation = rng.random() * 1.2
+            # default risk rises with late payments and utilisation, falls with age: a model has something to learn
+            risk = -3.2 + 0.45 * min(late, 6) + 1.6 * utilisation - 0.02 * (age - 45)
             writer.writerow(
                 [
                     i,
-                    1 if rng.random() < 0.1 else 0,
-                    round(rng.random() * 1.2, 4),
+                    1 if rng.random() < 1 / (1 + math.exp(-risk)) else 0,
+                    round(utilisation, 4),
                     age,
                     late,
                     "NA" if rng.random() < 0.2 else round(rng.uniform(800, 25000), 2),

@@ -2,7 +2,8 @@
 
 The stored features are read through Feast's own online read, or straight from the store's tables when the
 store supports it (``feature_repo.online_read``, tested equal); the contract's ratios are computed by the same
-function Feast's on-demand view runs (``feature_repo.transforms.ratio_values``).
+function Feast's on-demand view runs (``feature_repo.transforms.ratio_values``). A contract without stored views
+(one flat table: every input arrives with the application) reads nothing from the online store.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ class FeatureSource:
 
         from feature_repo import online_read
         from feature_repo.definitions import model_service_name, policy_columns, policy_service_name
+        from feature_repo.store import service_refs, stored_views
 
         contract = self.contract
         self._service = self.store.get_feature_service(model_service_name(contract))
-        if self.fast and online_read.supported(self.store, self._service):
+        # a contract whose inputs all arrive with the application (one flat table) has nothing stored to read
+        self.reads_store = bool(stored_views(self.store, service_refs(self._service)))
+        if self.reads_store and self.fast and online_read.supported(self.store, self._service):
             self._reader = online_read.OnlineReader(self.store, self._service)
         self.policy_fields = {c.name for c in policy_columns(contract)}
         if self.policy_fields:
@@ -74,6 +78,8 @@ class FeatureSource:
 
     def stored(self, keys: Sequence[Any]) -> list[dict[str, Any] | None]:
         """Stored features per key (None for an unknown entity), from the store's tables or through Feast."""
+        if not self.reads_store:
+            return [{} for _ in keys]
         if self._reader is not None:
             return list(self._reader.read(keys))
         from feature_repo.online_read import feast_rows

@@ -13,7 +13,7 @@ from closedloop.contract import Contract
 from closedloop.lake import parquet_bytes
 from closedloop.settings import Settings
 from feature_repo.definitions import model_service_name
-from feature_repo.store import open_store
+from feature_repo.store import historical_job, open_store, service_refs
 from tasks.score import scoring, segments, staging
 from tasks.score.loading import load_version
 
@@ -32,14 +32,14 @@ def score_segment(
 ) -> SegmentScores:
     """Point-in-time features of one segment through the FeatureService, the champion's scores, one object.
 
-    The segment is row group ``segment`` of the staged entity frame (``entities_uri``).
+    The segment is row group ``segment`` of the staged entity frame (``entities_uri``). A contract without stored
+    views (one flat table) scores from the rows' own inputs and the ratios computed as training computed them.
     """
     entities = segments.typed_entities(staging.read_segment(entities_uri, segment, settings.s3_endpoint_url))
     model = load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0)
     store = open_store(settings, contract)
-    frame = store.get_historical_features(
-        entity_df=entities, features=store.get_feature_service(model_service_name(contract))
-    ).to_df()
+    refs = service_refs(store.get_feature_service(model_service_name(contract)))
+    frame = historical_job(store, contract, entities, refs).to_df()
     scores = model.predict_batch(scoring.frame_matrix(frame, contract, model.columns))
     table = segments.scores_table(frame, contract, model, scores, datetime.now(UTC))
     storage.write_bytes(uri, parquet_bytes(table), settings.s3_endpoint_url)

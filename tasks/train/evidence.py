@@ -49,6 +49,14 @@ class Mitigation(Part):
     verdict: GateVerdict | None = None
 
 
+class FairnessRecord(Part):
+    """The fairness limits a version was judged by, and where each came from: override, contract or default."""
+
+    limits: dict[str, float | int | str]
+    source: dict[str, str]
+    override: bool = False
+
+
 class Report(Part):
     """What the evaluation measured on the test window; a blocked evaluation has only the row counts."""
 
@@ -93,6 +101,8 @@ class Evidence(Part):
     training_rows: int
     training_positives: int
     feature_coverage: FeatureCoverage | None = None  # the matured applications left out for missing feature rows
+    unlabelled_rows: int | None = None  # rows of a flat table without their label yet: left out of training
+    fairness_policy: FairnessRecord | None = None  # the fairness limits applied, with their sources
     code_commit: str
     started_by: str
     trained_at: str

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from closedloop.contract import Contract, FairnessPolicy
 from tasks.train.coverage import FeatureCoverage
-from tasks.train.evidence import GateVerdict, Mitigation
+from tasks.train.evidence import FairnessRecord, GateVerdict, Mitigation
 
 
 class Gates(BaseModel):
@@ -36,6 +37,30 @@ class Gates(BaseModel):
         description="when the fairness gate fails: try group thresholds on an attribute the contract allows",
     )
     decision_seed: int = Field(default=7, description="seed of the group-threshold candidate's randomised mix")
+
+
+def effective_gates(
+    contract: Contract, gates: Gates, overrides: FairnessPolicy | None = None
+) -> tuple[Gates, FairnessRecord]:
+    """The gates with the fairness limits that apply: an override (CLI or UI) over the contract's, over ``gates``.
+
+    Returns the gates and the record kept with the version: each limit's value and where it came from
+    ("override", "contract" or "default": the run's gates).
+    """
+    overrides = overrides or FairnessPolicy()
+    limits: dict[str, float | int | str] = {}
+    sources: dict[str, str] = {}
+    for name in FairnessPolicy.model_fields:
+        for source, value in (
+            ("override", getattr(overrides, name)),
+            ("contract", getattr(contract.fairness, name)),
+            ("default", getattr(gates, name)),
+        ):
+            if value is not None:
+                limits[name], sources[name] = value, source
+                break
+    record = FairnessRecord(limits=limits, source=sources, override="override" in sources.values())
+    return gates.model_copy(update=limits), record
 
 
 def undecidable_quality(test_rows: int, test_positives: int, gates: Gates) -> GateVerdict | None:

@@ -20,7 +20,7 @@ from closedloop.settings import PROJECT_ROOT
 from tasks.shared.drift import SCORE, expected_auc, profile_frame
 from tasks.shared.features import EVENT_TIMESTAMP, feature_names
 from tasks.train.dataset import TrainingData, TrainingSet
-from tasks.train.evidence import Evaluation, Evidence
+from tasks.train.evidence import Evaluation, Evidence, FairnessRecord
 from tasks.train.fit import TrainingConfig, Tuning
 from tasks.train.guards import AUTOMATIC_TAG
 from tasks.train.model_card import model_card
@@ -46,9 +46,18 @@ def evidence_of(
     tuning: Tuning | None,
     started_by: str,
     now: datetime,
+    fairness: FairnessRecord | None = None,
 ) -> Evidence:
-    """The evidence record of a candidate: lineage, provenance, the evaluation (with the search, if any), gates."""
+    """The evidence record of a candidate: lineage, provenance, the evaluation (with the search, if any), gates.
+
+    ``fairness``: the fairness limits the gates applied and where each came from (override, contract, default).
+    """
     report = evaluation.report if tuning is None else evaluation.report.model_copy(update={"tuning": tuning})
+    given: dict[str, Any] = {}
+    if training.unlabelled_rows:
+        given["unlabelled_rows"] = training.unlabelled_rows
+    if fairness is not None:
+        given["fairness_policy"] = fairness
     return Evidence(
         dataset=contract.name,
         contract_version=contract.version,
@@ -66,6 +75,7 @@ def evidence_of(
         gates=evaluation.gates,
         eligible=evaluation.eligible,
         decision_threshold=evaluation.threshold,
+        **given,
     )
 
 
@@ -96,6 +106,11 @@ def run_record(
         "features": ",".join(feature_names(contract)),
         "entity_frame_hash": evidence["entity_frame_hash"],
     }
+    policy = evidence.get("fairness_policy")
+    if policy:  # the limits the fairness gate applied, each with where it came from
+        params.update({f"fairness.{name}": value for name, value in policy["limits"].items()})
+        params.update({f"fairness.{name}.source": source for name, source in policy["source"].items()})
+        tags["fairness.override"] = str(policy.get("override", False)).lower()
     return params, metrics, tags
 
 

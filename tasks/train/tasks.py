@@ -22,7 +22,7 @@ from closedloop.settings import Settings
 from tasks.shared.features import EVENT_TIMESTAMP, feature_names, monotone_constraints
 from tasks.train import dataset
 from tasks.train.dataset import TrainingData, TrainingSet
-from tasks.train.evidence import Evaluation
+from tasks.train.evidence import Evaluation, FairnessRecord
 from tasks.train.fit import TrainingConfig, TrainingDataError, Trial, Tuning, fit_model, trial_of
 from tasks.train.gates import Gates, feature_coverage, undecidable_quality
 from tasks.train.guards import (
@@ -193,16 +193,18 @@ def register_candidate(
     now: datetime,
     tuning: Tuning | None = None,
     automatic: bool = False,
+    fairness: FairnessRecord | None = None,
 ) -> tuple[str, str, str]:
     """Log and register the model with its evidence record and model card; returns (version, card, evidence).
 
     ``tuning``: the search that chose the configuration, recorded with the evaluation's report; ``automatic``:
-    a guarded run, whose version the retrain guards count.
+    a guarded run, whose version the retrain guards count; ``fairness``: the fairness limits applied and their
+    sources.
     """
     from tasks.train import register
 
     data = dataset.load_training(training, contract)
-    evidence = register.evidence_of(training, evaluation, contract, tuning, started_by, now)
+    evidence = register.evidence_of(training, evaluation, contract, tuning, started_by, now, fairness)
     return register.register(
         tracking_uri,
         data,

@@ -289,3 +289,49 @@ def test_applications_without_their_feature_rows_are_left_out_of_the_built_train
     assert training.rows == 5 and training.positives == 2  # customers 1 and 4
     assert frame["age"].notna().all() and frame["balance"].notna().all()  # no application trains without them
     assert training.window_end == datetime(2025, 3, 5, tzinfo=UTC)
+
+
+def test_a_flat_table_trains_on_its_labelled_rows_with_every_sensitive_attribute(tmp_path: Path) -> None:
+    """One table holds inputs, attributes and label: read once, rows still waiting for their label left out, counted."""
+    from one_table import CREATED, flat_contract, flat_rows, write_flat
+
+    _, contract = flat_contract(tmp_path)
+    rows = flat_rows(300, unlabelled=40)
+    lake = write_flat(tmp_path.as_uri(), contract, rows)
+    frame = entity_frame(lake, contract, CREATED)
+    assert len(frame) == 260 and frame.attrs["unlabelled_rows"] == 40
+    assert frame["defaulted"].notna().all()
+    assert {"age", "sex"} <= set(frame.columns)  # sensitive, not inputs: carried for the fairness gate
+    labelled = rows.iloc[:260].set_index("application_id")
+    assert frame.set_index("application_id")["sex"].equals(labelled.loc[frame["application_id"], "sex"])
+    assert list(frame[EVENT_TIMESTAMP]) == sorted(frame[EVENT_TIMESTAMP])
+    # rows made after the cut-off are neither trained on nor counted as waiting
+    cutoff = datetime(2025, 7, 1, tzinfo=UTC)
+    early = entity_frame(lake, contract, cutoff)
+    before = rows[rows["applied_at"] <= cutoff]
+    assert len(early) == before["defaulted"].notna().sum()
+    assert early.attrs["unlabelled_rows"] == before["defaulted"].isna().sum()
+
+
+@pytest.mark.slow
+def test_a_flat_table_is_retrieved_without_a_stored_feature_view(settings: Settings) -> None:
+    """No feature table: the training set is the entity frame with the ratios, as Feast's on-demand view computes."""
+    from one_table import CREATED, flat_contract, flat_rows, write_flat
+
+    from feature_repo.definitions import build_repo
+    from feature_repo.store import offline_root, open_store
+
+    _, contract = flat_contract(settings.state_dir)
+    rows = flat_rows(600, unlabelled=50)
+    write_flat(settings.lake_uri, contract, rows)
+    open_store(settings, contract).apply(build_repo(contract, offline_root(settings, contract)).objects)
+
+    training = build_training_set(settings, contract, CREATED, TrainingConfig(min_rows=100, min_positives=10))
+
+    assert training.rows == 550 and training.unlabelled_rows == 50
+    assert training.coverage.coverage == {} and training.coverage.left_out == 0
+    frame = pd.read_parquet(training.path).set_index("application_id")
+    source = rows.set_index("application_id").loc[frame.index]
+    assert np.allclose(frame["loan_to_income"], source["loan_amount"] / source["income"])
+    assert {"age", "sex", SPLIT} <= set(frame.columns)
+    assert set(frame[SPLIT]) == {"train", "validation", "test"}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from closedloop.contract import FairnessPolicy, load_contract
+from closedloop.settings import PROJECT_ROOT
 from tasks.train.coverage import FeatureCoverage
 from tasks.train.evidence import GateVerdict, Mitigation
 from tasks.train.gates import (
     Gates,
     behaviour_verdict,
     champion_unavailable,
+    effective_gates,
     eligible,
     fairness_verdict,
     feature_coverage,
@@ -143,3 +146,27 @@ def test_eligible_only_when_every_gate_passed() -> None:
     assert not eligible({"quality_floor": passed, "champion": GateVerdict(verdict="blocked", reason="")})
     assert not eligible({"quality_floor": passed, "fairness": GateVerdict(verdict="fail", reason="")})
     assert not eligible({})  # no gate decided anything
+
+
+def test_fairness_limits_come_from_the_override_then_the_contract_then_the_gates() -> None:
+    synthetic = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    contract = synthetic.model_copy(
+        update={"fairness": FairnessPolicy(min_group_rows=30, max_equalized_odds_difference=0.1, mitigation="none")}
+    )
+    override = FairnessPolicy(min_group_rows=20, min_disparate_impact=0.9)
+    gates, record = effective_gates(contract, Gates(min_roc_auc=0.7), override)
+    assert (gates.min_group_rows, gates.min_disparate_impact) == (20, 0.9)  # the override wins
+    assert (gates.max_equalized_odds_difference, gates.mitigation) == (0.1, "none")  # then the contract
+    assert gates.max_demographic_parity_difference == 0.15 and gates.min_roc_auc == 0.7  # the run's gates
+    assert record.source == {
+        "max_demographic_parity_difference": "default",
+        "max_equalized_odds_difference": "contract",
+        "min_disparate_impact": "override",
+        "min_group_rows": "override",
+        "min_group_outcomes": "default",
+        "max_fairness_worsening": "default",
+        "mitigation": "contract",
+    }
+    assert record.limits["min_group_rows"] == 20 and record.override
+    plain, unchanged = effective_gates(synthetic, GATES)
+    assert plain == GATES and not unchanged.override and set(unchanged.source.values()) == {"default"}

@@ -109,3 +109,9 @@ def test_a_record_without_coverage_or_with_nothing_left_out_says_no_more() -> No
     card = model_card("credit", evidence)
     assert "- Feature coverage: profiles 100.00%; 0 of 10 matured applications left out" in card
     assert "were left out: neither" not in card
+
+
+def test_an_attribute_too_small_to_judge_is_shown_with_its_group_sizes() -> None:
+    skipped = {"verdict": "skipped", "groups": {"yes": 193, "no": 7}, "reason": "fewer than two groups with 30 rows"}
+    card = model_card("credit", _evidence(fairness={"foreign_worker": skipped}))
+    assert "| foreign_worker | not judged: fewer than two groups with 30 rows (rows: yes 193, no 7) |" in card

@@ -124,3 +124,18 @@ def test_the_golden_rows_and_the_monitors_reference_come_from_the_test_window() 
     assert isinstance(sample, bytes)
     rows = pd.read_parquet(io.BytesIO(sample))
     assert len(rows) == 80 and sorted(rows[SCORE]) == sorted(scores)  # every test row (fewer than 5,000), scored
+
+
+def test_the_fairness_limits_applied_are_recorded_with_their_sources() -> None:
+    from closedloop.contract import FairnessPolicy
+    from tasks.train.gates import Gates, effective_gates
+
+    evaluation = _evaluation()
+    _, fairness = effective_gates(CONTRACT, Gates(), FairnessPolicy(min_group_rows=25))
+    evidence = evidence_of(TRAINING, evaluation, CONTRACT, None, "me", NOW, fairness).model_dump()
+    assert evidence["fairness_policy"]["limits"]["min_group_rows"] == 25
+    assert evidence["fairness_policy"]["source"]["min_group_rows"] == "override"
+    params, _, tags = run_record(evidence, evaluation, CONTRACT, TrainingConfig(), False)
+    assert params["fairness.min_group_rows"] == 25 and params["fairness.min_group_rows.source"] == "override"
+    assert params["fairness.mitigation"] == "threshold_optimizer" and tags["fairness.override"] == "true"
+    assert "fairness_policy" not in evidence_of(TRAINING, evaluation, CONTRACT, None, "me", NOW).model_dump()
