@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+from by_hand import auc_by_hand, split_of
 from conftest import free_port, prefect_api
+from flat_table import write_flat_table
 
+from closedloop.contract import contract_at
+from closedloop.registry import read_evidence
 from closedloop.settings import PROJECT_ROOT
 
 # the demo's own size: with fewer customers the test windows are small enough for a fairness gate to flip on
@@ -89,6 +95,68 @@ def test_the_uis_show_the_deployments_the_triggered_run_and_the_champion(demo: d
     with ctx.Pool(1) as pool:
         pool.apply(browse, (demo["summary"], str(SCREENSHOTS)))
     assert (SCREENSHOTS / "mlflow-champion.png").stat().st_size > 10_000
+
+
+def test_a_flat_file_becomes_a_governed_model_by_the_six_documented_steps(demo: dict[str, Any], tmp_path: Path) -> None:
+    """docs/contract.md's "Bring your own table", command by command, on a file with the traits of teams' exports.
+
+    An unnamed index column, CamelCase and hyphenated headers, 'NA' for missing values, sentinel codes (96/98,
+    365243), no time column, no id, and the label and sensitive attributes beside the inputs; the contract is
+    drafted, then edited in YAML only. The model must match XGBoost fitted by hand on the raw file.
+    """
+    env = demo["env"]
+
+    def closedloop(*args: str) -> str:
+        done = subprocess.run(
+            [CLOSEDLOOP, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
+        )
+        assert done.returncode == 0, f"closedloop {' '.join(args)}: " + done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    write_flat_table(tmp_path / "loans.csv", rows=3000)
+    (tmp_path / "datasets" / "loans").mkdir(parents=True)
+    path = tmp_path / "datasets" / "loans" / "contract.yaml"
+    sensitive = "age,CODE_GENDER,MaritalStatus,DAYS_BIRTH"
+    closedloop(
+        "contract", "init", "loans.csv", "--label", "SeriousDlqin2yrs", "--sensitive", sensitive, "--out", str(path)
+    )
+    drafted = path.read_text()  # 2. the review: what a row is, and the region left out as a proxy of origin
+    assert "# CHECK:" in drafted and "null_tokens: [NA]" in drafted and "missing_codes: [96, 98]" in drafted
+    region = "{name: region_code, type: category, categories: [E, N, S, W]}"
+    assert region in drafted
+    reviewed = drafted.replace(region, region[:-1] + ", exclude: a proxy for where applicants come from}")
+    described = "description: one consumer loan per row, serious_dlqin2yrs its default (90 days late in two years)"
+    path.write_text(re.sub(r"^description: .*$", described, reviewed, count=1, flags=re.MULTILINE))
+    assert "valid" in closedloop("contract", "check", str(path))
+    closedloop("up")
+    ingested = json.loads(closedloop("ingest", "loans.csv", "--contract", str(path), "--json"))
+    assert (ingested["rows_in"], ingested["rows_accepted"]) == (3000, 3000)
+    made = ingested["batches"][0]["made_missing"]
+    assert any(k.startswith("missing_codes(") for k in made) and any(k.startswith("null_tokens(") for k in made)
+    trained = json.loads(closedloop("train", "--contract", str(path), "--json"))
+    assert trained["training_rows"] == 3000 and trained["version"]
+
+    contract = contract_at(str(path))
+    mlflow = f"http://127.0.0.1:{env['CLOSEDLOOP_MLFLOW_PORT']}"
+    fairness = read_evidence(mlflow, contract.name, trained["version"])["report"]["fairness"]
+    assert {a: r["verdict"] in ("pass", "fail") for a, r in fairness.items()} == dict.fromkeys(
+        ("age", "code_gender", "marital_status", "age_years"), True
+    ), fairness
+
+    # by hand: pandas on the raw file, the headers renamed, 'NA' and the sentinel codes made missing
+    raw = pd.read_csv(tmp_path / "loans.csv", na_values=["NA"], keep_default_na=False)
+    raw = raw.rename(columns={header: name for name, header in contract.file_columns("applications").items()})
+    raw["number_of_time30_59_days_past_due_not_worse"] = raw["number_of_time30_59_days_past_due_not_worse"].mask(
+        raw["number_of_time30_59_days_past_due_not_worse"].isin([96, 98])
+    )
+    raw["days_employed"] = raw["days_employed"].mask(raw["days_employed"] == 365243)
+    raw["employed_years"] = -raw["days_employed"] / 365.25
+    names = [c.name for c in contract.model_inputs]
+    (training_file,) = (Path(env["CLOSEDLOOP_STATE_DIR"]) / "training" / contract.name).glob("training-*.parquet")
+    label = contract.label.column
+    split = split_of(raw, pd.read_parquet(training_file), [*names, label])
+    by_hand = auc_by_hand(raw[names], raw[label].to_numpy(), split)
+    assert abs(trained["metrics"]["roc_auc"] - by_hand) <= 0.01, (trained["metrics"]["roc_auc"], by_hand)
 
 
 def browse(s: dict[str, Any], folder: str) -> None:
