@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +24,9 @@ from cli.console import (
     status_table,
 )
 from closedloop.settings import disable_telemetry
+
+if TYPE_CHECKING:
+    from closedloop.contract import Contract
 
 app = typer.Typer(help="closedloop: a closed-loop MLOps pipeline for credit-risk scoring.", no_args_is_help=True)
 contract_app = typer.Typer(help="Inspect dataset contracts.", no_args_is_help=True)
@@ -116,26 +119,93 @@ def contract_check(
         contract = load_contract(target)
     except ContractError as exc:
         fail(str(exc))
-    inputs = [c.name for c in contract.model_inputs]
-    sensitive = [c.name for c in contract.sensitive]
+    from tasks.shared.features import feature_names
+
+    inputs = feature_names(contract)
+    sensitive = {c.name: c.source for c in contract.sensitive}
     excluded = {c.name: c.exclude for c in contract.excluded}
+    tables = {name: _table_layout(contract, name) for name in contract.tables}
+    origins = _inputs_by_origin(contract)
     derived = {
         "name": contract.name,
         "version": contract.version,
         "fingerprint": contract.fingerprint,
         "tables": {name: contract.required_columns(name) for name in contract.tables},
+        "layout": tables,
         "model_inputs": inputs,
-        "sensitive": sensitive,
+        "inputs_by_origin": origins,
+        "sensitive": list(sensitive),
+        "sensitive_read_from": sensitive,
         "excluded": excluded,
         "label": contract.label.model_dump(),
     }
-    text = (
-        f"{contract.name} v{contract.version} ({contract.fingerprint}): valid\n"
-        f"  model inputs: {', '.join(inputs)}\n"
-        f"  sensitive:    {', '.join(sensitive) or '-'}\n"
-        f"  excluded:     {', '.join(excluded) or '-'}"
-    )
-    emit(derived, as_json, text)
+    lines = [f"{contract.name} v{contract.version} ({contract.fingerprint}): valid"]
+    for origin, names in origins.items():
+        lines.append(f"  model inputs, {origin}: {', '.join(names)}")
+    lines += [
+        f"  sensitive:    {', '.join(f'{n} ({t})' for n, t in sensitive.items()) or '-'}",
+        f"  excluded:     {', '.join(excluded) or '-'}",
+    ]
+    for name, layout in tables.items():
+        lines.append(f"  table {name} ({layout['role']}): a batch needs {', '.join(layout['needs'])}")
+        renamed = {k: v for k, v in layout["file_headers"].items() if k != v}
+        if renamed:
+            lines.append("    read from headers " + ", ".join(f"{v} -> {k}" for k, v in renamed.items()))
+        if layout["added"]:
+            lines.append("    added at ingest: " + ", ".join(f"{k} ({v})" for k, v in layout["added"].items()))
+        if layout["null_tokens"]:
+            lines.append(
+                "    null tokens: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in layout["null_tokens"].items())
+            )
+        if layout["missing_codes"]:
+            codes = layout["missing_codes"].items()
+            lines.append("    missing codes: " + "; ".join(f"{k}: {', '.join(map(_code, v))}" for k, v in codes))
+    emit(derived, as_json, "\n".join(lines))
+
+
+def _table_layout(contract: Contract, table: str) -> dict[str, Any]:
+    """What one table is for, what its batches must hold (file headers) and what ingest adds or makes missing."""
+    spec, role = contract.tables[table], "feature table: stored, served online"
+    if table == contract.prediction:
+        role = "flat: the decisions and their label" if contract.is_flat else "prediction: one row, one decision"
+    elif table == contract.label.source:
+        role = "label: the outcomes of the decisions"
+    added: dict[str, str] = {}
+    if spec.as_of is not None:
+        added[spec.event_time] = f"as_of {spec.as_of if spec.as_of == 'ingest' else spec.as_of.isoformat()}"
+    if spec.generated_key is not None:
+        added[spec.generated_key] = "generated key"
+    added.update({c.name: f"formula {c.formula}" for c in contract.columns_of(table) if c.formula is not None})
+    headers = contract.file_columns(table)
+    own = {c.name: c.null_tokens for c in contract.columns_of(table) if c.null_tokens is not None}
+    tokens = {"every column": contract.null_tokens} if contract.null_tokens else {}
+    return {
+        "role": role,
+        "needs": list(dict.fromkeys(headers.values())),
+        "file_headers": headers,
+        "added": added,
+        "null_tokens": {**tokens, **{name: t for name, t in own.items() if t}},
+        "missing_codes": {c.name: c.missing_codes for c in contract.columns_of(table) if c.missing_codes},
+    }
+
+
+def _code(value: float | str) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _inputs_by_origin(contract: Contract) -> dict[str, list[str]]:
+    """The model's inputs by where each comes from at scoring time."""
+    origins: dict[str, list[str]] = {}
+    for column in contract.model_inputs:
+        request = column.source == contract.prediction
+        origins.setdefault("sent with the request" if request else f"stored view {column.source}", []).append(
+            column.name
+        )
+    if contract.aggregates:
+        origins["history aggregates"] = [a.name for a in contract.aggregates]
+    if contract.ratios:
+        origins["ratios"] = [r.name for r in contract.ratios]
+    return origins
 
 
 @contract_app.command("init")

@@ -23,6 +23,25 @@ def test_contract_check_shows_what_is_derived() -> None:
     derived = json.loads(result.stdout)
     assert derived["sensitive"] == ["age", "sex", "marital_status"]
     assert "postcode" in derived["excluded"] and "postcode" not in derived["model_inputs"]
+    # every input the model uses, by where it comes from when a decision is scored
+    origins = derived["inputs_by_origin"]
+    assert sum(map(len, origins.values())) == len(derived["model_inputs"]) == 20
+    assert origins["ratios"] == ["debt_to_income", "loan_to_limit"]
+    assert "loan_amount" in origins["sent with the request"] and "income" in origins["stored view profiles"]
+    assert derived["layout"]["outcomes"]["role"].startswith("label")
+    assert derived["sensitive_read_from"]["age"] == "profiles"
+
+
+def test_contract_check_explains_a_flat_header_less_file() -> None:
+    result = runner.invoke(app, ["contract", "check", str(REPO / "datasets/german_credit/contract.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "table applications (flat: the decisions and their label): a batch needs bad_credit, checking_status" in (
+        result.stdout
+    )
+    assert "read from headers personal_status_sex -> sex" in result.stdout
+    assert "added at ingest: event_time (as_of 1994-11-17T00:00:00+00:00), application_id (generated key)" in (
+        result.stdout
+    )
 
 
 def test_contract_check_names_the_broken_field(tmp_path: Path) -> None:
