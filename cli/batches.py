@@ -152,6 +152,12 @@ def quarantine_replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-validate quarantined batches through the ingest/validate flow (after fixing the contract or the data)."""
+    from closedloop.lake import BatchIdError, checked_batch_id
+
+    try:
+        batches = [checked_batch_id(b) for b in batches]  # refused before anything connects
+    except BatchIdError as exc:
+        fail(str(exc))
     settings = settings_or_fail()
     connect(settings)
     from flows.ingest_validate import IngestParams, ingest_validate

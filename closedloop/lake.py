@@ -71,16 +71,16 @@ class Lake:
         return storage.join(self.root, "offline", table)
 
     def ledger(self, batch_id: str) -> str:
-        return storage.join(self.root, "ledger", f"{batch_id}.json")
+        return storage.join(self.root, "ledger", f"{checked_batch_id(batch_id)}.json")
 
     def quarantine(self, batch_id: str, name: str = "") -> str:
-        base = storage.join(self.root, "quarantine", batch_id)
+        base = storage.join(self.root, "quarantine", checked_batch_id(batch_id))
         return storage.join(base, name) if name else base
 
     # --- atomic batches ------------------------------------------------------------------------------
     def staging(self, batch_id: str) -> Lake:
         """The lake with its writes (offline rows, key index, quarantine) staged for one batch until committed."""
-        return Lake(self.root, self.endpoint_url, staged=batch_id)
+        return Lake(self.root, self.endpoint_url, staged=checked_batch_id(batch_id))
 
     def _put(self, uri: str, body: bytes | Path) -> str:
         """Write an object of this lake: bytes, or a local file streamed.
@@ -95,11 +95,11 @@ class Lake:
 
     def staged_view(self, batch_id: str) -> Lake:
         """What a batch has staged so far, read as a lake of its own (a chunk reads the batch's earlier chunks)."""
-        return Lake(storage.join(self.root, "staging", batch_id), self.endpoint_url)
+        return Lake(storage.join(self.root, "staging", checked_batch_id(batch_id)), self.endpoint_url)
 
     def discard(self, batch_id: str) -> None:
         """Drop what a batch staged (an attempt that failed, or a batch quarantined whole after all)."""
-        storage.delete_prefix(storage.join(self.root, "staging", batch_id), self.endpoint_url)
+        storage.delete_prefix(storage.join(self.root, "staging", checked_batch_id(batch_id)), self.endpoint_url)
 
     def commit(self, record: dict[str, Any]) -> str:
         """Ledger a batch (the commit), then move what it staged into place; returns the ledger record's URI."""
@@ -374,7 +374,7 @@ class Lake:
     # --- retraction --------------------------------------------------------------------------------
     def archive(self, batch_id: str) -> str:
         """Where a retracted batch's objects go: ``archive/<batch_id>/`` with their paths in the lake kept."""
-        return storage.join(self.root, "archive", batch_id)
+        return storage.join(self.root, "archive", checked_batch_id(batch_id))
 
     def retract(self, batch_id: str, reason: str, at: datetime) -> dict[str, Any]:
         """Take a committed batch's rows out of the offline store into its archive; returns what was done.
@@ -531,6 +531,24 @@ class Lake:
             raise storage.StorageError(f"{source}: object of batch {batch_id} is neither in place nor in {target}")
         storage.move(source, target, self.endpoint_url)
         return True
+
+
+BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+_BATCH_ID = re.compile(BATCH_ID_PATTERN)
+
+
+class BatchIdError(storage.StorageError):
+    """A batch id that could not be one: it would name a path outside the batch's own place in the lake."""
+
+
+def checked_batch_id(value: str) -> str:
+    """A batch id, safe to be a part of a path: letters, digits, '-' and '_' only (``<sha>``, ``<sha>-r2``, ...)."""
+    if not _BATCH_ID.fullmatch(value):
+        raise BatchIdError(
+            f"{value[:80]!r} is not a batch id: ids are letters, digits, '-' and '_' (closedloop quarantine list "
+            "shows them)"
+        )
+    return value
 
 
 def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from closedloop import events
 from closedloop.contract import contract_at
-from closedloop.lake import Lake
+from closedloop.lake import BATCH_ID_PATTERN, Lake
 from closedloop.locks import lake_lock
 from closedloop.settings import Settings, load_settings
 from tasks.ingest.tasks import (
@@ -31,7 +32,9 @@ class IngestParams(BaseModel):
 
     sources: list[str] = Field(default_factory=list, description="files, folders or URIs; empty: the landing zone")
     contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
-    replay: list[str] = Field(default_factory=list, description="quarantined batch ids to re-validate instead")
+    replay: list[Annotated[str, Field(pattern=BATCH_ID_PATTERN)]] = Field(
+        default_factory=list, description="quarantined batch ids to re-validate instead"
+    )
     materialize: bool = Field(default=True, description="load new rows into the online store")
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from closedloop import events
 from closedloop.contract import contract_at
-from closedloop.lake import Lake
+from closedloop.lake import BATCH_ID_PATTERN, Lake
 from closedloop.locks import lake_lock
 from closedloop.settings import load_settings
 from tasks.ingest.tasks import refresh_retracted_online, retract_batch, utc_now
@@ -20,7 +20,9 @@ from tasks.ingest.tasks import refresh_retracted_online, retract_batch, utc_now
 class RetractParams(BaseModel):
     """Which batch to retract and why; Prefect renders this as the run form in the UI."""
 
-    batch_id: str = Field(min_length=1, description="the ledgered batch id (a replay is <id>-r<n>)")
+    batch_id: str = Field(
+        min_length=1, pattern=BATCH_ID_PATTERN, description="the ledgered batch id (a replay is <id>-r<n>)"
+    )
     reason: str = Field(min_length=1, description="why the batch is retracted (kept in its ledger record)")
     contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
 

@@ -87,6 +87,20 @@ def test_quarantine_show_of_an_unknown_batch_names_it(settings: Settings) -> Non
     assert result.exit_code == 2 and "no quarantined batch 'nope'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["quarantine", "show", "../../ledger/x"],
+        ["quarantine", "replay", "../x"],
+        ["batch", "retract", "..", "--reason", "r"],
+    ],
+)
+def test_a_hostile_batch_id_is_refused_in_one_line(settings: Settings, command: list[str]) -> None:
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "is not a batch id" in result.stderr
+
+
 def _committed(lake: Lake, batch_id: str, customers: list[int], **record: object) -> None:
     """A committed credit_history batch, as ingestion leaves it in the lake."""
     from closedloop.contract import load_contract

@@ -93,6 +93,14 @@ def test_an_unknown_quarantined_batch_is_named_in_the_error(lake: Lake) -> None:
         lake.read_reason("nope")
 
 
+@pytest.mark.parametrize("hostile", ["../../etc", "a/b", "..", "", "x" * 200, "b1.json", "-r1", "b 1"])
+def test_a_batch_id_never_names_a_path_outside_its_place(lake: Lake, hostile: str) -> None:
+    for where in (lake.ledger, lake.quarantine, lake.archive, lake.staging, lake.discard, lake.read_reason):
+        with pytest.raises(storage.StorageError, match="is not a batch id: ids are letters, digits"):
+            where(hostile)
+    assert lake.quarantine("0123456789abcdef0123-r2").endswith("/quarantine/0123456789abcdef0123-r2")
+
+
 def test_the_key_index_covers_batches_written_before_it_existed(lake: Lake) -> None:
     lake.write_offline("applications", _rows(), "at", "b1", NOW, TYPES)  # no index file: written outside ingestion
     index = lake.read_keys("applications", ["id"])
