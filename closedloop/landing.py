@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 
 from closedloop import storage
 from closedloop.contract import Contract, FileFormat
+from closedloop.processes import pid_alive
 
 BLOCK = 1 << 23  # bytes a CSV check or a hash reads at a time: memory stays this, not the file's size
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -64,6 +67,22 @@ def unplaced_id(content_id: str, uri: str) -> str:
     return f"{content_id}-at-{batch_id(uri.encode())[:8]}"
 
 
+def work_dir(kind: str) -> tempfile.TemporaryDirectory[str]:
+    """A private temporary folder named by this process: one a killed ingest left behind is known as such."""
+    return tempfile.TemporaryDirectory(prefix=f"closedloop-{kind}-{os.getpid()}-")
+
+
+def sweep_work_dirs(root: str | None = None) -> list[str]:
+    """Remove the temporary folders (:func:`work_dir`) of processes that no longer run: what a kill -9 left."""
+    removed = []
+    for path in sorted(Path(root or tempfile.gettempdir()).glob("closedloop-*-*-*")):
+        found = re.fullmatch(r"closedloop-[a-z]+-(\d+)-.+", path.name)
+        if found and path.is_dir() and not pid_alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
 @dataclass(frozen=True)
 class SentFile:
     """A batch's bytes as a private local file, and their :func:`batch_id`.
@@ -79,7 +98,7 @@ class SentFile:
 @contextmanager
 def fetched(uri: str, endpoint_url: str | None = None) -> Iterator[SentFile]:
     """A private copy of the object at ``uri`` for as long as the context lasts."""
-    with tempfile.TemporaryDirectory(prefix="closedloop-sent-") as tmp:
+    with work_dir("sent") as tmp:
         path = storage.download_file(uri, Path(tmp) / "sent", endpoint_url)
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -135,7 +154,7 @@ def read_batch(path: Path, ref: BatchRef) -> Readout:
             return Readout(pq.read_table(path).to_pandas(types_mapper=exact_integers))
         except (pa.ArrowInvalid, OSError) as exc:
             raise UnusableBatch(f"not a readable parquet file ({_first_line(exc)})") from exc
-    with tempfile.TemporaryDirectory(prefix="closedloop-csv-") as tmp:
+    with work_dir("csv") as tmp:
         scan = _scan_csv(_normalised(path, ref, Path(tmp)), Path(tmp), _added_lines(ref))
         frame = _read_csv(scan.source)
         _check_header(frame, ref)
@@ -219,7 +238,7 @@ def read_chunks(path: Path, ref: BatchRef, rows_per_chunk: int, columns: list[st
     if ref.file_format == "parquet":
         yield from _parquet_chunks(path, rows_per_chunk, columns)
         return
-    with tempfile.TemporaryDirectory(prefix="closedloop-csv-") as tmp:
+    with work_dir("csv") as tmp:
         yield from _csv_chunks(
             _scan_csv(_normalised(path, ref, Path(tmp)), Path(tmp), _added_lines(ref)), rows_per_chunk, columns, ref
         )

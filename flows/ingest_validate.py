@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from closedloop import events
 from closedloop.contract import contract_at
 from closedloop.lake import BATCH_ID_PATTERN, Lake
+from closedloop.landing import sweep_work_dirs
 from closedloop.locks import lake_lock
 from closedloop.settings import Settings, load_settings
 from tasks.ingest.tasks import (
@@ -70,6 +71,9 @@ def ingest_validate(params: IngestParams | None = None) -> IngestResult:
         swept = lake.sweep()  # what a crashed run left: committed batches published, uncommitted ones removed
         if swept["published"] or swept["removed"]:
             logger.warning("crashed run(s) finished: published %s, removed %s", swept["published"], swept["removed"])
+        leftovers = sweep_work_dirs()  # and the private copies of the files they were reading
+        if leftovers:
+            logger.warning("temporary folders of killed ingests removed: %s", ", ".join(leftovers))
         now = utc_now()
         if params.replay:
             outcomes = [

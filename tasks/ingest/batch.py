@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +40,7 @@ from closedloop.landing import (
     read_batch,
     read_chunks,
     unplaced_id,
+    work_dir,
 )
 from closedloop.source import KeyState, key_frame, key_headers, to_internal
 from feature_repo.definitions import history_table
@@ -410,7 +410,7 @@ def ingest_in_chunks(
             tally.made_missing[name] = tally.made_missing.get(name, 0) + count
         return Chunk(sourced.frame, chunk.unreadable, chunk.rows)
 
-    with tempfile.TemporaryDirectory(prefix="closedloop-batch-") as tmp:
+    with work_dir("batch") as tmp:
         rejected = _RejectedRows(Path(tmp) / "rejected.parquet")
         try:
             for part, chunk in enumerate(_chunks_left(data, ref, chunk_rows, done, internal=internal)):

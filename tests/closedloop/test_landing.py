@@ -220,3 +220,19 @@ def test_a_normalised_file_that_is_not_utf8_is_refused_with_the_fix(sent: Callab
     fmt = FileFormat(delimiter="whitespace", header=False, columns=["a"])
     with pytest.raises(UnusableBatch, match=r"CSV is not UTF-8: byte 0xe8 \(re-export it as UTF-8\)"):
         read_batch(sent("Genève\n".encode("latin-1")), BatchRef("a.txt", "applications", "csv", fmt))
+
+
+def test_the_work_folders_of_killed_processes_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(gone.stdout), os.getpid()
+    for name in (f"closedloop-sent-{dead}-abc", f"closedloop-csv-{alive}-def", "closedloop-sent-x-y", "other-1-2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sent").write_bytes(b"a,b\n")
+    assert landing.sweep_work_dirs(str(tmp_path)) == [f"closedloop-sent-{dead}-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"closedloop-csv-{alive}-def", "closedloop-sent-x-y", "other-1-2"]
+    )
