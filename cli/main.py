@@ -297,11 +297,17 @@ def ingest(
         result = ingest_validate(params)
     except known_errors() as exc:
         fail(str(exc))
-    text = "\n".join(
-        f"{o.status:<11} {o.table or '?':<15} {o.rows_in:>8} in {o.rows_accepted:>8} ok {o.rows_quarantined:>8} bad  "
-        f"{o.rows_duplicate:>8} dup  {o.uri.rsplit('/', 1)[-1]}" + (f"\n{'':<12}{o.reason}" if o.reason else "")
-        for o in result.batches
-    ) + (
+    lines = []
+    for o in result.batches:
+        lines.append(
+            f"{o.status:<11} {o.table or '?':<15} {o.rows_in:>8} in {o.rows_accepted:>8} ok "
+            f"{o.rows_quarantined:>8} bad  {o.rows_duplicate:>8} dup  {o.uri.rsplit('/', 1)[-1]}"
+        )
+        if o.reason:
+            lines.append(f"{'':<12}{o.reason}")
+        if o.made_missing:  # what the contract's null tokens and missing codes made missing, per column
+            lines.append(f"{'':<12}made missing: " + ", ".join(f"{k} {v:,}" for k, v in o.made_missing.items()))
+    text = "\n".join(lines) + (
         f"\n\n{result.rows_in:,} rows in = {result.rows_accepted:,} accepted + {result.rows_quarantined:,} quarantined"
         f" + {result.rows_duplicate:,} duplicate (stored already);"
         f" materialized: {', '.join(result.materialized_views) or 'nothing'}"
