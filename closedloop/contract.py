@@ -207,6 +207,11 @@ class Column(_Strict):
     codes: dict[str, str] | None = Field(
         default=None, description="category columns: file value -> category (several values may share one)"
     )
+    fairness_waiver: str | None = Field(
+        default=None,
+        description="sensitive columns: why the fairness gate may pass a version without judging this attribute "
+        "(its groups too small to measure); kept in every version's evidence. Without it, not judged fails",
+    )
     formula: str | None = Field(
         default=None,
         description="a derived numeric column: + - * / and parentheses over numbers and numeric columns of the "
@@ -242,6 +247,8 @@ class Column(_Strict):
                 raise ValueError("missing_codes make values missing: set nullable: true")
             if self.null_tokens:
                 raise ValueError("null_tokens make values missing: set nullable: true")
+        if self.fairness_waiver is not None and (not self.sensitive or not self.fairness_waiver.strip()):
+            raise ValueError("'fairness_waiver' is a reason, on a sensitive column: set sensitive: true and say why")
         if self.codes is not None:
             if self.type is not ColumnType.CATEGORY:
                 raise ValueError(f"'codes' map file values to categories: set type: category (not {self.type.value})")
@@ -563,7 +570,7 @@ class Contract(_Strict):
 _ADDED_DEFAULTS: dict[str, dict[str, Any]] = {
     "contract": {"null_tokens": [], "fairness": FairnessPolicy().model_dump(mode="json")},
     "table": {"as_of": None, "generated_key": None, "file": FileFormat().model_dump(mode="json")},
-    "column": {"null_tokens": None, "missing_codes": [], "codes": None, "formula": None},
+    "column": {"null_tokens": None, "missing_codes": [], "codes": None, "formula": None, "fairness_waiver": None},
 }
 
 

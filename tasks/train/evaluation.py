@@ -117,6 +117,11 @@ def decide(
     return metrics.cost_threshold(y_test, p_test, cost_fn, cost_fp), False
 
 
+def _waivers(contract: Contract) -> dict[str, str]:
+    """The sensitive attributes the contract lets the fairness gate pass unjudged, with the reason it gives."""
+    return {c.name: c.fairness_waiver for c in contract.sensitive if c.fairness_waiver}
+
+
 def evaluate(
     data: TrainingData,
     model: Any,
@@ -137,7 +142,8 @@ def evaluate(
     verdicts["champion"] = compared.verdict
     if compared.report is not None:
         parts["champion"] = compared.report
-    verdicts["fairness"] = fairness_verdict(parts["fairness"], compared.fairness, gates, compared.bounds)
+    waivers = _waivers(contract)
+    verdicts["fairness"] = fairness_verdict(parts["fairness"], compared.fairness, gates, compared.bounds, waivers)
     if verdicts["fairness"].verdict == "fail" and gates.mitigation == "threshold_optimizer":
         candidate = group_thresholds(
             data, model, parts["fairness"], compared.fairness, judged, contract, gates, compared.refuse
@@ -330,7 +336,7 @@ def group_thresholds(
         expected_cost=(fn * contract.decision.cost_false_negative + fp * contract.decision.cost_false_positive)
         / len(y),
         expected_cost_single_threshold=judged.decision.expected_cost,
-        verdict=fairness_verdict(candidate, champion_fairness, gates, bounds),
+        verdict=fairness_verdict(candidate, champion_fairness, gates, bounds, _waivers(contract)),
     )
 
 

@@ -145,17 +145,25 @@ def fairness_verdict(
     old: dict[str, Any] | None,
     gates: Gates,
     bounds: dict[tuple[str, str], float] | None = None,
+    waivers: dict[str, str] | None = None,
 ) -> GateVerdict:
     """Absolute limits on the point estimates; "worse than the champion" needs practical and statistical evidence.
 
     Worse means: the disparity exceeds the champion's by more than ``max_fairness_worsening`` AND the paired
     bootstrap's one-sided 95% lower bound of the difference is above zero (``bounds``); without bounds, the point
-    estimates alone decide.
+    estimates alone decide. An attribute that could not be judged fails the gate, unless the contract waives it
+    with a reason (``waivers``: attribute -> reason, from ``Column.fairness_waiver``): not judged is never a pass.
     """
-    problems = []
+    problems, waived = [], []
     for attribute, result in new.items():
         if result.get("verdict") == "fail":
             problems.append(f"{attribute}: {', '.join(result['failures'])}")
+        elif result.get("verdict") not in ("pass", "fail"):
+            why = result.get("reason", "not judged")
+            if attribute in (waivers or {}):
+                waived.append(f"{attribute} ({why}; waived: {(waivers or {})[attribute]})")
+            else:
+                problems.append(f"{attribute}: not judged ({why}); judge it, or waive it in the contract with a reason")
         if (
             old
             and result.get("verdict") in ("pass", "fail")
@@ -168,8 +176,9 @@ def fairness_verdict(
                 if lower is None or lower > 0:
                     evidence = f", 95% lower bound of the increase {lower:+.3f}" if lower is not None else ""
                     problems.append(f"{attribute}: {measure} worse than the champion's{evidence}")
-    skipped = [a for a, r in new.items() if r.get("verdict") == "skipped"]
-    reason = "; ".join(problems) or "within limits" + (f" (not judged: {', '.join(skipped)})" if skipped else "")
+    reason = "; ".join(problems) or "within limits"
+    if waived:
+        reason += f" (not judged, waived: {'; '.join(waived)})"
     return GateVerdict(verdict="fail" if problems else "pass", reason=reason)
 
 

@@ -81,7 +81,8 @@ def _fairness(report: dict[str, Any]) -> list[str]:
     for attribute, result in report.get("fairness", {}).items():
         if result.get("verdict") == "skipped":  # its groups are only counted: too small to measure
             sizes = ", ".join(f"{group} {count}" for group, count in result.get("groups", {}).items())
-            lines.append(f"| {attribute} | not judged: {result.get('reason', '')} (rows: {sizes}) | | | | | |")
+            waiver = f"; waived by the contract: {result['waiver']}" if result.get("waiver") else ""
+            lines.append(f"| {attribute} | not judged: {result.get('reason', '')} (rows: {sizes}){waiver} | | | | | |")
             continue
         for group, m in result.get("groups", {}).items():
             lines.append(

@@ -92,7 +92,7 @@ def test_shipped_contracts_keep_the_fingerprint_their_data_and_models_were_recor
             "null_tokens": True,
             "fairness": True,
             "tables": {"__all__": {"as_of", "generated_key", "file"}},
-            "columns": {"__all__": {"null_tokens", "missing_codes", "codes", "formula"}},
+            "columns": {"__all__": {"null_tokens", "missing_codes", "codes", "formula", "fairness_waiver"}},
         }
     )
     assert contract.fingerprint == hashlib.sha256(before.encode()).hexdigest()[:16]
@@ -166,6 +166,8 @@ def _set(path: str, value: Any) -> Any:
         (_set("tables.loans.file.columns", ["a"]), "'columns' names the fields of a header-less file"),
         (_set("fairness.min_group_rows", 0), "fairness.min_group_rows: Input should be greater than or equal to 1"),
         (_set("fairness.mitigation", "reweighing"), "fairness.mitigation: Input should be 'threshold_optimizer'"),
+        (_set("@late_30_59.fairness_waiver", "small"), "'fairness_waiver' is a reason, on a sensitive column"),
+        (_set("@sex.fairness_waiver", " "), "'fairness_waiver' is a reason, on a sensitive column"),
     ],
 )
 def test_a_misused_field_is_named_with_its_fix(flat: dict[str, Any], change: Any, message: str) -> None:

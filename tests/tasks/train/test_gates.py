@@ -78,8 +78,18 @@ def test_non_inferiority_judges_the_lower_bound_against_the_margin() -> None:
 def test_fairness_fails_on_an_absolute_limit_and_lists_what_it_could_not_judge() -> None:
     failed = fairness_verdict({"sex": _judged("fail", failures=["disparate impact 0.71 < 0.8"])}, None, GATES)
     assert failed.verdict == "fail" and failed.reason == "sex: disparate impact 0.71 < 0.8"
-    passed = fairness_verdict({"sex": _judged("pass"), "age": {"verdict": "skipped"}}, None, GATES)
-    assert passed.verdict == "pass" and passed.reason == "within limits (not judged: age)"
+    small = {"verdict": "skipped", "reason": "fewer than two groups with at least 50 rows"}
+    unjudged = fairness_verdict({"sex": _judged("pass"), "age": small}, None, GATES)
+    assert unjudged.verdict == "fail"  # not judged is never a pass
+    assert unjudged.reason == (
+        "age: not judged (fewer than two groups with at least 50 rows); judge it, or waive it in the contract with "
+        "a reason"
+    )
+    waived = fairness_verdict({"sex": _judged("pass"), "age": small}, None, GATES, waivers={"age": "37 applicants"})
+    assert waived.verdict == "pass"
+    assert waived.reason == (
+        "within limits (not judged, waived: age (fewer than two groups with at least 50 rows; waived: 37 applicants))"
+    )
 
 
 def test_worse_than_the_champion_needs_the_margin_and_the_bootstrap_bound() -> None:

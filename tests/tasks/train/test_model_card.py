@@ -115,3 +115,10 @@ def test_an_attribute_too_small_to_judge_is_shown_with_its_group_sizes() -> None
     skipped = {"verdict": "skipped", "groups": {"yes": 193, "no": 7}, "reason": "fewer than two groups with 30 rows"}
     card = model_card("credit", _evidence(fairness={"foreign_worker": skipped}))
     assert "| foreign_worker | not judged: fewer than two groups with 30 rows (rows: yes 193, no 7) |" in card
+
+
+def test_a_waived_attribute_shows_the_contract_s_reason() -> None:
+    skipped = {"verdict": "skipped", "groups": {"yes": 193, "no": 7}, "reason": "too few", "waiver": "37 applicants"}
+    card = model_card("credit", _evidence(fairness={"foreign_worker": skipped}))
+    line = "| foreign_worker | not judged: too few (rows: yes 193, no 7); waived by the contract: 37 applicants |"
+    assert line in card
