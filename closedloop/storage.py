@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
@@ -121,18 +122,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> str:
     """Write an object atomically; returns the canonical URI."""
     loc = parse(uri)
     if loc.scheme == "file":
-        target = loc.path
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(target)
-        except OSError as exc:
-            raise StorageError(f"{uri}: cannot write ({exc.strerror})") from exc
-        return str(loc)
+        return _write_local(uri, lambda handle: handle.write(data))
     try:
         s3_client(endpoint_url).put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
     except Exception as exc:
@@ -140,22 +130,33 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> str:
     return str(loc)
 
 
+def _write_local(uri: str, write: Callable[[BinaryIO], object]) -> str:
+    """A local file written whole or not at all: into a temporary file beside it, synced, renamed into place."""
+    loc = parse(uri)
+    target = loc.path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(target)
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot write ({exc.strerror})") from exc
+    return str(loc)
+
+
 def upload_file(path: Path, uri: str, endpoint_url: str | None = None) -> str:
     """Copy a local file to a URI, streamed (multipart on S3 for large files); atomic as ``write_bytes``."""
     loc = parse(uri)
     if loc.scheme == "file":
-        target = loc.path
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "wb") as handle, path.open("rb") as source:
+
+        def copy(handle: BinaryIO) -> None:
+            with path.open("rb") as source:
                 shutil.copyfileobj(source, handle, BLOCK)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(target)
-        except OSError as exc:
-            raise StorageError(f"{uri}: cannot write ({exc.strerror})") from exc
-        return str(loc)
+
+        return _write_local(uri, copy)
     try:
         s3_client(endpoint_url).upload_file(str(path), loc.bucket, loc.key)
     except Exception as exc:

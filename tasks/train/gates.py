@@ -111,11 +111,33 @@ def quality_floor(roc_auc: float, gates: Gates) -> GateVerdict:
 
 
 def behaviour_verdict(report: dict[str, Any]) -> GateVerdict:
-    """The behavioural tests (directional, invariance, minimum functionality) as a gate."""
-    return GateVerdict(
-        verdict=report["verdict"],
-        reason="; ".join(report["failures"]) or "directional, invariance, minimum functionality",
-    )
+    """The behavioural tests (directional, invariance, minimum functionality) as a gate.
+
+    Its reason names the failures, or the checks that ran and on what, and those that did not run.
+    """
+    return GateVerdict(verdict=report["verdict"], reason="; ".join(report["failures"]) or _checks_that_ran(report))
+
+
+def _checks_that_ran(report: dict[str, Any]) -> str:
+    ran, not_run = [], []
+    directional = list(report.get("directional", {}))
+    if directional:
+        ran.append(f"directional ({', '.join(directional)})")
+    else:
+        not_run.append("directional")
+    invariance = report.get("invariance", {})
+    measured = [a for a, r in invariance.items() if "max_change" in r]
+    inputs_not = [a for a, r in invariance.items() if "max_change" not in r]
+    if measured:
+        ran.append(f"invariance ({', '.join(measured)})")
+    if inputs_not:
+        ran.append(f"invariance by construction ({', '.join(inputs_not)}: not model inputs)")
+    if report.get("minimum_functionality", {}).get("verdict") in ("pass", "fail"):
+        ran.append("minimum functionality")
+    else:
+        not_run.append("minimum functionality")
+    reason = "; ".join(ran) or "no check ran"
+    return reason + (f"; not run: {', '.join(not_run)} (the contract declares no risk direction)" if not_run else "")
 
 
 def no_champion() -> GateVerdict:

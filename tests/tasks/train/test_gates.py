@@ -56,8 +56,27 @@ def test_the_quality_floor_is_inclusive() -> None:
 
 
 def test_behaviour_failures_are_named() -> None:
-    passed = behaviour_verdict({"verdict": "pass", "failures": []})
-    assert passed == GateVerdict(verdict="pass", reason="directional, invariance, minimum functionality")
+    checked = {
+        "directional": {"utilisation": {"verdict": "pass"}},
+        "invariance": {"age": {"verdict": "pass", "reason": "not a model input"}, "sex": {"max_change": 0.0}},
+        "minimum_functionality": {"verdict": "pass"},
+    }
+    passed = behaviour_verdict({**checked, "verdict": "pass", "failures": []})
+    assert passed == GateVerdict(
+        verdict="pass",
+        reason="directional (utilisation); invariance (sex); invariance by construction (age: not model inputs); "
+        "minimum functionality",
+    )
+    # a check that did not run is not named as one that did
+    none = {
+        "directional": {},
+        "invariance": {"age": {"verdict": "pass"}},
+        "minimum_functionality": {"verdict": "skipped"},
+    }
+    assert behaviour_verdict({**none, "verdict": "pass", "failures": []}).reason == (
+        "invariance by construction (age: not model inputs); not run: directional, minimum functionality (the "
+        "contract declares no risk direction)"
+    )
     failed = behaviour_verdict({"verdict": "fail", "failures": ["directional(income)", "minimum functionality"]})
     assert failed.verdict == "fail" and failed.reason == "directional(income); minimum functionality"
 
