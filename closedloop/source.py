@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -101,7 +101,8 @@ def to_internal(
         )
     if spec.generated_key is not None:
         state = keys if keys is not None else KeyState()
-        hashed = row_hashes(pd.DataFrame(named, index=frame.index))
+        numbers = {c.name for c in contract.columns_of(table) if c.type in (ColumnType.INT, ColumnType.FLOAT)}
+        hashed = row_hashes(pd.DataFrame({name: out[name] for name in named}, index=frame.index), numbers)
         key = generated_keys(hashed, state.occurrences(hashed))
         out[spec.generated_key] = pd.Series(key, index=frame.index)
         if contract.key_type == "string":
@@ -117,14 +118,39 @@ def generated_keys(hashes: np.ndarray, occurrences: np.ndarray) -> np.ndarray:
     return np.asarray(_mix(hashes.astype(np.uint64) ^ occurrence) >> np.uint64(1), dtype=np.int64)
 
 
-def row_hashes(frame: pd.DataFrame) -> np.ndarray:
-    """One 64-bit hash per row of its values as read, whatever stands for a missing cell (None, NaN, NA)."""
-    cells = {
-        name: (values.where(values.notna(), None) if values.dtype == object else values)
-        for name, values in frame.items()
-    }
-    hashed = pd.util.hash_pandas_object(pd.DataFrame(cells), index=False)
-    return np.asarray(hashed.to_numpy(dtype=np.uint64), dtype=np.uint64)
+def row_hashes(frame: pd.DataFrame, numbers: Collection[str] = ()) -> np.ndarray:
+    """One 64-bit hash per row of its values as the contract reads them, whatever the file's spelling.
+
+    A cell of a ``numbers`` column hashes by its value (``1386``, ``1386.0``, `` 1386 `` and a parquet integer
+    are one number), other cells by their text without surrounding blanks, and every missing cell alike (the
+    null tokens and missing codes are already missing here). Columns combine by name, not position, so a file
+    re-exported with its columns in another order or its integers as decimals gives its rows the same keys.
+    """
+    total = np.zeros(len(frame), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for name, values in frame.items():
+            salt = np.uint64(_text_hashes(pd.Series([str(name)]))[0])
+            total += _mix(_cell_hashes(values, str(name) in numbers) ^ salt)
+    return total
+
+
+_MISSING = np.uint64(0x5BD1E9955BD1E995)
+
+
+def _cell_hashes(values: pd.Series, numeric: bool) -> np.ndarray:
+    text = values if pd.api.types.is_numeric_dtype(values.dtype) else values.astype("string").str.strip()
+    out = _text_hashes(text)
+    if numeric:
+        number = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan) + 0.0  # -0.0 is 0
+        parsed = ~np.isnan(number)
+        out[parsed] = _mix(number[parsed].view(np.uint64))
+    out[np.asarray(values.isna().to_numpy(dtype=bool), dtype=bool)] = _MISSING
+    return out
+
+
+def _text_hashes(values: pd.Series) -> np.ndarray:
+    cells = values.astype(object).where(values.notna(), None)
+    return np.asarray(pd.util.hash_pandas_object(cells, index=False).to_numpy(dtype=np.uint64), dtype=np.uint64)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
