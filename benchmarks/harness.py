@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.drift import bench_drift
+from benchmarks.fairness import bench_fairness
 from benchmarks.ingest import bench_generator, bench_materialize, bench_validation
 from benchmarks.lake import bench_lake
 from benchmarks.measure import BenchReport, Measurement
 from benchmarks.scale import bench_scale
 from benchmarks.serving import bench_serving
+from benchmarks.skew import bench_skew
 from benchmarks.train import bench_concept_drift, bench_train
 
 BENCHMARKS: dict[str, Callable[..., list[Measurement]]] = {
@@ -32,7 +34,9 @@ BENCHMARKS: dict[str, Callable[..., list[Measurement]]] = {
     "train": bench_train,
     "serving": bench_serving,
     "drift": bench_drift,
+    "fairness": bench_fairness,
     "scale": bench_scale,
+    "skew": bench_skew,
 }
 
 

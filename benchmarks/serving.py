@@ -18,12 +18,13 @@ from benchmarks.measure import REPEATS, Measurement, free_port
 def _prepared_stack(tmp: str, customers: int) -> tuple[Any, Any, str, str]:
     """A stack in ``tmp`` with ``customers`` ingested and materialized, MLflow up and a champion trained."""
     from cli import stack
+    from closedloop import seal
     from closedloop.contract import contract_at
     from closedloop.lake import Lake
-    from closedloop.registry import CHAMPION, client
     from closedloop.settings import PROJECT_ROOT, load_settings
     from samples.synthetic import SyntheticConfig, write_synthetic
     from tasks.ingest.tasks import earliest_new_events, find_batches, ingest_batch, materialize_features
+    from tasks.promote import promotion
     from tasks.train.fit import TrainingConfig
     from tasks.train.gates import Gates
     from tasks.train.tasks import build_training_set, evaluate_candidate, register_candidate, train_model
@@ -45,7 +46,8 @@ def _prepared_stack(tmp: str, customers: int) -> tuple[Any, Any, str, str]:
     version, _, _ = register_candidate.fn(
         training, model_path, contract, settings.mlflow_tracking_uri, evaluation, config, "bench", now
     )
-    client(settings.mlflow_tracking_uri).set_registered_model_alias(contract.name, CHAMPION, version)
+    keys = seal.key_files(settings)  # promoted as the deploy flow does: the service serves sealed versions only
+    promotion.promote(settings.mlflow_tracking_uri, contract.name, version, None, keys, by="benchmark")
     return settings, contract, version, contract_path
 
 

@@ -9,14 +9,18 @@ from typing import Annotated, Any
 import typer
 
 from cli.console import (
+    ALL_QUARANTINED,
     ContractOption,
     JsonFlag,
+    checked_contract,
     connect,
     contract_option,
     emit,
     fail,
+    flow_runs,
     known_errors,
     settings_or_fail,
+    warn,
 )
 from closedloop.settings import Settings
 
@@ -92,14 +96,25 @@ def data_taiwan(
     emit({"landing_uri": target, "rows": rows}, as_json, f"wrote {rows} to {target}")
 
 
+def exit_if_all_quarantined(batches: list[Any]) -> None:
+    """Exit 3 when every new batch of an ingest or replay was quarantined: the run stored nothing.
+
+    A run that stored some rows exits 0 even when it quarantined others: quarantine is how bad rows are meant to
+    be handled, and the counts printed (``rows_quarantined`` with --json) say how many.
+    """
+    new = [b for b in batches if b.status != "duplicate"]
+    if new and all(b.status == "quarantined" for b in new):
+        warn(
+            f"all {len(new)} new batch(es) quarantined, nothing stored: 'closedloop quarantine list' says why; fix "
+            "the data or the contract, then 'closedloop quarantine replay BATCH...'"
+        )
+        raise typer.Exit(ALL_QUARANTINED)
+
+
 def _lake(settings: Settings, contract: Path | None) -> Any:
-    from closedloop.contract import ContractError, load_contract
     from closedloop.lake import Lake
 
-    try:
-        loaded = load_contract(contract_option(contract, settings))
-    except ContractError as exc:
-        fail(str(exc))
+    _, loaded = checked_contract(contract, settings)
     return Lake.of(settings.lake_uri, loaded.name, settings.s3_endpoint_url)
 
 
@@ -159,19 +174,21 @@ def quarantine_replay(
     except BatchIdError as exc:
         fail(str(exc))
     settings = settings_or_fail()
+    lake = _lake(settings, contract)
+    for batch in batches:
+        lake.read_reason(batch)  # an unknown batch is refused here, by name, before the flow starts
     connect(settings)
     from flows.ingest_validate import IngestParams, ingest_validate
 
-    try:
+    with flow_runs():
         result = ingest_validate(IngestParams(replay=batches, contract=contract_option(contract, settings)))
-    except known_errors() as exc:
-        fail(str(exc))
     text = "\n".join(
         f"{o.replay_of} -> {o.batch_id}: {o.status} ({o.rows_accepted} accepted, "
         f"{o.rows_quarantined} still quarantined, {o.rows_duplicate} stored already)"
         for o in result.batches
     )
     emit(result.model_dump(mode="json"), as_json, text)
+    exit_if_all_quarantined(result.batches)
 
 
 @batch_app.command("retract")
@@ -201,10 +218,9 @@ def batch_retract(
     from flows.retract import RetractParams, retract
 
     try:
-        result = retract(RetractParams(batch_id=batch, reason=reason, contract=contract_option(contract, settings)))
+        with flow_runs():
+            result = retract(RetractParams(batch_id=batch, reason=reason, contract=contract_option(contract, settings)))
     except ValueError as exc:
-        fail(str(exc))
-    except known_errors() as exc:
         fail(str(exc))
     emit(result.model_dump(mode="json"), as_json, _retraction_text(result.model_dump(mode="json")))
 

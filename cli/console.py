@@ -1,23 +1,126 @@
-"""What every command of the shell shares: settings, the ``--json`` and ``--contract`` options, output and errors."""
+"""What every command of the shell shares: settings, the ``--json`` and ``--contract`` options, output and errors.
+
+Exit codes (docs/cli.md): 0 done; 1 done, and the answer is no (``status``: a component is down; ``deploy``: not
+promoted); 2 an error, one ``closedloop: error:`` line on stderr; 3 an ingest or replay that stored nothing because
+every new batch was quarantined.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, cast
 
 import typer
+from typer.core import TyperGroup
 
 from closedloop.settings import Settings, SettingsError, load_settings
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+if TYPE_CHECKING:
+    from closedloop.contract import Contract
+
+ERROR, NOT_SO, ALL_QUARANTINED = 2, 1, 3
+_debug: list[bool] = [False]  # closedloop --debug, set by the top command for this invocation
+# where emit() writes: the real stdout, kept while --json sends everything else printed to stderr
+_stdout: list[TextIO] = []
+
+
+def _json_only(ctx: typer.Context, value: bool) -> bool:
+    """With --json, stdout is for the JSON alone: what libraries print goes to stderr until the command ends."""
+    if value and not _stdout:
+        _stdout.append(sys.stdout)
+        sys.stdout = sys.stderr
+
+        def restore() -> None:
+            sys.stdout = _stdout.pop()
+
+        ctx.call_on_close(restore)
+    return value
+
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="print machine-readable JSON (only JSON on stdout)", callback=_json_only)
+]
 ContractOption = Annotated[Path | None, typer.Option("--contract", help="contract file (default: CLOSEDLOOP_CONTRACT)")]
 
+# errors whose message is enough for the user (module, class): printed as one line, exit code 2
+KNOWN_ERRORS = (
+    ("closedloop.settings", "SettingsError"),
+    ("closedloop.contract", "ContractError"),
+    ("closedloop.storage", "StorageError"),
+    ("closedloop.locks", "LockTimeout"),
+    ("closedloop.lake", "BatchIdError"),
+    ("cli.stack", "StackError"),
+    ("tasks.promote.policy", "DeployError"),
+    ("tasks.train.fit", "TrainingDataError"),
+)
 
-def fail(message: str, code: int = 2) -> NoReturn:
+
+def one_line(message: str) -> str:
+    """``message`` on one line: the lines of a library's message joined, whitespace runs collapsed."""
+    return " ".join(message.split())
+
+
+def fail(message: str, code: int = ERROR) -> NoReturn:
     """Print one ``closedloop: error:`` line on stderr and exit with ``code``."""
-    typer.echo(f"closedloop: error: {message}", err=True)
+    typer.echo(f"closedloop: error: {one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """One ``closedloop:`` line on stderr that is not an error (the command goes on, or ends with its own code)."""
+    typer.echo(f"closedloop: {one_line(message)}", err=True)
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The known error classes of the modules imported so far (an error of a module never imported cannot occur)."""
+    return tuple(getattr(sys.modules[m], name) for m, name in KNOWN_ERRORS if m in sys.modules)
+
+
+class Shell(TyperGroup):
+    """The top command: whatever error a command lets through is one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        words = [*ctx._protected_args, *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except typer.TyperException as exc:  # a usage error: unknown option, missing argument, bad value
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a group given no command shows its help
+                raise
+            fail(f"{exc.format_message()} (see '{self._command_path(ctx, words)} --help')")
+        except Exception as exc:
+            if isinstance(exc, known_errors()):
+                fail(str(exc))
+            if _debug[0]:
+                traceback.print_exc()
+                fail(f"unexpected {type(exc).__name__}: {exc} (the traceback is above)")
+            fail(
+                f"unexpected {type(exc).__name__}: {exc} "
+                "(run 'closedloop --debug ...' for the traceback, and report it if the message does not say the fix)"
+            )
+
+    def _command_path(self, ctx: typer.Context, words: list[str]) -> str:
+        """The command the words typed name (``closedloop quarantine replay``), for the hint of a usage error."""
+        path, command = [ctx.command_path], cast(Any, self)
+        for word in words:
+            found = command.get_command(ctx, word) if isinstance(command, TyperGroup) else None
+            if found is None:
+                break
+            path.append(word)
+            command = found
+        return " ".join(path)
+
+
+def debugging(on: bool) -> None:
+    """Whether this invocation shows tracebacks (``closedloop --debug``)."""
+    _debug[0] = on
 
 
 def settings_or_fail() -> Settings:
@@ -30,16 +133,8 @@ def settings_or_fail() -> Settings:
 
 def emit(payload: Any, as_json: bool, text: str) -> None:
     """Print ``payload`` as JSON with ``--json``, else the human-readable ``text``."""
-    typer.echo(json.dumps(payload, indent=2, default=str) if as_json else text)
-
-
-def known_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is enough for the user: printed as one line, exit code 2."""
-    from cli.stack import StackError
-    from closedloop.contract import ContractError
-    from closedloop.storage import StorageError
-
-    return (ContractError, StackError, StorageError, SettingsError)
+    out = _stdout[-1] if _stdout else None
+    typer.echo(json.dumps(payload, indent=2, default=str) if as_json else text, file=out)
 
 
 def contract_option(contract: Path | None, settings: Settings) -> str:
@@ -47,17 +142,76 @@ def contract_option(contract: Path | None, settings: Settings) -> str:
     return str((contract or settings.contract).resolve())
 
 
-def connect(settings: Settings) -> None:
-    """Point this process's Prefect and MLflow clients at the running stack (before Prefect is imported)."""
+def checked_contract(contract: Path | None, settings: Settings) -> tuple[str, Contract]:
+    """The contract's absolute path and the contract, read and validated before any flow starts."""
+    from closedloop.contract import ContractError, load_contract
+
+    path = contract_option(contract, settings)
+    try:
+        return path, load_contract(path)
+    except ContractError as exc:
+        fail(f"{exc} (give an existing contract with --contract, or set CLOSEDLOOP_CONTRACT)")
+
+
+def connect(settings: Settings, needs: tuple[str, ...] = ("prefect",)) -> None:
+    """Point this process's Prefect and MLflow clients at the running stack (before Prefect is imported).
+
+    Runs left Running by a killed command of this host are marked crashed first (closedloop/crashed_runs.py).
+    """
     import os
 
     from cli import stack
+    from closedloop.crashed_runs import sweep
 
     try:
-        stack.require_running(settings, ("prefect",))
+        stack.require_running(settings, needs)
     except stack.StackError as exc:
         fail(str(exc))
     os.environ.update(settings.server_environment())
+    os.umask(stack.PRIVATE_UMASK)  # what a flow run here writes (online store, registry, lake) is the user's alone
+    marked = sweep(settings.prefect_api_url, settings.mlflow_tracking_uri)
+    if marked:
+        warn(f"marked crashed, their process killed: {', '.join(marked)}")
+
+
+@contextmanager
+def flow_runs() -> Iterator[None]:
+    """Around a flow called in this process: its runs record this process, its failure prints no traceback."""
+    from closedloop.crashed_runs import owned_runs
+
+    with owned_runs():  # imports Prefect, whose logging is set up by then
+        if not _debug[0]:
+            quiet_tracebacks()
+        yield
+
+
+def quiet_tracebacks() -> None:
+    """Prefect's console shows a failed run's error in one line: the traceback stays in the run's logs in the UI.
+
+    Without this, a flow that fails prints its traceback on stderr before the command's own error line.
+    """
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    for log in loggers:
+        for handler in getattr(log, "handlers", []):
+            if type(handler).__name__ in ("PrefectConsoleHandler", "StreamHandler") and not any(
+                isinstance(f, _OneLineRecords) for f in handler.filters
+            ):
+                handler.addFilter(_OneLineRecords(handler))
+
+
+class _OneLineRecords(logging.Filter):
+    """Passes a console handler each record, but one that carries a traceback without it."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return True
+        plain = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        self.handler.handle(plain)  # the copy: other handlers (Prefect's API log) still get the traceback
+        return False
 
 
 def status_table(rows: list[Any]) -> str:

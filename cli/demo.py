@@ -16,6 +16,8 @@ Everything runs as Prefect flow runs visible in the UI and MLflow runs and versi
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -183,6 +185,7 @@ def _window(
         "answered_by": sorted(versions),
         "violations": record.get("violations", []),
         "drifted": drift.get("drifted", []),
+        "fairness_drift": (record.get("fairness_drift") or {}).get("drifted", []),
         "alert": record.get("alert", {}).get("alert", False),
         "event_id": record.get("event_id"),
         "report": (record.get("evidently") or {}).get("uri"),
@@ -312,10 +315,12 @@ def _with_serving_token(settings: Settings, say: Callable[[str], None]) -> Setti
     if settings.serving_token is not None:
         return settings
     token_file = settings.state_dir / "serving-token"
-    if not token_file.exists():
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(secrets.token_urlsafe(32))
-        token_file.chmod(0o600)
+    stack.private_folder(settings.state_dir)
+    # created 0600 in one call: never, even for a moment, readable by others; a file already there is kept
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
     settings = settings.model_copy(update={"serving_token": SecretStr(token_file.read_text().strip())})
     say(f"scoring service token: {token_file} (export CLOSEDLOOP_SERVING_TOKEN=$(cat {token_file}))")
     return settings

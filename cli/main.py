@@ -11,14 +11,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli import bench as benchmarks
-from cli.batches import batch_app, data_app, quarantine_app
+from cli import console
+from cli.batches import batch_app, data_app, exit_if_all_quarantined, quarantine_app
 from cli.console import (
+    NOT_SO,
     ContractOption,
     JsonFlag,
+    Shell,
+    checked_contract,
     connect,
     contract_option,
     emit,
     fail,
+    flow_runs,
     known_errors,
     settings_or_fail,
     status_table,
@@ -28,7 +33,9 @@ from closedloop.settings import disable_telemetry
 if TYPE_CHECKING:
     from closedloop.contract import Contract
 
-app = typer.Typer(help="closedloop: a closed-loop MLOps pipeline for credit-risk scoring.", no_args_is_help=True)
+app = typer.Typer(
+    cls=Shell, help="closedloop: a closed-loop MLOps pipeline for credit-risk scoring.", no_args_is_help=True
+)
 contract_app = typer.Typer(help="Inspect dataset contracts.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(contract_app, name="contract")
@@ -37,7 +44,12 @@ app.add_typer(batch_app, name="batch")
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the traceback of an unexpected error, and Prefect's of a failed run")
+    ] = False,
+) -> None:
+    console.debugging(debug)
     disable_telemetry()
     # MLflow prints a "View run" link to stdout when a run ends: --json prints only JSON, and the commands' own
     # output names the versions they make
@@ -103,7 +115,7 @@ def status(as_json: JsonFlag = False) -> None:
         status_table(rows),
     )
     if any(r.state != "running" for r in rows):
-        raise typer.Exit(1)
+        raise typer.Exit(NOT_SO)
 
 
 @contract_app.command("check")
@@ -285,18 +297,23 @@ def ingest(
     no_materialize: Annotated[bool, typer.Option("--no-materialize", help="skip the online store")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the ingest/validate flow on the running stack and print its result."""
+    """Run the ingest/validate flow on the running stack and print its result.
+
+    Exit code 3 when every new batch was quarantined (nothing stored); some rows or batches quarantined is 0.
+    """
     settings = settings_or_fail()
+    path, _ = checked_contract(contract, settings)
+    for source in sources or []:
+        if "://" not in source and not Path(source).exists():
+            fail(
+                f"{source}: no such file or folder: give an existing file or folder, a URI, or none (the landing zone)"
+            )
     connect(settings)
     from flows.ingest_validate import IngestParams, ingest_validate
 
-    params = IngestParams(
-        sources=list(sources or []), contract=contract_option(contract, settings), materialize=not no_materialize
-    )
-    try:
+    params = IngestParams(sources=list(sources or []), contract=path, materialize=not no_materialize)
+    with flow_runs():
         result = ingest_validate(params)
-    except known_errors() as exc:
-        fail(str(exc))
     lines = []
     for o in result.batches:
         lines.append(
@@ -313,6 +330,7 @@ def ingest(
         f" materialized: {', '.join(result.materialized_views) or 'nothing'}"
     )
     emit(result.model_dump(mode="json"), as_json, text)
+    exit_if_all_quarantined(result.batches)
 
 
 def _fairness_overrides(pairs: list[str]) -> dict[str, str]:
@@ -352,17 +370,13 @@ def train(
     """Run the train/evaluate flow on the running stack: version, metrics with intervals, gate verdicts."""
     overrides = _fairness_overrides(fairness or [])
     settings = settings_or_fail()
-    connect(settings)
+    path, _ = checked_contract(contract, settings)
+    connect(settings, needs=("prefect", "mlflow"))
     from flows.train_evaluate import TrainParams, train_evaluate
-    from tasks.train.fit import TrainingDataError
 
-    try:
-        params = TrainParams.model_validate({"contract": contract_option(contract, settings), "fairness": overrides})
+    params = TrainParams.model_validate({"contract": path, "fairness": overrides})
+    with flow_runs():
         result = train_evaluate(params)
-    except TrainingDataError as exc:
-        fail(str(exc))
-    except known_errors() as exc:
-        fail(str(exc))
     lines = [
         f"{result.dataset} v{result.version}: {'eligible' if result.eligible else 'NOT eligible'} "
         f"({result.training_rows:,} training rows)"
@@ -387,32 +401,41 @@ def deploy_command(
     canary_share: Annotated[float, typer.Option(help="canary: share of entities the candidate answers")] = 0.1,
     observe_seconds: Annotated[int, typer.Option(help="shadow/canary: seconds to watch before promoting")] = 600,
     min_requests: Annotated[int, typer.Option(help="shadow/canary: candidate answers needed to promote")] = 200,
+    approve_as: Annotated[
+        str | None,
+        typer.Option(
+            help="approve the promotion as this person (recorded and sealed with it); without it an "
+            "approval the version needs is asked for in the Prefect UI"
+        ),
+    ] = None,
+    comment: Annotated[str, typer.Option(help="the approver's reasons, kept with the approval")] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Run the package/deploy flow: bundle, infra validation, optional approval, rollout, atomic promotion."""
     settings = settings_or_fail()
-    connect(settings)
+    path, loaded = checked_contract(contract, settings)
+    connect(settings, needs=("prefect", "mlflow"))
     from pydantic import ValidationError
 
     from flows.package_deploy import DeployParams, package_deploy
-    from tasks.promote.policy import DeployError
 
     try:
         params = DeployParams(
-            contract=contract_option(contract, settings),
+            contract=path,
             version=version,
             require_approval=approval,
             strategy=strategy,  # type: ignore[arg-type]
             canary_share=canary_share,
             observe_seconds=observe_seconds,
             min_requests=min_requests,
+            approved_by=approve_as,
+            approval_comment=comment,
         )
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
-    try:
+    _check_version(settings.mlflow_tracking_uri, loaded.name, version)
+    with flow_runs():
         result = package_deploy(params)
-    except DeployError as exc:
-        fail(str(exc))
     text = (
         f"{result.dataset} v{result.version} promoted: champion v{result.champion} (previous: {result.previous})"
         if result.promoted
@@ -420,7 +443,23 @@ def deploy_command(
     )
     emit(result.model_dump(mode="json"), as_json, text)
     if not result.promoted:
-        raise typer.Exit(1)
+        raise typer.Exit(NOT_SO)
+
+
+def _check_version(tracking_uri: str, name: str, version: str | None) -> None:
+    """Refuse a version the registry does not hold (or no challenger) before the deploy flow starts."""
+    from closedloop.registry import CHALLENGER, client
+
+    registry = client(tracking_uri)
+    found = sorted(int(v.version) for v in registry.search_model_versions(f"name = '{name}'"))
+    held = f"registered versions: {', '.join(map(str, found))}" if found else "none registered yet"
+    if version is not None and (not version.isdigit() or int(version) not in found):
+        fail(f"{name} has no version {version!r} ({held}): give a registered one, or train one: 'closedloop train'")
+    if version is None and (not found or CHALLENGER not in registry.get_registered_model(name).aliases):
+        fail(
+            f"{name} has no challenger, no eligible version waiting ({held}): give a version to deploy, "
+            "or train an eligible one with 'closedloop train'"
+        )
 
 
 @app.command()
@@ -439,7 +478,10 @@ def rollback(
 
     try:
         name = load_contract(contract_option(contract, settings)).name
-        result = roll_back(settings.mlflow_tracking_uri, name, reason, by=f"cli:{getpass.getuser()}")
+        from closedloop import seal
+
+        keys = seal.key_files(settings)
+        result = roll_back(settings.mlflow_tracking_uri, name, reason, by=f"cli:{getpass.getuser()}", keys=keys)
     except (ContractError, DeployError) as exc:
         fail(str(exc))
     emit(result.model_dump(), as_json, f"{name}: champion v{result.champion} (rolled back v{result.rolled_back})")
@@ -497,20 +539,12 @@ def score(
     as_json: JsonFlag = False,
 ) -> None:
     """Score applications with the running scoring service: probability, decision, reasons, model version."""
-    import sys
-
     import httpx
 
     settings = settings_or_fail()
     if settings.serving_token is None:
         fail("set CLOSEDLOOP_SERVING_TOKEN to the scoring service's bearer token")
-    text = sys.stdin.read() if application == "-" else application
-    if text.startswith("@"):
-        text = Path(text[1:]).read_text()
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(f"the application is not JSON: {exc}")
+    body = _application(application)
     batch = isinstance(body, list)
     target = (url or settings.serving_url).rstrip("/") + ("/v1/score/batch" if batch else "/v1/score")
     try:
@@ -531,6 +565,23 @@ def score(
         for s in scores
     ]
     emit(response.json(), as_json, "\n".join(lines))
+
+
+def _application(given: str) -> Any:
+    """The JSON given inline, in ``@FILE`` or on stdin (``-``), read and parsed before anything is sent."""
+    where, text = "the application", given
+    if given == "-":
+        where, text = "stdin", sys.stdin.read()
+    elif given.startswith("@"):
+        where = given[1:]
+        try:
+            text = Path(where).read_text()
+        except OSError as exc:
+            fail(f"{where}: cannot read the application ({exc.strerror}): give @FILE of an existing JSON file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{where} is not JSON ({exc}): give one application as a JSON object, or a list of them")
 
 
 @app.command("serve-flows")

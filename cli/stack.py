@@ -4,6 +4,10 @@
 directory, waits until its health endpoint answers, and starts nothing that already runs. ``down``
 stops exactly the processes ``up`` recorded, by pid (the whole process group, then waits). State lives
 in the databases and folders the settings point at, so it survives ``down`` + ``up``.
+
+The state folder holds the online store, the registries, the run databases and the scoring service's token: it is
+the user's alone (0700), and what ``up``'s processes write in it is too (they run with umask 077). The token is
+in the environment of the scoring service only: a flow run or a server that does not check it has no need of it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import httpx
 
 from closedloop import storage
 from closedloop.processes import pid_alive
-from closedloop.settings import Profile, Settings
+from closedloop.settings import ENV_PREFIX, Profile, Settings
+
+TOKEN_VARIABLE = f"{ENV_PREFIX}SERVING_TOKEN"
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700: the state holds customers' features and the token
 
 
 class StackError(RuntimeError):
@@ -145,7 +152,7 @@ def components(settings: Settings, s3: bool = False, flows: bool = False, servin
                 health_url=f"http://{settings.host}:{settings.serving_port}/healthz",
                 ui_url=f"http://{settings.host}:{settings.serving_port}/docs",
                 command=[_bin("closedloop"), "serve"],
-                env={**prefect_env, "CLOSEDLOOP_SERVING_TOKEN": token.get_secret_value()},
+                env={**prefect_env, TOKEN_VARIABLE: token.get_secret_value()},
             )
         )
     if s3:
@@ -255,11 +262,28 @@ def _prepare_production(settings: Settings) -> None:
         raise StackError(f"cannot prepare bucket s3://{settings.s3_bucket}: {exc}") from exc
 
 
+def private_folder(path: Path) -> None:
+    """``path`` created 0700, or tightened to 0700 if it exists: a folder of closedloop's state is the user's alone."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def _private_open(path: Path, flags: int) -> int:
+    """A file descriptor on ``path``, created 0600 if missing (never readable by others, not even for a moment)."""
+    return os.open(path, flags | os.O_CREAT, 0o600)
+
+
+def process_environment(comp: Component) -> dict[str, str]:
+    """What ``comp`` runs with: this process's environment plus its own, the token only if it is the service."""
+    inherited = {k: v for k, v in os.environ.items() if k != TOKEN_VARIABLE}
+    return {**inherited, **comp.env}
+
+
 def _start(settings: Settings, comp: Component) -> int:
     log_path = _log_file(settings, comp.name)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **comp.env}
-    with open(log_path, "ab") as log:
+    private_folder(log_path.parent)
+    env = process_environment(comp)
+    with os.fdopen(_private_open(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
         log.write(f"\n--- closedloop up {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {' '.join(comp.command)}\n".encode())
         log.flush()
         proc = subprocess.Popen(  # noqa: S603 - fixed argv built from settings, no shell
@@ -270,18 +294,13 @@ def _start(settings: Settings, comp: Component) -> int:
             env=env,
             cwd=settings.state_dir,
             start_new_session=True,
+            umask=PRIVATE_UMASK,
         )
-    _pid_file(settings, comp.name).parent.mkdir(parents=True, exist_ok=True)
-    _pid_file(settings, comp.name).write_text(
-        json.dumps(
-            {
-                "pid": proc.pid,
-                "command": comp.command,
-                "address": comp.ui_url,
-                "started_at": time.time(),
-            }
-        )
-    )
+    pid_file = _pid_file(settings, comp.name)
+    private_folder(pid_file.parent)
+    record = {"pid": proc.pid, "command": comp.command, "address": comp.ui_url, "started_at": time.time()}
+    with os.fdopen(_private_open(pid_file, os.O_WRONLY | os.O_TRUNC), "w") as handle:
+        handle.write(json.dumps(record))
     return proc.pid
 
 
@@ -320,9 +339,9 @@ def up(
     Order: the S3 endpoint (production servers write to it), then Prefect and MLflow in parallel, then the
     flow runner (it registers its deployments with the Prefect server).
     """
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.state_dir)
     for folder in (settings.logs_dir, settings.run_dir, settings.prefect_home, settings.state_dir / "mlflow"):
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
     comps = [c for c in components(settings, s3=s3, flows=flows, serving=serving) if only is None or c.name in only]
     comps.sort(key=lambda c: {"s3": 0, "flows": 2, "serving": 3}.get(c.name, 1))
     started: list[tuple[Component, int]] = []

@@ -222,11 +222,12 @@ class Column(_Strict):
     def _check(self) -> Column:
         if self.type is ColumnType.CATEGORY:
             if not self.categories:
-                raise ValueError("a category column needs a non-empty 'categories' list")
-            if len(set(self.categories)) != len(self.categories):
-                raise ValueError("'categories' lists a value twice")
+                raise ValueError("a category column needs a non-empty 'categories' list: list the values it takes")
+            twice = sorted({c for c in self.categories if self.categories.count(c) > 1})
+            if twice:
+                raise ValueError(f"'categories' lists {twice} more than once: list each value once")
             if self.min is not None or self.max is not None:
-                raise ValueError("'min'/'max' apply to numeric columns, not categories")
+                raise ValueError("'min'/'max' apply to numeric columns, not categories: remove them or set type: float")
         elif self.categories is not None:
             raise ValueError(f"'categories' only applies to category columns, not {self.type.value}")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -312,13 +313,55 @@ class FairnessPolicy(_Strict):
     mitigation: Literal["threshold_optimizer", "none"] | None = None
 
 
+class Monitoring(_Strict):
+    """What the monitor judges in production beyond drift: fairness of the served decisions, training-serving skew."""
+
+    fairness_drift_action: Literal["retrain", "review"] = Field(
+        default="review",
+        description="a fairness-drift violation: 'retrain' lets it raise the alert that starts the guarded retrain; "
+        "'review' emits its event and asks a person, without starting a retrain",
+    )
+    max_fairness_drift: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="how far a group's served approval rate or error-rate gap may move from the version's evidence "
+        "(absolute), on top of the contract's fairness limits, which the served decisions must also meet",
+    )
+    skew_sample: int = Field(
+        default=2000, ge=10, description="logged requests re-read from the offline store per window"
+    )
+    max_skew_share: float = Field(
+        default=0.01, ge=0, le=1, description="share of sampled requests whose value of a feature may differ"
+    )
+    skew_tolerance: float = Field(
+        default=1e-6, ge=0, description="relative difference under which two numbers count as equal"
+    )
+
+
 class Label(_Strict):
     column: Identifier
     source: Identifier
     positive: int = 1
     negative: int = 0
+    codes: dict[str, int] | None = Field(
+        default=None,
+        description="a label written as text: file value -> positive or negative (e.g. {bad: 1, good: 0}); "
+        "applied at ingest, before the label is read as an integer",
+    )
     delay_days: int = Field(ge=0, description="how long after the application the outcome is known")
     description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Label:
+        if self.codes is not None:
+            wrong = sorted({v for v in self.codes.values()} - {self.positive, self.negative})
+            if wrong:
+                raise ValueError(
+                    f"codes map to {wrong}: map each file value to positive ({self.positive}) or negative "
+                    f"({self.negative})"
+                )
+        return self
 
 
 class Decision(_Strict):
@@ -361,6 +404,7 @@ class Contract(_Strict):
         default_factory=list, description="text cells that mean missing in every column (the empty cell always does)"
     )
     fairness: FairnessPolicy = FairnessPolicy()
+    monitoring: Monitoring = Monitoring()
 
     @model_validator(mode="before")
     @classmethod
@@ -387,10 +431,19 @@ class Contract(_Strict):
         if self.label.source not in tables:
             raise ValueError(f"'label.source' names unknown table {self.label.source!r} (known: {sorted(tables)})")
         seen: set[str] = set()
-        reserved = {self.entity.join_key, self.label.column}
-        for table in self.tables.values():
-            reserved.add(table.event_time)
-            reserved.update(table.primary_key)
+        rename = "give the column another name (its file header mapped in file.headers)"
+        reserved = {
+            self.entity.join_key: f"the entity's join_key): {rename}",
+            self.label.column: f"the label): {rename}",
+        }
+        for name, table in self.tables.items():
+            if table.as_of is not None:
+                why = f"the time as_of adds to table {name!r}): set tables.{name}.event_time to another name"
+            else:
+                why = f"the event_time of table {name!r}): {rename}"
+            reserved.setdefault(table.event_time, why)
+            for key in table.primary_key:
+                reserved.setdefault(key, f"in the primary_key of table {name!r}): {rename}")
         for i, col in enumerate(self.columns):
             if col.source not in tables:
                 raise ValueError(
@@ -399,7 +452,10 @@ class Contract(_Strict):
             if col.name in seen:
                 raise ValueError(f"columns[{i}]: column {col.name!r} is declared twice")
             if col.name in reserved:
-                raise ValueError(f"columns[{i}]: {col.name!r} is a key, time or label column and cannot be a feature")
+                raise ValueError(
+                    f"columns[{i}]: {col.name!r} is a key, time or label column and cannot be a feature ("
+                    + reserved[col.name]
+                )
             seen.add(col.name)
         if self.is_flat and self.label.delay_days != 0:
             raise ValueError(
@@ -561,6 +617,7 @@ class Contract(_Strict):
             _drop_defaults(table, _ADDED_DEFAULTS["table"])
         for column in data["columns"]:
             _drop_defaults(column, _ADDED_DEFAULTS["column"])
+        _drop_defaults(data["label"], _ADDED_DEFAULTS["label"])
         canonical = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -568,8 +625,13 @@ class Contract(_Strict):
 # Fields added after contracts were first fingerprinted: left at their default they are left out of the
 # fingerprint, so a contract that does not use them keeps the fingerprint its data and models were recorded with.
 _ADDED_DEFAULTS: dict[str, dict[str, Any]] = {
-    "contract": {"null_tokens": [], "fairness": FairnessPolicy().model_dump(mode="json")},
+    "contract": {
+        "null_tokens": [],
+        "fairness": FairnessPolicy().model_dump(mode="json"),
+        "monitoring": Monitoring().model_dump(mode="json"),
+    },
     "table": {"as_of": None, "generated_key": None, "file": FileFormat().model_dump(mode="json")},
+    "label": {"codes": None},
     "column": {"null_tokens": None, "missing_codes": [], "codes": None, "formula": None, "fairness_waiver": None},
 }
 
@@ -613,6 +675,11 @@ def parse_contract(data: Any, origin: str = "<contract>") -> Contract:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (not part of the contract schema)"
+            elif err["type"] == "string_pattern_mismatch" and isinstance(err.get("input"), str):
+                msg = (
+                    f"{err['input']!r} is not a name closedloop can use: lower-case letters, digits and '_', starting "
+                    "with a letter (a file header that is not one is mapped in file.headers: name -> header)"
+                )
             lines.append(f"  {where}: {msg}")
         raise ContractError(f"{origin}: invalid contract\n" + "\n".join(lines)) from exc
 

@@ -16,10 +16,11 @@ import io
 import math
 import random
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _CODE = re.compile(r"^[A-Z]+\d+$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(?P<tz>Z|[+-]\d{2}:?\d{2})?)?$")
 _BOOL_TEXT = frozenset({"true", "false"})
+_OTHER_DATE = re.compile(r"^(\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{4}/\d{1,2}/\d{1,2})([T ]\d{1,2}:\d{2}(:\d{2})?)?$")
+_PERCENT = re.compile(r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)\s?%$")
+_MONEY = re.compile(r"^[+-]?[$€£¥]\s?[+-]?\d[\d,. ]*$|^[+-]?\d[\d,. ]*\s?[$€£¥]$|^\d{1,3}(,\d{3})+(\.\d+)?$")
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+# names of a label's values, lower-cased: the outcome a credit model predicts, and its opposite
+POSITIVE_WORDS = frozenset(
+    {"bad", "yes", "y", "true", "t", "default", "defaulted", "charged off", "charged_off", "late", "delinquent",
+     "fraud", "churn", "churned", "positive", "pos", "fail", "failed", "rejected", "denied", "high", "risky"}
+)  # fmt: skip
+NEGATIVE_WORDS = frozenset(
+    {"good", "no", "n", "false", "f", "paid", "fully paid", "fully_paid", "repaid", "current", "ok", "normal",
+     "negative", "neg", "pass", "passed", "approved", "low", "safe"}
+)  # fmt: skip
 
 
 class DraftError(ValueError):
@@ -129,7 +143,14 @@ def _sniff(path: Path) -> str:
 
 
 def _rows(path: Path, delimiter: str) -> Iterator[list[str]]:
-    """The file's rows as lists of text fields, streamed (quoted fields and CRLF handled by the csv module)."""
+    """The file's rows as lists of text fields, streamed (quoted fields and CRLF handled by the csv module).
+
+    A parquet file (``delimiter`` ``"parquet"``) gives its column names, then its values as a CSV export writes
+    them, so that one profiler judges both kinds of file.
+    """
+    if delimiter == "parquet":
+        yield from _parquet_rows(path)
+        return
     with path.open(encoding="utf-8-sig", newline="", errors="replace") as source:
         if delimiter == "whitespace":
             for line in source:
@@ -139,6 +160,31 @@ def _rows(path: Path, delimiter: str) -> Iterator[list[str]]:
             for row in csv.reader(source, delimiter=delimiter):
                 if row and any(cell.strip() for cell in row):
                     yield row
+
+
+def _parquet_rows(path: Path) -> Iterator[list[str]]:
+    """A parquet file's column names, then its rows as text, read in record batches (memory stays bounded)."""
+    import pyarrow.parquet as pq
+
+    try:
+        data = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DraftError(f"{path}: not a readable parquet file ({exc}): export the table again") from exc
+    yield list(data.schema_arrow.names)
+    for batch in data.iter_batches(batch_size=10_000):
+        columns = [[_text(v) for v in column.to_pylist()] for column in batch.columns]
+        yield from (list(row) for row in zip(*columns, strict=True))
+
+
+def _text(value: Any) -> str:
+    """A parquet value as a CSV export writes it: missing and NaN empty, times in ISO 8601 (with their offset)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return str(value)
 
 
 @dataclass
@@ -164,6 +210,8 @@ def _sample(paths: Sequence[Path], delimiter: str, seed: int = 0) -> _Sample:
             raise DraftError(f"{path}: the file is empty")
         if first is None:
             first = header
+        elif delimiter == "parquet" and header != first:
+            raise DraftError(f"{path}: its columns differ from those of {paths[0]}: give the files of one table only")
         elif header != first:
             rows = _chain([header], rows)  # a later file without the header row: its row 1 is data
         for row in rows:
@@ -244,8 +292,12 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def identifier(header: str) -> str:
-    """A contract identifier for a file header: CamelCase and any punctuation become snake_case (<= 63 chars)."""
-    text = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", header.strip())
+    """A contract identifier for a file header: CamelCase and any punctuation become snake_case (<= 63 chars).
+
+    Accented letters lose their accents (``Âge`` -> ``age``); other non-ASCII text is dropped like punctuation.
+    """
+    text = unicodedata.normalize("NFKD", header.strip()).encode("ascii", "ignore").decode()
+    text = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", text)
     text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", text)
     text = re.sub(r"[^A-Za-z0-9]+", "_", text).lower().strip("_")
     text = re.sub(r"_+", "_", text) or "column"
@@ -382,6 +434,23 @@ def _is_row_index(ints: list[int], head: int, total: int) -> bool:
     return len(set(rest)) == len(rest) and all(start + head <= v < start + total for v in rest)
 
 
+def _mostly(prof: _Profile, pattern: re.Pattern[str]) -> bool:
+    """Whether 99% of a text column's values match ``pattern`` (a way of writing dates)."""
+    return prof.kind == "text" and sum(bool(pattern.match(v)) for v in prof.values) >= 0.99 * len(prof.values)
+
+
+def _check_headers(headers: list[str], path: Path) -> None:
+    """Refuses a header row that names two columns alike: ingest could not tell which one a name means."""
+    seen: dict[str, int] = {}
+    for position, header in enumerate(headers, start=1):
+        if header in seen:
+            raise DraftError(
+                f"{path}: columns {seen[header]} and {position} are both headed {header!r}: ingest cannot tell them "
+                "apart; rename one in the file's header row"
+            )
+        seen[header] = position
+
+
 def _resolve(given: str, headers: list[str], names: list[str], what: str, path: Path) -> int:
     """The position of a column given by its file header, its identifier or (header-less files) its number."""
     for candidates in (headers, names):
@@ -412,15 +481,23 @@ def draft_contract(
     for path in files:
         if not path.is_file():
             raise DraftError(f"{path}: no such file")
-        if path.suffix.lower() == ".parquet":
-            raise DraftError(f"{path}: drafting reads delimited text files; export the table as CSV first")
-    delimiter = _sniff(files[0])
+    parquet = [p.suffix.lower() == ".parquet" for p in files]
+    if any(parquet) and not all(parquet):
+        raise DraftError(
+            f"{files[parquet.index(not parquet[0])]}: give the files of one table in one kind, CSV or parquet"
+        )
+    delimiter = "parquet" if parquet[0] else _sniff(files[0])
     sample = _sample(files, delimiter)
-    has_header = _has_header(sample.first, sample.rows)
+    has_header = delimiter == "parquet" or _has_header(sample.first, sample.rows)
+    if has_header and not sample.rows:
+        raise DraftError(
+            f"{files[0]}: only a header row, no data: a contract is drafted from the values; give a file with rows"
+        )
     rows = sample.rows if has_header else [sample.first, *sample.rows]
     width = len(sample.first)
     if has_header:
         headers = list(sample.first)
+        _check_headers(headers, files[0])
         names = _unique_names(headers)
     else:
         headers = [f"col_{i + 1}" for i in range(width)]
@@ -433,11 +510,20 @@ def draft_contract(
         findings.append(Finding(where, inferred, check))
 
     fmt: dict[str, Any] = {"delimiter": delimiter, "header": has_header}
-    shown_delim = "runs of blanks" if delimiter == "whitespace" else repr(delimiter)
-    note("file.delimiter", f"fields separated by {shown_delim}")
-    if has_header:
+    if delimiter == "parquet":
+        fmt = {"format": "parquet"}
+        note("file.format", "a parquet file: its column names are the headers")
+    elif has_header:
+        note(
+            "file.delimiter",
+            "fields separated by " + ("runs of blanks" if delimiter == "whitespace" else repr(delimiter)),
+        )
         note("file.header", "row 1 is a header")
     else:
+        note(
+            "file.delimiter",
+            "fields separated by " + ("runs of blanks" if delimiter == "whitespace" else repr(delimiter)),
+        )
         fmt["columns"] = names
         note(
             "file.columns",
@@ -513,18 +599,19 @@ def draft_contract(
     table: dict[str, Any] = {}
     time_ordered = False
     start = "2000-01-01T00:00:00Z"
-    date_columns = [
-        i
-        for i, prof in enumerate(profiles)
-        if i not in (label_at, id_at, index_at)
-        and prof.kind == "text"
-        and sum(bool(_DATE.match(v)) for v in prof.values) >= 0.99 * len(prof.values)
-    ]
-    if time_at is None and date_columns:
-        time_at = date_columns[0]
+    iso_dates = [i for i, prof in enumerate(profiles) if _mostly(prof, _DATE) and i not in (label_at, id_at)]
+    other_dates = [i for i, prof in enumerate(profiles) if _mostly(prof, _OTHER_DATE) and i not in (label_at, id_at)]
+    date_columns = iso_dates + other_dates
+    if time_at is None and iso_dates:
+        time_at = iso_dates[0]
     if time_at is not None:
         prof = profiles[time_at]
         dated = [_DATE.match(v) for v in prof.values]
+        if time_at in other_dates:
+            raise DraftError(
+                f"{origin}: time column {headers[time_at]!r} holds dates such as {prof.values[0]!r}, which are not "
+                "ISO 8601: closedloop reads times as 2024-01-31T00:00:00Z; re-export the column so, or leave out --time"
+            )
         if not prof.values or not all(dated):
             raise DraftError(
                 f"{origin}: time column {headers[time_at]!r} holds values that are not dates "
@@ -543,6 +630,12 @@ def draft_contract(
             else f"{headers[time_at]} has no timezone: closedloop refuses naive times; export it with a UTC offset",
         )
     else:
+        if "event_time" in names:  # closedloop adds the as-of time as event_time unless the table names it otherwise
+            table["event_time"] = next(n for n in ("ingested_at", "as_of_time", "row_time") if n not in names)
+            note(
+                f"tables.{TABLE}.event_time",
+                f"the file has a column named event_time: the time closedloop adds is named {table['event_time']}",
+            )
         table["as_of"] = "ingest"
         note(
             f"tables.{TABLE}.as_of",
@@ -555,12 +648,9 @@ def draft_contract(
 
     # --- the label -----------------------------------------------------------------------------------------------
     label_name = names[label_at]
-    positive, negative, rate, unlabelled = _label_classes(profiles[label_at], headers[label_at], origin)
-    note(
-        "label.positive",
-        f"{label_name}: {positive} is the outcome to predict ({rate:.1%} of labelled rows), {negative} the other",
-        f"is {positive} the bad outcome (default)? swap positive/negative if not",
-    )
+    classes = _label_classes(profiles[label_at], headers[label_at], origin)
+    positive, negative, rate, unlabelled = classes.positive, classes.negative, classes.rate, classes.unlabelled
+    note("label.positive", f"{label_name}: {classes.chosen} ({rate:.1%} of labelled rows)", classes.check)
     if unlabelled:
         note("label", f"{unlabelled:,} rows without a label (in the rows read): scored, not trained on")
 
@@ -580,7 +670,19 @@ def draft_contract(
             note(
                 f"file.ignore[{col.header!r}]",
                 f"{col.header} holds dates and is not the event time: read and dropped",
-                "derive a number from it (for example a formula) if the model needs it",
+                "derive a number from it (for example a formula) if the model needs it"
+                if i in iso_dates
+                else f"dates such as {prof.values[0]!r}: to order rows by it, re-export it in ISO 8601 with a "
+                "timezone (2024-01-31T00:00:00Z) and give it with --time",
+            )
+            continue
+        written = _numbers_as_text(prof)
+        if written:
+            ignore.append(col.header)
+            note(
+                f"file.ignore[{col.header!r}]",
+                f"{col.header} holds {written}: read and dropped, not typed as text",
+                "closedloop does not convert such text: export plain numbers (0.12, 1200.5) to use this column",
             )
             continue
         _draft_column(col, prof, shared_tokens, i in sensitive_at)
@@ -599,16 +701,20 @@ def draft_contract(
     drafted = [c for i, c in enumerate(columns) if "name" in c.spec and i not in (label_at, id_at, time_at)] + added
     findings.extend(_column_finding(col) for col in drafted)
     if not any(not c.spec.get("sensitive") and not c.spec.get("exclude") for c in drafted):
+        looked = [f"{c.name} ({'sensitive' if c.spec.get('sensitive') else c.spec['exclude']})" for c in drafted]
+        looked += [f"{h} (read and dropped)" for h in ignore if h.strip()]
         raise DraftError(
-            f"{origin}: no column is left as a model input (the others are the label, id, time, sensitive or "
-            "excluded): give fewer --sensitive columns"
+            f"{origin}: no column is left as a model input besides the label {headers[label_at]!r} (looked at "
+            f"{', '.join(looked) or 'no other column'}): give fewer --sensitive columns, or a file with inputs"
         )
     if shared_tokens:
         note("null_tokens", f"{', '.join(shared_tokens)} mark missing values in several columns")
 
     # --- headers that are not identifiers ----------------------------------------------------------------------
     renamed = {n: h for h, n in zip(headers, names, strict=True) if has_header and h != n}
-    kept = {names[i] for i in (label_at, id_at, time_at) if i is not None} | {c.name for c in columns if c.spec}
+    kept = {names[i] for i in (label_at, id_at, time_at) if i is not None} | {
+        c.name for c in columns if "name" in c.spec
+    }
     renamed = {n: h for n, h in renamed.items() if n in kept}
     if renamed:
         fmt["headers"] = renamed
@@ -634,13 +740,10 @@ def draft_contract(
     contract["entity"] = {"name": entity, "join_key": key}
     contract["tables"] = {TABLE: table}
     contract["prediction"] = TABLE
-    contract["label"] = {
-        "column": label_name,
-        "source": TABLE,
-        "positive": positive,
-        "negative": negative,
-        "delay_days": 0,
-    }
+    contract["label"] = {"column": label_name, "source": TABLE, "positive": positive, "negative": negative}
+    if classes.codes:
+        contract["label"]["codes"] = classes.codes
+    contract["label"]["delay_days"] = 0
     contract["decision"] = {"cost_false_negative": 5.0, "cost_false_positive": 1.0}
     if total < 20_000:
         contract["fairness"] = {"min_group_rows": 30, "min_group_outcomes": 10}
@@ -654,27 +757,84 @@ def draft_contract(
     return Draft(text=text, contract=contract, findings=findings, rows=total, rows_profiled=len(rows))
 
 
-def _label_classes(prof: _Profile, header: str, origin: Path) -> tuple[int, int, float, int]:
-    """The label's positive and negative values, the positive rate and the rows without a label."""
+@dataclass(frozen=True)
+class _Classes:
+    """The label's two classes as the contract states them, and what a person should know about the choice."""
+
+    positive: int
+    negative: int
+    codes: dict[str, int] | None  # a text label: file value -> 1 (positive) or 0
+    rate: float
+    unlabelled: int
+    chosen: str
+    check: str
+
+
+def _label_classes(prof: _Profile, header: str, origin: Path) -> _Classes:
+    """The label's positive and negative values, the positive rate and the rows without a label.
+
+    Integer labels keep their values (0/1, or German Credit's 1/2 where the rarer value is the outcome). A text
+    label (``bad``/``good``, ``Y``/``N``) is read through ``label.codes`` as 1 and 0: the value with a name of a
+    bad outcome is 1, else the rarer one.
+    """
     distinct = sorted(set(prof.values))
     if len(distinct) != 2:
         raise DraftError(
             f"{origin}: label column {header!r} has {len(distinct)} distinct values "
-            f"({', '.join(distinct[:5])}{', ...' if len(distinct) > 5 else ''}): a label has exactly two"
+            f"({', '.join(distinct[:5])}{', ...' if len(distinct) > 5 else ''}): a label has exactly two; "
+            "give the outcome column with --label, or write the label as 1 (the outcome to predict) and 0"
         )
-    if prof.kind != "int":
-        raise DraftError(
-            f"{origin}: label column {header!r} holds {distinct[0]!r}/{distinct[1]!r}: closedloop reads "
-            "the label as integers; write it as 1 (the outcome to predict) and 0"
+    unlabelled = prof.empty + sum(prof.tokens.values())
+    if prof.kind in ("int", "float") and all(v.is_integer() for v in prof.numbers):
+        counts = Counter(int(v) for v in prof.numbers)
+        if set(counts) == {0, 1}:
+            positive, negative = 1, 0
+        else:  # {1, 2} and other codings: the rarer value is the outcome to predict
+            positive = min(counts, key=lambda v: (counts[v], v))
+            negative = next(v for v in counts if v != positive)
+        return _Classes(
+            positive,
+            negative,
+            None,
+            counts[positive] / sum(counts.values()),
+            unlabelled,
+            f"{positive} is the outcome to predict, {negative} the other",
+            f"is {positive} the bad outcome (default)? swap positive/negative if not",
         )
-    counts = Counter(int(v) for v in prof.values)
-    if set(counts) == {0, 1}:
-        positive, negative = 1, 0
-    else:  # {1, 2} and other codings: the rarer value is the outcome to predict
-        positive = min(counts, key=lambda v: (counts[v], v))
-        negative = next(v for v in counts if v != positive)
-    rate = counts[positive] / sum(counts.values())
-    return positive, negative, rate, prof.empty + sum(prof.tokens.values())
+    counted = Counter(prof.values)
+    named = [v for v in distinct if v.strip().lower() in POSITIVE_WORDS]
+    opposite = [v for v in distinct if v.strip().lower() in NEGATIVE_WORDS]
+    if len(named) == 1 and named[0] not in opposite:
+        bad, why = named[0], "its name says a bad outcome"
+    elif len(opposite) == 1 and opposite[0] not in named:
+        bad, why = next(v for v in distinct if v != opposite[0]), f"{opposite[0]!r} names the good outcome"
+    else:
+        bad, why = min(distinct, key=lambda v: (counted[v], v)), "it is the rarer value"
+    good = next(v for v in distinct if v != bad)
+    return _Classes(
+        1,
+        0,
+        {bad: 1, good: 0},
+        counted[bad] / sum(counted.values()),
+        unlabelled,
+        f"{bad!r} is read as 1, the outcome to predict ({why}), {good!r} as 0",
+        f"{bad!r} chosen as the outcome to predict because {why}: to predict {good!r}, swap 1 and 0 in label.codes",
+    )
+
+
+def _numbers_as_text(prof: _Profile) -> str | None:
+    """What numbers written as text a column holds (``12%``, ``$1,200``, ``3,5``), if it holds nothing else."""
+    if prof.kind != "text":
+        return None
+    for pattern, what in (
+        (_PERCENT, "percentages"),
+        (_MONEY, "amounts with a currency sign or thousands separators"),
+        (_DECIMAL_COMMA, "numbers with a decimal comma"),
+    ):
+        if all(pattern.match(v) or _is_number(v) for v in prof.values):
+            example = next(v for v in prof.values if pattern.match(v))
+            return f"{what} such as {example!r}"
+    return None
 
 
 def _column_finding(col: _Column) -> Finding:
@@ -861,8 +1021,11 @@ def _render(
     if "generated_key" in table:
         w(f"    generated_key: {table['generated_key']}   # CHECK: no id column; closedloop adds one per row\n")
     w(f"    primary_key: {_flow(table['primary_key'])}\n    file:\n")
-    delim = "whitespace" if fmt["delimiter"] == "whitespace" else _flow(fmt["delimiter"])
-    w(f"      delimiter: {delim}\n      header: {_flow(fmt['header'])}\n")
+    if "format" in fmt:
+        w(f"      format: {fmt['format']}\n")
+    else:
+        delim = "whitespace" if fmt["delimiter"] == "whitespace" else _flow(fmt["delimiter"])
+        w(f"      delimiter: {delim}\n      header: {_flow(fmt['header'])}\n")
     if "columns" in fmt:
         w(f"      columns: {_flow(fmt['columns'])}   # CHECK: no header row; name the fields\n")
     if fmt.get("headers"):
@@ -872,7 +1035,8 @@ def _render(
     if fmt.get("ignore"):
         w(f"      ignore: {_flow(fmt['ignore'])}   # read and dropped (row index, dates, free text)\n")
     w(f"prediction: {TABLE}\n")
-    w(f"label: {_flow(contract['label'])}   # CHECK: positive is the outcome to predict\n")
+    what = "the file value read as 1" if "codes" in contract["label"] else "positive"
+    w(f"label: {_flow(contract['label'])}   # CHECK: {what} is the outcome to predict\n")
     w(f"decision: {_flow(contract['decision'])}   # CHECK: the cost of each kind of error\n")
     if "fairness" in contract:
         w(f"fairness: {_flow(contract['fairness'])}   # CHECK: limits and the smallest group judged\n")

@@ -12,6 +12,9 @@ RETRAIN_DEFERRED = "closedloop.retrain.deferred"  # a guard held an automatic re
 PROMOTED = "closedloop.model.promoted"  # a version became the champion
 ROLLED_BACK = "closedloop.model.rolled_back"  # post-deploy verification put the previous champion back
 DRIFT_DETECTED = "closedloop.drift.detected"  # the monitor's alert opened: starts the retrain
+SKEW_DETECTED = "closedloop.skew.detected"  # served features differ from the offline store's: for a person
+FAIRNESS_DRIFT = "closedloop.fairness.drifted"  # a window's served decisions broke a fairness limit or moved
+CHAMPION_REFUSED = "closedloop.model.champion_refused"  # a scoring service refused an unsealed champion
 
 MODEL_RESOURCES = "closedloop.model.*"  # what the model triggers match
 ELIGIBLE_LABEL = "closedloop.eligible"  # resource label on TRAINED: whether the version passed its gates

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     serving_token: SecretStr | None = Field(
         default=None, description="bearer token the scoring service requires; unset: it refuses to start"
     )
+    promotion_key_file: Path | None = Field(
+        default=None,
+        description="the flows' Ed25519 key that seals promotions and evidence (mount it into flow runs only); "
+        "unset: <state_dir>/keys/promotion.key, created on first use",
+    )
+    promotion_public_key_file: Path | None = Field(
+        default=None,
+        description="its public half, which the scoring service and batch scoring verify seals with; "
+        "unset: <state_dir>/keys/promotion.pub",
+    )
     startup_timeout_s: float = Field(default=120.0, gt=0)
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1000, description="records validated at once: a larger batch is validated chunk by chunk"
@@ -208,13 +218,14 @@ class Settings(BaseSettings):
         return {"type": "sqlite", "path": str(self.state_dir / "feast" / "online_store.db")}
 
     def server_environment(self) -> dict[str, str]:
-        """Environment every child process (servers, flow runs) gets on top of the caller's."""
+        """Environment every child process (servers, flow runs) gets on top of the caller's.
+
+        Secrets (the serving token) are left out: only the process that checks one is given it, by name.
+        """
         env = dict(TELEMETRY_OFF)
         # the same settings, with paths already absolute, for processes started elsewhere (flow runs, servers)
         for name, value in self.model_dump().items():
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if value is not None:
+            if value is not None and not isinstance(value, SecretStr):
                 env[ENV_PREFIX + name.upper()] = str(value.value if isinstance(value, Profile) else value)
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["PREFECT_API_URL"] = self.prefect_api_url

@@ -91,6 +91,9 @@ def to_internal(
             continue
         out[name], counts = _cleaned(values, col, contract)
         made_missing.update({rule: n for rule, n in counts.items() if n})
+    if table == contract.label.source:
+        out[contract.label.column], counts = _label_cleaned(out[contract.label.column], contract)
+        made_missing.update({rule: n for rule, n in counts.items() if n})
     for col in contract.columns_of(table):
         if col.formula is not None:
             out[col.name] = pd.Series(_derived(col, out), index=frame.index)
@@ -291,6 +294,7 @@ def _as_sent(contract: Contract, table: str) -> bool:
         and not file.headers
         and not contract.added_columns(table)
         and not any(c.null_tokens or c.codes or c.missing_codes for c in contract.columns_of(table))
+        and (table != contract.label.source or contract.label.codes is None)
     )
 
 
@@ -324,6 +328,22 @@ def _cleaned(values: pd.Series, col: Column, contract: Contract) -> tuple[pd.Ser
         if hit.any():
             values = values.mask(hit)
             counts[f"missing_codes({col.name})"] = int(hit.sum())
+    return values, counts
+
+
+def _label_cleaned(values: pd.Series, contract: Contract) -> tuple[pd.Series, dict[str, int]]:
+    """The label with the data set's null tokens made missing and a text label's values as its integers."""
+    counts: dict[str, int] = {}
+    label = contract.label
+    if values.dtype == object or pd.api.types.is_string_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        text = values.astype("string").str.strip()
+        hit = np.asarray(text.isin(contract.null_tokens).fillna(False).to_numpy(dtype=bool), dtype=bool)
+        if hit.any():
+            values = values.mask(hit)
+            counts[f"null_tokens({label.column})"] = int(hit.sum())
+        if label.codes is not None:
+            mapped = text.where(~hit).map(label.codes)
+            values = mapped.where(mapped.notna(), values)
     return values, counts
 
 

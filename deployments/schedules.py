@@ -8,15 +8,17 @@ The closed loop is two event triggers:
 * ``closedloop.model.trained`` with ``closedloop.eligible=true`` on its resource -> ``package-deploy`` of that
   version (approval on in production, as ``DeployParams`` decides).
 
-``train-evaluate`` runs one at a time and a run that arrives while one is running is cancelled
-(``CANCEL_NEW``): simultaneous triggers (twenty drift events, drift plus the weekly schedule) collapse into one
-retrain, and the guards' cool-down turns away the ones that arrive just after it.
+A drift storm starts one retrain, in three layers: the drift trigger fires once per model per cool-down
+(``within``: the events after the first are dropped by Prefect's automation and start no run); ``train-evaluate``
+runs one at a time and a run that arrives while one is running is cancelled (``CANCEL_NEW``: drift plus the
+weekly schedule); and the retrain guards, which claim each automatic attempt in the lake under a lock, end any
+run that still gets through within the cool-down quickly, in a Completed state named "Deferred".
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from flows.ingest_validate import IngestParams, ingest_validate
 from flows.monitor import MonitorParams, monitor
 from flows.package_deploy import DeployParams, package_deploy
 from flows.train_evaluate import TrainParams, train_evaluate
+from tasks.train.guards import RetrainGuards
 
 INGEST = "ingest-validate"
 TRAIN = "train-evaluate"
@@ -55,13 +58,24 @@ EVENT_ID = {"__prefect_kind": "jinja", "template": "{{ event.id }}"}
 # the 180-day one passed every gate with the same test AUC (0.850)
 DRIFT_RETRAIN_WINDOW_DAYS = 180
 
+# the triggered run's guards are RetrainGuards' defaults: the automation fires at most once per that cool-down
+DRIFT_DEBOUNCE = timedelta(minutes=RetrainGuards().cooldown_minutes)
+
 
 def retrain_on_drift() -> DeploymentEventTrigger:
-    """Drift event -> guarded retrain; the event's payload becomes the run's parameters."""
+    """Drift event -> guarded retrain; the event's payload becomes the run's parameters.
+
+    A reactive trigger with threshold 1 fires on the first event, then ignores the events that occurred within
+    ``within`` of it: Prefect's own debounce, one bucket per model (``for_each``), so a drift on one dataset never
+    silences another's. The events it ignores stay in the event feed; they start no run.
+    """
     return DeploymentEventTrigger(
         name="retrain-on-drift",
         expect={events.DRIFT_DETECTED},
         match={"prefect.resource.id": events.MODEL_RESOURCES},
+        for_each={"prefect.resource.id"},
+        threshold=1,
+        within=DRIFT_DEBOUNCE,
         parameters={
             "params": {
                 "contract": "{{ event.payload.contract }}",

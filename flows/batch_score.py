@@ -17,10 +17,9 @@ from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from closedloop import storage
+from closedloop import seal, storage
 from closedloop.contract import contract_at
 from closedloop.lake import Lake
-from closedloop.registry import champion_version
 from closedloop.settings import load_settings
 from tasks.score import segments, staging
 from tasks.score.loading import load_version
@@ -83,7 +82,7 @@ def batch_score(params: BatchScoreParams) -> BatchScoreResult:
     contract_path = str(params.contract or settings.contract)
     contract = contract_at(contract_path)
     segments.check_window(params.start, params.end)
-    version = champion_version(settings.mlflow_tracking_uri, contract.name)
+    version = seal.champion_of(settings, contract.name)  # the sealed promotion, whatever the alias says
     if version is None:
         raise RuntimeError(f"{contract.name} has no champion to score with: deploy a model first")
     segments.check_single_threshold(load_version(settings.mlflow_tracking_uri, contract.name, version, threads=0))

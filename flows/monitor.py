@@ -1,4 +1,4 @@
-"""The monitor flow: a window of the inference log -> drift, quality, performance -> alert -> drift event.
+"""The monitor flow: a window of the inference log -> drift, quality, performance, fairness -> alert -> drift event.
 
 Also the post-deploy verification: the first judged window of a new champion checks that the violations that
 led to it are gone and, on labelled rows, that it does no worse than ``previous``; otherwise it rolls back.
@@ -14,12 +14,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
-from closedloop import events, storage
+from closedloop import events, seal, storage
 from closedloop.contract import Contract, contract_at
 from closedloop.lake import Lake
-from closedloop.registry import champion_version
 from closedloop.settings import Settings, load_settings
 from tasks.monitor import policy, records, sources, window
+from tasks.monitor.fairness_drift import FairnessDrift
 from tasks.monitor.policy import Alert, MonitorPolicy, WindowStatus
 from tasks.monitor.report import Agreement
 from tasks.monitor.tasks import column_drift_chunk, evidently_report, judge_window, verify_new_champion
@@ -65,6 +65,11 @@ class MonitorResult(BaseModel):
     agreement: Agreement | None = None
     verification: Verification | None = None
     record_uri: str | None = None
+    fairness_drifted: list[str] = []  # sensitive attributes whose served fairness drifted
+    fairness_event_id: str | None = None
+    review: list[str] = []  # violations sent to a person, not counted toward the alert
+    # SKEW: the window's training-serving skew verdict (tasks/monitor/skew.py), copied from the record's "skew"
+    skew: dict[str, Any] | None = None
 
 
 @flow(name="drift_by_chunks")
@@ -110,7 +115,8 @@ def _roll_back(settings: Settings, contract: Contract, checked: Verification) ->
     """Put the previous champion back and say so with an event: the verification's verdict, carried out."""
     previous = checked.comparison.previous if isinstance(checked.comparison, Comparison) else None
     reason = str(checked.rollback_reason)
-    rolled = promotion.rollback(settings.mlflow_tracking_uri, contract.name, reason, by="monitor flow")
+    keys = seal.key_files(settings)
+    rolled = promotion.rollback(settings.mlflow_tracking_uri, contract.name, reason, by="monitor flow", keys=keys)
     event = emit_event(
         event=events.ROLLED_BACK,
         resource=events.model_resource(contract.name),
@@ -119,7 +125,7 @@ def _roll_back(settings: Settings, contract: Contract, checked: Verification) ->
     return checked.rolled_back(rolled.model_dump(), str(event.id) if event else None)
 
 
-def _summary(result: MonitorResult, drift: dict[str, Any]) -> str:
+def _summary(result: MonitorResult, drift: dict[str, Any], fairness: FairnessDrift | None = None) -> str:
     lines = [
         f"# Monitoring window of {result.dataset}",
         f"{result.window['start']} .. {result.window['end']}: **{result.status}**, {result.rows} served rows, "
@@ -132,9 +138,33 @@ def _summary(result: MonitorResult, drift: dict[str, Any]) -> str:
         lines += ["| column | method | score | threshold | drifted |", "|---|---|---|---|---|"]
         for c in sorted(drift["columns"], key=lambda c: -c["score"]):
             lines.append(f"| {c['column']} | {c['method']} | {c['score']:.4f} | {c['threshold']} | {c['drifted']} |")
+    if fairness is not None:
+        lines += ["", *_fairness_lines(fairness)]
     if result.report_uri:
         lines += ["", f"Evidently report: {result.report_uri}"]
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _fairness_lines(fairness: FairnessDrift) -> list[str]:
+    """The fairness verdict as a markdown table: per attribute its disparities, drifted groups and breaches."""
+    lines = [
+        f"## Fairness drift (action: {fairness.action}, at most {fairness.max_fairness_drift:g} per group)",
+        "",
+        "| attribute | verdict | parity difference | disparate impact | TPR gap | FPR gap | drifted groups "
+        "| breaches |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, judged in fairness.attributes.items():
+        lines.append(
+            f"| {name} | {judged.verdict} | {_number(judged.demographic_parity_difference)} | "
+            f"{_number(judged.disparate_impact)} | {_number(judged.tpr_gap)} | {_number(judged.fpr_gap)} | "
+            f"{', '.join(judged.drifted_groups) or '-'} | {'; '.join(judged.breaches) or judged.reason or '-'} |"
+        )
+    return lines
 
 
 def _judged(
@@ -154,8 +184,14 @@ def _judged(
         drift = drift_on_dask(settings, contract_path, contract, lake, frame, champion, params.column_chunks)
     verdicts = judge_window(settings, contract, lake, frame, champion, params.policy, datetime.now(UTC), drift)
     record = record.model_copy(update={"verdicts": verdicts})
+    if verdicts.fairness_drift is not None and verdicts.fairness_drift.drifted:
+        record = _fairness_event(contract_path, record, verdicts.fairness_drift)
+    # SKEW: the training-serving skew verdict (tasks/monitor/skew.py) is judged here and kept in the record:
+    # record = record.model_copy(update={"skew": ...}); its violation joins verdicts.violations
     if params.evidently:
-        agreement = evidently_report(settings, contract, lake, frame, champion, end, verdicts.fast_drift())
+        agreement = evidently_report(
+            settings, contract, lake, frame, champion, end, verdicts.fast_drift(), verdicts.fairness_drift
+        )
         record = record.model_copy(update={"evidently": agreement})
     replaced = replaced_champion_violations(earlier, champion)
     if replaced is not None:
@@ -166,6 +202,26 @@ def _judged(
             checked = _roll_back(settings, contract, checked)
         record = record.model_copy(update={"verification": checked})
     return record
+
+
+def _fairness_event(contract_path: str, record: window.WindowRecord, fairness: FairnessDrift) -> window.WindowRecord:
+    """The fairness event of a window whose served decisions drifted, its id kept in the window's record.
+
+    Every such window emits one, whatever the contract's action: with 'review' it is how a person hears of it
+    (the violation does not count toward the drift alert); with 'retrain' the alert may follow as well.
+    """
+    event = emit_event(
+        event=events.FAIRNESS_DRIFT,
+        resource=events.model_resource(record.dataset),
+        payload={
+            "contract": contract_path,
+            "champion": record.champion,
+            "window_start": record.window.start,
+            "window_end": record.window.end,
+            **fairness.event_payload(),
+        },
+    )
+    return record.model_copy(update={"fairness_event_id": str(event.id) if event else None})
 
 
 def _raise_alert(
@@ -201,6 +257,10 @@ def _result(record: window.WindowRecord, record_uri: str) -> MonitorResult:
         agreement=agreement,
         verification=record.verification,
         record_uri=record_uri,
+        fairness_drifted=verdicts.fairness_drift.drifted if verdicts and verdicts.fairness_drift else [],
+        fairness_event_id=record.fairness_event_id,
+        review=verdicts.review if verdicts else [],
+        skew=record.skew,
     )
 
 
@@ -216,7 +276,7 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
     end = (params.window_end or datetime.now(UTC)).astimezone(UTC)
     start = end - timedelta(minutes=params.window_minutes)
     span = window.Span(start=start.isoformat(), end=end.isoformat())
-    champion = champion_version(settings.mlflow_tracking_uri, contract.name)
+    champion = seal.champion_of(settings, contract.name)  # the sealed promotion: what the services serve
     if champion is None:
         logger.info("no champion for %s: nothing is served, nothing to monitor", contract.name)
         return MonitorResult(dataset=contract.name, window=span.model_dump(), status="no_champion")
@@ -232,9 +292,10 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         logger.warning("drift alert for %s v%s: %s (event %s)", contract.name, champion, record.alert, record.event_id)
     result = _result(record, records.write_window(lake, record.as_json()))
     drift = record.verdicts.drift if record.verdicts else {}
+    fairness = record.verdicts.fairness_drift if record.verdicts else None
     create_markdown_artifact(
         key=f"monitor-{contract.name.replace('_', '-')}",
-        markdown=_summary(result, drift),
+        markdown=_summary(result, drift, fairness),
         description=str(span.model_dump()),
     )
     return result

@@ -10,9 +10,8 @@ from prefect.events import emit_event
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
-from closedloop import events
+from closedloop import events, seal
 from closedloop.contract import contract_at
-from closedloop.registry import champion_version
 from closedloop.settings import Profile, load_settings
 from tasks.promote import policy, promotion
 from tasks.promote.tasks import infra_validation, observe_rollout, package_scorer, write_bundle
@@ -24,8 +23,17 @@ class DeployParams(BaseModel):
     contract: str | None = Field(default=None, description="contract file; empty: CLOSEDLOOP_CONTRACT")
     version: str | None = Field(default=None, description="registered version; empty: the challenger")
     require_approval: bool | None = Field(
-        default=None, description="pause for a human decision in the UI; empty: on in production, off locally"
+        default=None,
+        description="pause for a human decision in the UI; empty: on in production, off locally. A version judged "
+        "by limits looser than its contract's is always approved by a person, whatever this says",
     )
+    approved_by: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a person's approval given with the run (`closedloop deploy --approve-as NAME`): recorded and "
+        "sealed with the promotion; empty: the run pauses for one in the UI when an approval is needed",
+    )
+    approval_comment: str = Field(default="", description="the approver's reasons, kept with the approval")
     approval_timeout_s: int = Field(default=24 * 3600, ge=10)
     latency_budget_ms: float = Field(default=50.0, gt=0, description="single-request scoring latency budget")
     strategy: policy.Strategy = Field(
@@ -72,7 +80,8 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
     contract_file = str(params.contract or settings.contract)
     contract = contract_at(contract_file)
     uri, name = settings.mlflow_tracking_uri, contract.name
-    candidate = promotion.resolve_candidate(uri, name, params.version)
+    keys = seal.key_files(settings)
+    candidate = promotion.resolve_candidate(uri, name, params.version, keys)
     version = candidate.version
     started_by = f"event:{params.trigger_event_id}" if params.trigger_event_id else f"flow run {runtime.flow_run.id}"
 
@@ -93,10 +102,16 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
     )
     if infra.verdict != "pass":
         return _refused(uri, result, "infra validation failed: " + "; ".join(infra.problems), started_by)
-    if policy.needs_approval(params.require_approval, settings.profile is Profile.PRODUCTION):
-        answer = _ask_approval(uri, name, version, infra, params.approval_timeout_s)
-        result = result.model_copy(update={"approval": answer.model_dump()})
-        promotion.record(uri, name, version, {"action": "approval", **answer.model_dump()})
+    why = policy.approval_reason(candidate, params.require_approval, settings.profile is Profile.PRODUCTION)
+    if why:
+        if params.approved_by:
+            answer = Approval(approve=True, reviewer=params.approved_by, comment=params.approval_comment)
+        else:
+            answer = _ask_approval(uri, name, version, infra, params.approval_timeout_s, why)
+        approval = {**answer.model_dump(), "required_because": why}
+        result = result.model_copy(update={"approval": approval})
+        promotion.record(uri, name, version, {"action": "approval", **approval})
+        logger.info("v%s approval (%s): %s by %s", version, why, answer.approve, answer.reviewer)
         if not answer.approve:
             return _refused(uri, result, f"not approved by {answer.reviewer}: {answer.comment}", started_by)
     if params.strategy != "direct":
@@ -109,18 +124,21 @@ def package_deploy(params: DeployParams | None = None) -> DeployResult:
             why = f"{params.strategy} rollout {rollout.verdict}: {rollout.reason}"
             return _refused(uri, result, why, started_by)
     try:
-        moved = promotion.promote(uri, name, version, candidate.compared_with)
+        moved = promotion.promote(
+            uri, name, version, candidate.compared_with, keys, by=started_by, approval=result.approval
+        )
     except policy.DeployError as exc:
         return _refused(uri, result, str(exc), started_by)
     return _promoted(uri, result, moved, params.strategy, started_by)
 
 
-def _ask_approval(uri: str, name: str, version: str, infra: policy.InfraReport, timeout_s: int) -> Approval:
+def _ask_approval(uri: str, name: str, version: str, infra: policy.InfraReport, timeout_s: int, why: str) -> Approval:
     """Show the model card and the verdicts in the UI, pause the run, and return the reviewer's answer."""
     card = promotion.model_card(uri, name, version)
     create_markdown_artifact(
         key=f"approve-{name.replace('_', '-')}-v{version}",
-        markdown=f"# Approve {name} v{version}?\n\nInfra validation: {infra.model_dump()}\n\n{card}",
+        markdown=f"# Approve {name} v{version}?\n\nApproval needed: {why}\n\n"
+        f"Infra validation: {infra.model_dump()}\n\n{card}",
         description="model card and gate verdicts of the version waiting for approval",
     )
     answer: Approval = pause_flow_run(wait_for_input=Approval, timeout=timeout_s)
@@ -131,7 +149,11 @@ def _refused(uri: str, result: DeployResult, reason: str, by: str) -> DeployResu
     """Record why the version was not promoted; the champion stays as it was."""
     promotion.record(uri, result.dataset, result.version, {"action": "deploy refused", "reason": reason, "by": by})
     get_run_logger().warning("v%s not promoted: %s", result.version, reason)
-    return result.model_copy(update={"reason": reason, "champion": champion_version(uri, result.dataset)})
+    try:
+        champion = seal.champion_of(load_settings(), result.dataset)
+    except seal.SealError:
+        champion = None
+    return result.model_copy(update={"reason": reason, "champion": champion})
 
 
 def _promoted(uri: str, result: DeployResult, moved: policy.Promotion, strategy: str, by: str) -> DeployResult:

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
+from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict, Field
 
-from closedloop import events
+from closedloop import events, seal
 from closedloop.contract import FairnessPolicy, contract_at
 from closedloop.settings import load_settings
 from tasks.shared.dask_cluster import dask_runner
 from tasks.train.dataset import TrainingSet
 from tasks.train.evidence import GateVerdict
 from tasks.train.fit import TrainingConfig, Trial, Tuning, choose, search_space
-from tasks.train.gates import Gates, effective_gates
+from tasks.train.gates import Gates, effective_gates, limits_record
 from tasks.train.guards import GuardVerdict, RetrainGuards
 from tasks.train.tasks import (
     build_training_set,
     check_retrain_guards,
     evaluate_candidate,
+    record_retrain,
     register_candidate,
     train_model,
     tuning_trial,
@@ -79,14 +82,21 @@ def _started_by(params: TrainParams) -> str:
 
 
 def _deferred(dataset: str, guarded: GuardVerdict, started_by: str) -> TrainResult:
-    """A guard held this automatic retrain back: say why in the log and in an event, train nothing."""
+    """A guard held this automatic retrain back: say why in the log, in an event and in the run's state.
+
+    The run ends Completed named "Deferred", with the reason as the state's message: the guard did its job, so
+    the run is no failure (Failed or Cancelled would raise for a direct caller and fire failure alerts), and the
+    name tells it apart in the UI from a run that trained and from the runs Prefect cancelled before they
+    started (``CANCEL_NEW``). A direct caller still receives the ``TrainResult``: Prefect hands it the data of
+    the state the flow returned.
+    """
     get_run_logger().warning("retrain of %s deferred: %s", dataset, guarded.deferred)
     deferred = emit_event(
         event=events.RETRAIN_DEFERRED,
         resource=events.model_resource(dataset),
         payload={"reason": guarded.deferred, "started_by": started_by},
     )
-    return TrainResult(
+    result = TrainResult(
         dataset=dataset,
         version=None,
         eligible=False,
@@ -95,6 +105,7 @@ def _deferred(dataset: str, guarded: GuardVerdict, started_by: str) -> TrainResu
         status=f"deferred: {guarded.deferred}",
         guards=guarded,
     )
+    return cast(TrainResult, Completed(name="Deferred", message=result.status, data=result))
 
 
 def _tune(
@@ -123,7 +134,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     now = datetime.now(UTC)
     started_by = _started_by(params)
     if params.guards.enabled:
-        guarded = check_retrain_guards(settings, contract, params.guards, now)
+        guarded = check_retrain_guards(settings, contract, params.guards, now, runtime.flow_run.id, started_by)
         if guarded.deferred:
             return _deferred(contract.name, guarded, started_by)
     config = params.training
@@ -154,7 +165,11 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         tuning,
         automatic=params.guards.enabled,
         fairness=fairness,
+        limits=limits_record(contract, gates, params.guards.model_dump() if params.guards.enabled else None),
+        keys=seal.key_files(settings),
     )
+    if params.guards.enabled:
+        record_retrain(settings, contract, now, runtime.flow_run.id, started_by, version)
     create_markdown_artifact(
         key=f"model-card-{contract.name.replace('_', '-')}", markdown=card, description=f"{contract.name} v{version}"
     )

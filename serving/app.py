@@ -22,14 +22,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel
 
-from closedloop.contract import Column, ColumnType, Contract
+from closedloop import seal
+from closedloop.contract import Contract
 from closedloop.settings import Settings
 from feature_repo.store import open_store
 from serving.champion import Champion, Rollout
+from serving.requests import JSONRoute, batch_model, request_model, validation_error
 from tasks.score import scoring
 from tasks.score.feature_source import FeatureSource
 from tasks.score.scoring import ScoringModel
@@ -37,76 +40,6 @@ from tasks.score.scoring import ScoringModel
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
-MAX_BATCH = 1000
-
-
-def request_model(contract: Contract) -> type[BaseModel]:
-    """The request body: the entity key and the prediction table's model inputs, typed and bounded by the contract.
-
-    The body is read under the rules ingest applies to the table's file (``closedloop.source.request_values``):
-    null tokens and missing codes are missing, a category may be sent as its file code, and a derived column is
-    computed from its operands, which the body then carries instead.
-    """
-    from closedloop.contract import formula_names
-    from closedloop.source import request_values
-
-    fields: dict[str, Any] = {
-        contract.entity.join_key: (int if contract.key_type == "int" else str, Field(description="entity key")),
-    }
-    own = contract.columns_of(contract.prediction)
-    derived = [c for c in own if c.formula and (c.is_model_input or c.group_thresholds)]
-    operands = {name for c in derived for name in formula_names(c.formula or "")}
-    for column in own:
-        if column.formula:
-            continue
-        if column.is_model_input or column.name in operands:
-            fields[column.name] = _request_field(column)
-    for column in derived:
-        fields[column.name] = (
-            float | None,
-            Field(default=None, description=f"{column.name} = {column.formula}: computed from the request's values"),
-        )
-    for column in contract.sensitive:
-        if column.group_thresholds and column.name not in fields:  # only read by a group-threshold policy
-            fields[column.name] = (
-                float | str | None,
-                Field(
-                    default=None,
-                    description=f"{column.name}: read only by a group-threshold decision policy, which takes the "
-                    "stored value when the request leaves it out",
-                ),
-            )
-
-    def as_ingested(cls: type[BaseModel], data: Any) -> Any:
-        return request_values(contract, data) if isinstance(data, dict) else data
-
-    return create_model(
-        f"{contract.name.title().replace('_', '')}Application",
-        __config__=ConfigDict(extra="forbid"),
-        __validators__={"as_ingested": model_validator(mode="before")(as_ingested)},  # type: ignore[dict-item]
-        **fields,
-    )
-
-
-def _request_field(column: Column) -> tuple[Any, Any]:
-    """One input of the request: its type, bounds, and whether it may be left out."""
-    kind: Any
-    if column.type is ColumnType.CATEGORY:  # a category's name, or its code in the table's file
-        kind = Literal[tuple(dict.fromkeys([*(column.categories or []), *(column.codes or {})]))]
-    elif column.type is ColumnType.INT:
-        kind = int
-    elif column.type is ColumnType.BOOL:
-        kind = bool
-    else:
-        kind = float
-    constraints: dict[str, Any] = {"description": column.description or column.name}
-    if column.min is not None:
-        constraints["ge"] = column.min
-    if column.max is not None:
-        constraints["le"] = column.max
-    if column.nullable:
-        return kind | None, Field(default=None, **constraints)
-    return kind, Field(**constraints)
 
 
 class Reason(BaseModel):
@@ -123,10 +56,6 @@ class Score(BaseModel):
     reasons: list[Reason]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 ENDPOINTS = frozenset({"/v1/score", "/v1/score/batch", "/healthz", "/readyz", "/metrics"})
 
 
@@ -134,8 +63,9 @@ class LimitsAndMetrics:
     """Pure ASGI middleware: refuses bodies over MAX_BODY_BYTES (declared or streamed), counts and times requests.
 
     (Starlette's ``@app.middleware("http")`` wraps every request in extra tasks and streams: a third of the cost
-    of a scoring request on this machine.) Paths outside the API are counted as ``other``: a scanner cannot
-    grow the metrics without bound.
+    of a scoring request on this machine.) The body is read here, under the limit, before the app sees it: a
+    chunked body carries no Content-Length, and an error raised while FastAPI reads the body becomes its 400.
+    Paths outside the API are counted as ``other``: a scanner cannot grow the metrics without bound.
     """
 
     def __init__(self, app: Any, metrics: "Metrics") -> None:
@@ -147,37 +77,29 @@ class LimitsAndMetrics:
             return
         started = time.perf_counter()
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-        status = {"code": 500, "started": False}
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                await self._too_large(send, status)
-                self._count(endpoint, status["code"], started)
-                return
-        seen = 0
+        status = {"code": 500}
+        declared = [v for name, v in scope["headers"] if name == b"content-length"]
+        first = None if any(v.isdigit() and int(v) > MAX_BODY_BYTES for v in declared) else await _body(receive)
+        if first is None:
+            await self._too_large(send, status)
+            self._count(endpoint, status["code"], started)
+            return
+        pending = [first]
 
-        async def limited_receive() -> Any:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > MAX_BODY_BYTES:
-                raise BodyTooLarge
-            return message
+        async def replay() -> Any:
+            return pending.pop() if pending else await receive()
 
         async def tracking_send(message: Any) -> None:
             if message["type"] == "http.response.start":
-                status["code"], status["started"] = message["status"], True
+                status["code"] = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if status["started"]:
-                raise
-            await self._too_large(send, status)
+            await self.app(scope, replay, tracking_send)
         finally:
             self._count(endpoint, status["code"], started)
 
-    async def _too_large(self, send: Any, status: dict[str, Any]) -> None:
+    async def _too_large(self, send: Any, status: dict[str, int]) -> None:
         self.metrics.errors.labels("too_large").inc()
         body = json.dumps({"detail": f"request body over {MAX_BODY_BYTES} bytes"}).encode()
         await send(
@@ -193,6 +115,22 @@ class LimitsAndMetrics:
     def _count(self, endpoint: str, code: int, started: float) -> None:
         self.metrics.requests.labels(endpoint, str(code)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _body(receive: Any) -> dict[str, Any] | None:
+    """The request's body as one message, or None past MAX_BODY_BYTES (a disconnect is passed on as it came)."""
+    chunks, seen = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return dict(message)
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
 class Metrics:
@@ -374,7 +312,10 @@ class _Service:
             problems.append(f"model: {self.champion.last_error or 'no champion'}")
         if problems or model is None:
             return JSONResponse({"ready": False, "reason": "; ".join(problems)}, status_code=503)
-        return JSONResponse({"ready": True, "model_version": model.version, "dataset": self.contract.name})
+        answer: dict[str, Any] = {"ready": True, "model_version": model.version, "dataset": self.contract.name}
+        if self.champion.degraded:  # serving, but not what the registry says: the truth, for whoever looks
+            answer["degraded"] = self.champion.degraded
+        return JSONResponse(answer)
 
 
 def _authoriser(token: str, metrics: Metrics) -> Callable[..., Awaitable[None]]:
@@ -400,7 +341,7 @@ def create_app(
     """The scoring app for ``contract`` on ``settings``' stack; ``token`` is the bearer token it requires."""
     if not token:
         raise ValueError("the scoring service needs a bearer token (CLOSEDLOOP_SERVING_TOKEN): refusing to start open")
-    champion = Champion(settings.mlflow_tracking_uri, contract.name)
+    champion = Champion(settings.mlflow_tracking_uri, contract.name, seal.key_files(settings))
     metrics = Metrics()
     service = _Service(settings, contract, champion, metrics, refresh_seconds, inference_log)
     application = request_model(contract)
@@ -416,6 +357,9 @@ def create_app(
     )
 
     app.add_middleware(LimitsAndMetrics, metrics=metrics)
+    # a malformed request gets a 4xx naming the problem: JSON bodies only, parse errors and field errors as 422
+    app.router.route_class = JSONRoute
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     # answers are serialised once by pydantic-core and returned as they are (FastAPI would validate the returned
     # model against response_model again); response_model still documents them in the OpenAPI schema
@@ -423,12 +367,12 @@ def create_app(
     async def score(body: application) -> Response:  # type: ignore[valid-type]
         return Response(service.score_rows([body])[0].model_dump_json(), media_type="application/json")
 
-    class Batch(BaseModel):
-        applications: list[application] = Field(min_length=1, max_length=MAX_BATCH)  # type: ignore[valid-type]
+    batch = batch_model(application)
 
     @app.post("/v1/score/batch", response_model=list[Score], dependencies=[Depends(authorised)])
-    async def score_batch(body: Batch) -> Response:
-        answers = ",".join(answer.model_dump_json() for answer in service.score_rows(list(body.applications)))
+    async def score_batch(body: batch) -> Response:  # type: ignore[valid-type]
+        rows = list(body.applications)  # type: ignore[attr-defined]
+        answers = ",".join(answer.model_dump_json() for answer in service.score_rows(rows))
         return Response(f"[{answers}]", media_type="application/json")
 
     @app.get("/healthz")

@@ -1,4 +1,8 @@
-"""The model the service answers with: the registry's champion, reloaded when its alias moves, and a rollout.
+"""The model the service answers with: the last sealed promotion, reloaded when it changes, and a rollout.
+
+The service serves the version the deploy flow's seal names (``closedloop/seal.py``), never one an alias names by
+itself: a champion alias moved by hand leaves the served model as it was, and readiness reports the disagreement
+(``degraded``) until the aliases and the seal agree again. A refused version is logged and announced with an event.
 
 A rollout (shadow or canary) is a candidate version scored beside the champion; it ends by itself, rolled back when
 its errors or latency pass the plan's limits.
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from closedloop.registry import CHAMPION
+from closedloop import events, seal
 from tasks.score.loading import load_version
 from tasks.score.scoring import ScoringModel
 
@@ -100,56 +104,92 @@ class Rollout:
 
 
 class Champion:
-    """The champion and a rollout's candidate, swapped atomically when aliases move (never half-loaded)."""
+    """The champion and a rollout's candidate, swapped atomically when their seals change (never half-loaded)."""
 
-    def __init__(self, tracking_uri: str, dataset: str) -> None:
-        self.tracking_uri, self.dataset = tracking_uri, dataset
+    def __init__(self, tracking_uri: str, dataset: str, keys: seal.KeyFiles) -> None:
+        self.tracking_uri, self.dataset, self.keys = tracking_uri, dataset, keys
         self._current: ScoringModel | None = None
         self.rollout: Rollout | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self.degraded: str | None = None  # the registry disagrees with the sealed champion that is served
+        self._seq = 0  # the newest sealed promotion served: an older seal put back by hand is refused
 
     @property
     def current(self) -> ScoringModel | None:
         return self._current
 
     def refresh(self) -> bool:
-        """Load the version the alias points at if it is not the one serving; True when the model changed."""
-        from tasks.promote.promotion import aliases
-
+        """Load the version the last sealed promotion names if it is not the one serving; True when it changed."""
         with self._lock:
-            try:  # one registry call per refresh: the champion and the candidate come with the model's aliases
-                known = aliases(self.tracking_uri, self.dataset)
+            try:  # one registry call per refresh: the aliases and the seals come with the registered model
+                aliases, tags = seal.registered(self.tracking_uri, self.dataset)
             except Exception as exc:
                 self.last_error = f"model registry: {exc}"
                 logger.warning("registry lookup failed, models unchanged: %s", exc)
                 return False
-            self._refresh_rollout(known)
+            self._refresh_rollout(aliases, tags)
             try:
-                version = known.get(CHAMPION)
-                if version is None:
-                    raise NoChampion(f"no version of {self.dataset!r} carries the champion alias")
-                if self._current is not None and self._current.version == version:
-                    return False
-                loaded = load_version(self.tracking_uri, self.dataset, version)
+                chosen = seal.served(self.keys, self.dataset, aliases, tags, self._seq)
+            except seal.SealError as exc:  # nothing sealed to serve: keep what serves, say why
+                self._refuse(str(exc))
+                return False
+            self._disagreement(chosen.problem)
+            if self._current is not None and self._current.version == chosen.version:
+                self._seq = chosen.seq
+                return False
+            try:
+                seal.check_run(self.tracking_uri, self.dataset, chosen.version, chosen.run_id)
+                loaded = load_version(self.tracking_uri, self.dataset, chosen.version)
             except Exception as exc:  # keep serving the model we have; readiness says why
-                self.last_error = str(exc)
-                logger.warning("champion refresh failed: %s", exc)
+                self._refuse(f"sealed champion v{chosen.version} cannot be served: {exc}")
                 return False
             previous = self._current.version if self._current else None
-            self._current = loaded
+            self._current, self._seq = loaded, chosen.seq
             self.last_error = None
-            logger.info("champion %s v%s now serving (was %s)", self.dataset, version, previous)
+            self.degraded = chosen.problem
+            logger.info("champion %s v%s now serving (was %s)", self.dataset, chosen.version, previous)
             return True
 
-    def _refresh_rollout(self, known: dict[str, str]) -> None:
-        from tasks.promote.promotion import rollout_state
+    def _refuse(self, reason: str) -> None:
+        """Keep the served model; readiness reports ``reason`` (degraded while a model serves, else not ready)."""
+        self.last_error = reason
+        if self._current is not None:
+            reason = f"{reason}; v{self._current.version} keeps serving"
+        changed = reason != self.degraded
+        self.degraded = reason if self._current is not None else None
+        if changed:
+            logger.error("champion refused: %s", reason)
+            _announce(self.dataset, reason)
 
-        try:
-            state = rollout_state(self.tracking_uri, self.dataset, known)
-        except Exception as exc:
-            logger.warning("rollout lookup failed, candidate unchanged: %s", exc)
-            return
+    def _disagreement(self, problem: str | None) -> None:
+        if problem is not None and problem != self.degraded:
+            logger.error("%s", problem)
+            _announce(self.dataset, problem)
+        self.degraded = problem
+        if problem is None:
+            self.last_error = None
+
+    def _refresh_rollout(self, aliases: dict[str, str], tags: dict[str, str]) -> None:
+        from tasks.promote.promotion import CANDIDATE, rollout_state
+
+        version = aliases.get(CANDIDATE)
+        state = None
+        if version is not None:
+            try:
+                sealed = seal.opened(seal.verify_key(self.keys), tags.get(seal.CANDIDATE_TAG), f"candidate v{version}")
+                if str(sealed.get("version")) != version or sealed.get("dataset") != self.dataset:
+                    raise seal.SealError(f"the candidate seal names v{sealed.get('version')}, not v{version}")
+                state = rollout_state(self.tracking_uri, self.dataset, aliases)
+                if state is not None:  # the plan as sealed; only the verdict comes from the tags
+                    state = {
+                        **{k: str(v) for k, v in sealed["plan"].items()},
+                        "version": version,
+                        "verdict": state.get("verdict", ""),
+                    }
+            except Exception as exc:  # a candidate without a valid seal never sees traffic
+                logger.warning("candidate v%s not routed: %s", version, exc)
+                state = None
         if state is None or state.get("verdict") != "running" or state.get("strategy") not in ("shadow", "canary"):
             if self.rollout is not None:
                 logger.info("rollout of v%s over", self.rollout.model.version)
@@ -181,3 +221,21 @@ class Champion:
                 logger.error("could not record the rollback of v%s: %s", version, exc)
 
         threading.Thread(target=run, name="rollout-rollback", daemon=True).start()
+
+
+def _announce(dataset: str, reason: str) -> None:
+    """The event of a refused champion, off the request path (no Prefect server: logged only)."""
+
+    def run() -> None:
+        try:
+            from prefect.events import emit_event
+
+            emit_event(
+                event=events.CHAMPION_REFUSED,
+                resource=events.model_resource(dataset),
+                payload={"reason": reason, "by": f"scoring service {socket.gethostname()}:{os.getpid()}"},
+            )
+        except Exception as exc:
+            logger.warning("could not emit %s: %s", events.CHAMPION_REFUSED, exc)
+
+    threading.Thread(target=run, name="champion-refused-event", daemon=True).start()

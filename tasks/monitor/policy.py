@@ -2,6 +2,8 @@
 
 A window's record (see :mod:`tasks.monitor.window`) lists its violations; the alert reads the records of the
 windows before it, so a single noisy window never raises one (hysteresis: k violated of the last n judged).
+Violations the record also lists under ``review`` (a fairness drift the contract sends to a person) are kept and
+reported but never count toward the alert that starts a retrain.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def violations(
     performance_degraded: bool,
     estimate_degraded: bool,
     policy: MonitorPolicy,
+    fairness_drifted: bool = False,
 ) -> list[str]:
-    """What in a window breaks policy: drift (features or score), data quality, performance."""
+    """What in a window breaks policy: drift (features or score), data quality, performance, fairness."""
     found = []
     if drift.get("drifted") and drift.get("share", 0) > policy.drift_share:
         found.append("feature_drift")
@@ -74,7 +77,20 @@ def violations(
         found.append("performance")
     if estimate_degraded:
         found.append("estimated_performance")
+    if fairness_drifted:
+        found.append("fairness_drift")
     return found
+
+
+def for_review(found: Sequence[str], fairness_drift_action: str) -> list[str]:
+    """The violations that ask a person instead of a retrain: a fairness drift when the contract says 'review'."""
+    return ["fairness_drift"] if "fairness_drift" in found and fairness_drift_action == "review" else []
+
+
+def alerting(record: Mapping[str, Any]) -> list[str]:
+    """A window's violations that count toward the alert: all of them but those under ``review``."""
+    review = set(record.get("review") or [])
+    return [v for v in record.get("violations") or [] if v not in review]
 
 
 def alert(records: Sequence[Mapping[str, Any]], policy: MonitorPolicy) -> Alert:
@@ -88,8 +104,8 @@ def alert(records: Sequence[Mapping[str, Any]], policy: MonitorPolicy) -> Alert:
     latest = records[-1]
     judged = [r for r in records if r.get("status") == "judged" and r.get("champion") == latest.get("champion")]
     recent = judged[-policy.alert_n :]
-    violated = [r for r in recent if r.get("violations")]
-    fire = latest.get("status") == "judged" and bool(latest.get("violations")) and len(violated) >= policy.alert_k
+    violated = [r for r in recent if alerting(r)]
+    fire = latest.get("status") == "judged" and bool(alerting(latest)) and len(violated) >= policy.alert_k
     return Alert(
         alert=fire,
         violated_windows=len(violated),
@@ -113,7 +129,7 @@ def severity(violations: Sequence[str], drift_share: float) -> str:
 
 def drift_start(records: Sequence[Mapping[str, Any]], champion: str, policy: MonitorPolicy, default: str) -> str:
     """When the alerted drift began: the start of the k-th last violated window of this champion."""
-    violated = [r for r in records if r.get("violations") and r.get("champion") == champion]
+    violated = [r for r in records if alerting(r) and r.get("champion") == champion]
     return str(violated[-policy.alert_k]["window"]["start"]) if violated else default
 
 

@@ -1,7 +1,8 @@
 """The monitor's Prefect tasks: judge a window, judge a chunk of its columns, report, verify a new champion.
 
 Each reads what it needs (the champion's reference, the lake's outcomes) and calls the pure code of
-:mod:`tasks.monitor.window`, :mod:`tasks.monitor.report` and :mod:`tasks.monitor.verification`.
+:mod:`tasks.monitor.window`, :mod:`tasks.monitor.report` and :mod:`tasks.monitor.verification`; the skew check
+re-reads a sample of the window from the offline store through :mod:`tasks.monitor.skew`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from closedloop.contract import Contract, Drift
 from closedloop.lake import Lake
-from closedloop.registry import load_model
+from closedloop.registry import load_model, read_evidence
 from closedloop.settings import Settings
-from tasks.monitor import records, report, sources, verification, window
+from tasks.monitor import records, report, skew, sources, verification, window
+from tasks.monitor.fairness_drift import FairnessDrift
 from tasks.monitor.policy import MonitorPolicy
 from tasks.shared.drift import column_drift, drift_rules, window_drift
 from tasks.shared.features import feature_names, typed_features
@@ -38,8 +40,9 @@ def judge_window(
     now: datetime,
     drift: dict[str, Any] | None = None,
 ) -> window.Verdicts:
-    """Drift of every feature and of the score, data quality, performance (labelled and estimated), violations.
+    """Drift of every feature and of the score, quality, performance (labelled, estimated), fairness, violations.
 
+    Fairness drift compares the served decisions with the champion's evidence record.
     ``drift``: the window's drift record when it was already computed on a cluster (the ``drift_by_chunks`` flow).
     """
     profile = sources.reference_profile(settings.mlflow_tracking_uri, contract.name, champion)
@@ -47,7 +50,8 @@ def judge_window(
         scores = frame["score"].to_numpy(dtype="float64")
         drift = window_drift(profile, frame, drift_rules(contract, feature_names(contract)), scores)
     rows = window.attach_outcomes(contract, frame, sources.outcome_tables(lake, contract), now)
-    return window.verdicts(contract, frame, rows, profile, drift, policy)
+    evidence = read_evidence(settings.mlflow_tracking_uri, contract.name, champion) if contract.sensitive else None
+    return window.verdicts(contract, frame, rows, profile, drift, policy, evidence)
 
 
 @task(name="column_drift_chunk", cache_policy=NO_CACHE)
@@ -59,10 +63,31 @@ def column_drift_chunk(
     return [column_drift(name, reference[name], staged[name], rule).to_dict() for name, rule in rules.items()]
 
 
+def _fairness_metrics(fairness: FairnessDrift) -> dict[str, float]:
+    """The fairness verdict as MLflow metrics: per attribute its disparities and drifted groups, and the total."""
+    found: dict[str, float] = {"fairness_drifted_attributes": float(len(fairness.drifted))}
+    for name, judged in fairness.attributes.items():
+        measures = {
+            "demographic_parity_difference": judged.demographic_parity_difference,
+            "disparate_impact": judged.disparate_impact,
+            "tpr_gap": judged.tpr_gap,
+            "fpr_gap": judged.fpr_gap,
+            "drifted_groups": float(len(judged.drifted_groups)),
+        }
+        found.update({f"fairness.{name}.{m}": float(v) for m, v in measures.items() if v is not None})
+    return found
+
+
 def _log_report(
-    tracking_uri: str, dataset: str, champion: str, end: datetime, html: str, drifted: dict[str, dict[str, bool]]
+    tracking_uri: str,
+    dataset: str,
+    champion: str,
+    end: datetime,
+    html: str,
+    drifted: dict[str, dict[str, bool]],
+    fairness: FairnessDrift | None = None,
 ) -> str:
-    """One run of the dataset's monitoring experiment with the report and both drifted-column counts."""
+    """One run of the dataset's monitoring experiment: the report, both drifted-column counts, the fairness verdict."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -74,6 +99,10 @@ def _log_report(
         mlflow.log_text(html, "evidently/data_drift.html")
         mlflow.log_metric("drifted_columns_evidently", sum(drifted["evidently"].values()))
         mlflow.log_metric("drifted_columns_fast", sum(drifted["fast"].values()))
+        if fairness is not None:
+            mlflow.log_metrics(_fairness_metrics(fairness))
+            mlflow.set_tag("fairness_drift", ",".join(fairness.drifted) or "none")
+            mlflow.log_dict(fairness.model_dump(mode="json"), "fairness/fairness_drift.json")
     return str(run.info.run_id)
 
 
@@ -86,13 +115,23 @@ def evidently_report(
     champion: str,
     end: datetime,
     drifted: dict[str, bool],
+    fairness: FairnessDrift | None = None,
 ) -> report.Agreement:
-    """Evidently's report on a sample of the window: saved to the lake, logged to MLflow, linked from Prefect."""
+    """Evidently's report on a sample of the window: saved to the lake, logged to MLflow, linked from Prefect.
+
+    The MLflow run also carries the window's fairness verdict (metrics per attribute, the verdict as JSON).
+    """
     sample = sources.reference_sample(settings.mlflow_tracking_uri, contract.name, champion)
     html, verdicts = report.drift_report(sample, frame, contract, feature_names(contract))
     uri = records.write_report(lake, end, html)
     run_id = _log_report(
-        settings.mlflow_tracking_uri, contract.name, champion, end, html, {"evidently": verdicts, "fast": drifted}
+        settings.mlflow_tracking_uri,
+        contract.name,
+        champion,
+        end,
+        html,
+        {"evidently": verdicts, "fast": drifted},
+        fairness,
     )
     link = uri if "://" in uri else f"file://{uri}"
     create_link_artifact(link=link, link_text="Evidently data drift report", description=f"window ending {end}")
@@ -126,3 +165,37 @@ def verify_new_champion(
     previous_scores = load_model(tracking_uri, name, previous).predict_proba(typed_features(served, contract))[:, 1]
     champion_scores = served["score"].to_numpy(dtype="float64")
     return verification.compare(champion, earlier, violations, previous, y, champion_scores, previous_scores, margin)
+
+
+def _log_skew(tracking_uri: str, dataset: str, champion: str, end: datetime, verdict: skew.SkewVerdict) -> str:
+    """One run of the dataset's monitoring experiment with each compared feature's mismatch share."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = f"{dataset}-monitoring"
+    found = mlflow.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"skew {end:%Y-%m-%d %H:%M}") as run:
+        mlflow.set_tags({"closedloop.dataset": dataset, "champion": champion, "closedloop.check": "skew"})
+        mlflow.log_metrics({f"skew_share.{f.feature}": f.share for f in verdict.features})
+        mlflow.log_metrics({"skew_sampled": verdict.sampled, "skewed_features": len(verdict.skewed)})
+        mlflow.log_dict(verdict.as_record(), "skew/verdict.json")
+    return str(run.info.run_id)
+
+
+@task(name="training_serving_skew", cache_policy=NO_CACHE)
+def training_serving_skew(
+    settings: Settings, contract: Contract, frame: pd.DataFrame, champion: str, end: datetime, seed: int = 0
+) -> skew.SkewVerdict:
+    """A seeded sample of the window's answered requests re-read point-in-time through the FeatureService.
+
+    The verdict (per feature: mismatches, served or offline missing, example keys) is logged to the dataset's
+    monitoring experiment; its run id comes back in ``mlflow_run``.
+    """
+    from feature_repo.store import open_store
+
+    verdict = skew.check(open_store(settings, contract), contract, frame, seed)
+    if verdict.status != "judged":
+        return verdict
+    run_id = _log_skew(settings.mlflow_tracking_uri, contract.name, champion, end, verdict)
+    return verdict.model_copy(update={"mlflow_run": run_id})

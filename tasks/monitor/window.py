@@ -19,7 +19,9 @@ from pydantic import BaseModel
 
 from closedloop.contract import Contract, Drift
 from closedloop.inference_log import FEATURE_PREFIX
-from tasks.monitor.policy import Alert, MonitorPolicy, WindowStatus, violations
+from tasks.monitor import fairness_drift
+from tasks.monitor.fairness_drift import FairnessDrift
+from tasks.monitor.policy import Alert, MonitorPolicy, WindowStatus, for_review, violations
 from tasks.monitor.report import Agreement
 from tasks.monitor.verification import Verification
 from tasks.shared import metrics
@@ -75,6 +77,8 @@ class Verdicts(BaseModel):
     performance: Performance
     estimated_performance: EstimatedPerformance
     violations: list[str]
+    fairness_drift: FairnessDrift | None = None  # None: the contract has no sensitive attribute
+    review: list[str] = []  # violations that ask a person and do not count toward the alert
 
     def fast_drift(self) -> dict[str, bool]:
         """Each judged column's drift verdict (what the Evidently report is compared with)."""
@@ -95,6 +99,10 @@ class WindowRecord(BaseModel):
     alert: Alert | None = None
     event_id: str | None = None
     event_occurred: str | None = None
+    fairness_event_id: str | None = None
+    # SKEW: the training-serving skew verdict (tasks/monitor/skew.py) goes here once the flow computes it;
+    # as_json writes it under "skew" when set
+    skew: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object of the window: verdicts at the top level, optional parts only when they exist."""
@@ -113,6 +121,14 @@ class WindowRecord(BaseModel):
                 estimated_performance=self.verdicts.estimated_performance.model_dump(exclude_unset=True),
                 violations=self.verdicts.violations,
             )
+            if self.verdicts.fairness_drift is not None:
+                out["fairness_drift"] = self.verdicts.fairness_drift.model_dump()
+            if self.verdicts.review:
+                out["review"] = self.verdicts.review
+        if self.fairness_event_id is not None:
+            out["fairness_event_id"] = self.fairness_event_id
+        if self.skew is not None:
+            out["skew"] = self.skew
         if self.evidently is not None:
             out["evidently"] = self.evidently.model_dump()
         if self.verification is not None:
@@ -287,17 +303,27 @@ def verdicts(
     profile: dict[str, Any],
     drift: dict[str, Any],
     policy: MonitorPolicy,
+    evidence: dict[str, Any] | None = None,
 ) -> Verdicts:
-    """Quality, performance (labelled and estimated) and the violations of a window whose drift is known."""
+    """Quality, performance (labelled and estimated), fairness drift and the violations of a window.
+
+    ``evidence``: the champion's evidence record, whose fairness analysis the served decisions are compared with.
+    """
     quality = data_quality(contract, frame, feature_names(contract))
     judged = performance(contract, rows, profile, policy)
     estimate = estimated_performance(frame["score"].to_numpy(dtype="float64"), profile, policy)
+    fairness = fairness_drift.judge(contract, rows, evidence) if contract.sensitive else None
+    found = violations(
+        drift, quality.worst_share, judged.degraded, estimate.degraded, policy, bool(fairness and fairness.drifted)
+    )
     return Verdicts(
         drift=drift,
         quality=quality,
         performance=judged,
         estimated_performance=estimate,
-        violations=violations(drift, quality.worst_share, judged.degraded, estimate.degraded, policy),
+        violations=found,
+        fairness_drift=fairness,
+        review=for_review(found, contract.monitoring.fairness_drift_action),
     )
 
 

@@ -38,10 +38,14 @@ class _Record(BaseModel):
 
 
 class Candidate(_Record):
-    """A version allowed to be deployed, and the champion its comparison gate was run against."""
+    """A version allowed to be deployed and the champion its comparison gate was run against.
+
+    ``approval_required``: why a person must approve it whatever the deploy run asks (None: nothing requires it).
+    """
 
     version: str
     compared_with: str | None
+    approval_required: str | None = None
 
 
 class Promotion(_Record):
@@ -64,7 +68,40 @@ def eligible_candidate(name: str, version: str, evidence: dict[str, Any]) -> Can
         failed = {k: v["verdict"] for k, v in evidence.get("gates", {}).items() if v.get("verdict") != "pass"}
         raise DeployError(f"{name} v{version} is not eligible for promotion (gates: {failed})")
     compared_with = evidence.get("gates", {}).get("champion", {}).get("compared_with")
-    return Candidate(version=version, compared_with=None if compared_with is None else str(compared_with))
+    return Candidate(
+        version=version,
+        compared_with=None if compared_with is None else str(compared_with),
+        approval_required=limits_approval(evidence),
+    )
+
+
+def limits_approval(evidence: dict[str, Any]) -> str | None:
+    """Why the version's limits need a person's approval before promotion; None when they are the contract's.
+
+    Fails closed: a version that does not record the limits it was judged by needs approval too.
+    """
+    limits = evidence.get("limits")
+    if not isinstance(limits, dict) or not isinstance(limits.get("loosened"), list):
+        return "the version does not record the limits it was judged by"
+    if not limits["loosened"]:
+        return None
+    looser = ", ".join(
+        f"{name} {limits['values'][name]} (contract: {limits['contract'][name]})" for name in limits["loosened"]
+    )
+    return f"judged by limits looser than its contract's: {looser}"
+
+
+def approval_reason(candidate: Candidate, requested: bool | None, production: bool) -> str | None:
+    """Why a person must approve this deploy (None: nobody needs to).
+
+    The version's loosened limits require it on every profile, and ``requested=False`` cannot waive that;
+    otherwise as requested, else always in production and never locally.
+    """
+    if candidate.approval_required:
+        return candidate.approval_required
+    if requested if requested is not None else production:
+        return "requested by the deploy run" if requested else "every promotion in production is approved"
+    return None
 
 
 def plan_promotion(name: str, version: str, champion: str | None, compared_with: str | None) -> Promotion:
@@ -86,11 +123,6 @@ def plan_rollback(name: str, champion: str | None, previous: str | None) -> Roll
     if champion is None:
         raise DeployError(f"{name} has no champion to roll back")
     return Rollback(champion=previous, rolled_back=champion)
-
-
-def needs_approval(requested: bool | None, production: bool) -> bool:
-    """Whether a person must approve: as requested, else always in production and never locally."""
-    return requested if requested is not None else production
 
 
 # --- infra validation ------------------------------------------------------------------------------------------

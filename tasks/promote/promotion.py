@@ -8,6 +8,9 @@
   by hash; shadow: scores every request, answer not returned), guards it against its error and latency budgets and
   ends it itself on a breach; the deploy flow watches the verdict and promotes only after a clean observation.
 - Every deploy, approval, rollout and rollback is appended to ``evidence/deployments.json`` of the versions involved.
+- **Seals** (``closedloop/seal.py``): each promotion, rollback and rollout start is signed with the flows' key, and
+  a version's evidence is trusted only when it matches the seal the train flow wrote: the aliases are a view for
+  people, the seals are what the scoring services and the flows act on.
 
 The rules (eligibility, compare-and-set, rollout verdicts) are in ``policy.py``; this module reads and moves.
 """
@@ -22,9 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from closedloop import seal
 from closedloop.inference_log import read_window
 from closedloop.lake import Lake
-from closedloop.registry import CHALLENGER, CHAMPION, PREVIOUS, champion_version, client, read_evidence
+from closedloop.registry import CHALLENGER, CHAMPION, PREVIOUS, client, evidence_file
 from tasks.promote import policy
 from tasks.promote.policy import DeployError
 
@@ -90,20 +94,81 @@ def _alias(tracking_uri: str, name: str, alias: str) -> str | None:
         return None
 
 
-def resolve_candidate(tracking_uri: str, name: str, version: str | None) -> policy.Candidate:
-    """The version to deploy (default: the challenger); refuses one whose evidence is not eligible."""
+def resolve_candidate(tracking_uri: str, name: str, version: str | None, keys: seal.KeyFiles) -> policy.Candidate:
+    """The version to deploy (default: the challenger); refuses one whose sealed evidence is not eligible."""
     if version is None:
         try:
             version = str(client(tracking_uri).get_model_version_by_alias(name, CHALLENGER).version)
         except Exception as exc:
             raise DeployError(f"{name} has no challenger: train an eligible model first ({exc})") from exc
-    return policy.eligible_candidate(name, version, read_evidence(tracking_uri, name, version))
+    return policy.eligible_candidate(name, version, sealed_evidence(tracking_uri, name, version, keys))
 
 
-def promote(tracking_uri: str, name: str, version: str, compared_with: str | None) -> policy.Promotion:
-    """Compare-and-set: champion := version only if the champion is still ``compared_with``."""
-    moved = policy.plan_promotion(name, version, champion_version(tracking_uri, name), compared_with)
+def sealed_evidence(tracking_uri: str, name: str, version: str, keys: seal.KeyFiles) -> dict[str, Any]:
+    """The version's evidence record, only if it is the one the train flow sealed (not rewritten since)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(tracking_uri).get_model_version(name, version)
+    except MlflowException as exc:
+        raise DeployError(f"{name} has no version {version}: {exc.message}") from exc
+    try:
+        payload = seal.opened(seal.verify_key(keys), (found.tags or {}).get(seal.EVIDENCE_TAG), f"{name} v{version}")
+        text = evidence_file(tracking_uri, name, version, "evidence.json").read_bytes()
+    except (seal.SealError, OSError) as exc:
+        raise DeployError(f"{name} v{version}: its evidence cannot be trusted: {exc}") from exc
+    if (payload.get("dataset"), str(payload.get("version")), payload.get("run_id")) != (name, version, found.run_id):
+        raise DeployError(f"{name} v{version}: its evidence seal names another version ({payload})")
+    if payload.get("sha256") != seal.digest(text):
+        raise DeployError(
+            f"{name} v{version}: evidence/evidence.json differs from the record the train flow sealed "
+            "(changed after training): it is not deployed"
+        )
+    record_: dict[str, Any] = json.loads(text)
+    return record_
+
+
+def sealed_champion(tracking_uri: str, name: str, keys: seal.KeyFiles) -> dict[str, Any] | None:
+    """The last sealed promotion (None: none yet); :class:`DeployError` when the registry's seal is forged."""
+    try:
+        return seal.sealed_champion(keys, name, seal.registered(tracking_uri, name)[1])
+    except seal.SealError as exc:
+        raise DeployError(
+            f"{exc}; nothing is promoted while it stands (delete the registered model's tag {seal.CHAMPION_TAG} "
+            "to start over)"
+        ) from exc
+
+
+def promote(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    compared_with: str | None,
+    keys: seal.KeyFiles,
+    by: str,
+    approval: dict[str, Any] | None = None,
+) -> policy.Promotion:
+    """Compare-and-set against the sealed champion: champion := version only if it is still ``compared_with``.
+
+    The promotion is sealed (signed with the flows' key) before the aliases move: the seal is what the scoring
+    services serve, the aliases are the registry's view of it.
+    """
+    current = sealed_champion(tracking_uri, name, keys)
+    moved = policy.plan_promotion(name, version, None if current is None else str(current["version"]), compared_with)
     c = client(tracking_uri)
+    payload = {
+        "kind": "champion",
+        "action": "promoted",
+        "dataset": name,
+        "version": version,
+        "run_id": c.get_model_version(name, version).run_id,
+        "seq": 1 if current is None else int(current["seq"]) + 1,
+        "previous": None if current is None else {k: current[k] for k in ("version", "run_id")},
+        "by": by,
+        "approval": approval,
+        "at": seal.now(),
+    }
+    c.set_registered_model_tag(name, seal.CHAMPION_TAG, seal.sign(seal.signing_key(keys), payload))
     if moved.previous is not None:
         c.set_registered_model_alias(name, PREVIOUS, moved.previous)
     c.set_registered_model_alias(name, CHAMPION, version)
@@ -113,11 +178,28 @@ def promote(tracking_uri: str, name: str, version: str, compared_with: str | Non
     return moved
 
 
-def rollback(tracking_uri: str, name: str, reason: str, by: str) -> policy.Rollback:
-    """Champion := previous (and previous := the rolled-back version), recorded in both versions' history."""
-    current = champion_version(tracking_uri, name)
-    moved = policy.plan_rollback(name, current, _alias(tracking_uri, name, PREVIOUS))
+def rollback(tracking_uri: str, name: str, reason: str, by: str, keys: seal.KeyFiles) -> policy.Rollback:
+    """Champion := the previous sealed champion (sealed again), recorded in both versions' history.
+
+    The previous version comes from the seal, not the ``previous`` alias, which anyone could have moved.
+    """
+    current = sealed_champion(tracking_uri, name, keys) or {}
+    before: dict[str, Any] = current.get("previous") or {}
+    moved = policy.plan_rollback(name, current.get("version"), before.get("version"))
+    payload = {
+        "kind": "champion",
+        "action": "rolled back",
+        "dataset": name,
+        "version": moved.champion,
+        "run_id": before["run_id"],
+        "seq": int(current["seq"]) + 1,
+        "previous": {k: current[k] for k in ("version", "run_id")},
+        "by": by,
+        "reason": reason,
+        "at": seal.now(),
+    }
     c = client(tracking_uri)
+    c.set_registered_model_tag(name, seal.CHAMPION_TAG, seal.sign(seal.signing_key(keys), payload))
     c.set_registered_model_alias(name, CHAMPION, moved.champion)
     c.set_registered_model_alias(name, PREVIOUS, moved.rolled_back)
     entry = {"action": "rollback", "from": moved.rolled_back, "to": moved.champion, "reason": reason, "by": by}
@@ -129,10 +211,23 @@ def rollback(tracking_uri: str, name: str, reason: str, by: str) -> policy.Rollb
 # --- shadow and canary rollouts -------------------------------------------------------------------------------
 
 
-def start_rollout(tracking_uri: str, name: str, version: str, plan: policy.RolloutPlan) -> None:
-    """Put ``version`` on the candidate alias with its rollout plan (strategy, share, budgets)."""
+def start_rollout(tracking_uri: str, name: str, version: str, plan: policy.RolloutPlan, keys: seal.KeyFiles) -> None:
+    """Put ``version`` on the candidate alias with its rollout plan (strategy, share, budgets), sealed.
+
+    The scoring services route to a candidate only when the registered model's candidate seal names it, and take
+    the plan from the seal: a hand-set alias or rollout tag puts no version in front of traffic.
+    """
     policy.check_no_other_rollout(name, _alias(tracking_uri, name, CANDIDATE), version)
     c = client(tracking_uri)
+    payload = {
+        "kind": "candidate",
+        "dataset": name,
+        "version": version,
+        "run_id": c.get_model_version(name, version).run_id,
+        "plan": plan.model_dump(),
+        "at": seal.now(),
+    }
+    c.set_registered_model_tag(name, seal.CANDIDATE_TAG, seal.sign(seal.signing_key(keys), payload))
     for key, value in plan.tags().items():
         c.set_model_version_tag(name, version, key, value)
     c.set_registered_model_alias(name, CANDIDATE, version)
@@ -188,6 +283,7 @@ def observe_rollout(
     observe_seconds: float,
     lake: Lake,
     by: str,
+    keys: seal.KeyFiles,
 ) -> policy.RolloutOutcome:
     """Put the version in shadow or canary, watch it, and judge it on what the inference log recorded.
 
@@ -195,9 +291,10 @@ def observe_rollout(
     read here); after ``observe_seconds`` the candidate passes only with ``min_requests`` answers logged and a
     p99 latency within budget. Fails closed: too little traffic is a failed rollout, not a pass.
     """
-    plan = plan.model_copy(update={"champion": champion_version(tracking_uri, name)})
+    current = sealed_champion(tracking_uri, name, keys)
+    plan = plan.model_copy(update={"champion": None if current is None else str(current["version"])})
     started = datetime.now(UTC)
-    start_rollout(tracking_uri, name, version, plan)
+    start_rollout(tracking_uri, name, version, plan, keys)
     record(tracking_uri, name, version, {"action": f"{plan.strategy} rollout started", "by": by, **plan.model_dump()})
     logger.info("v%s in %s rollout for %s s: %s", version, plan.strategy, observe_seconds, plan.model_dump())
     if not _watch(tracking_uri, name, version, observe_seconds):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from closedloop import seal
 from closedloop.contract import Contract
 from closedloop.lake import Lake
 from closedloop.settings import Settings
@@ -40,5 +41,5 @@ def observe_rollout(
     """Shadow or canary on live traffic, judged by the services' guards and the inference log."""
     lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
     return promotion.observe_rollout(
-        settings.mlflow_tracking_uri, contract.name, version, plan, observe_seconds, lake, by
+        settings.mlflow_tracking_uri, contract.name, version, plan, observe_seconds, lake, by, seal.key_files(settings)
     )

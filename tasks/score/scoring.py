@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +24,8 @@ import numpy as np
 from closedloop.contract import ColumnType, Contract
 from closedloop.registry import decision_policy
 from tasks.shared import explain
+
+logger = logging.getLogger(__name__)
 
 
 class StoredFeatures(Protocol):
@@ -60,6 +64,8 @@ class ScoringModel:
     iteration_range: tuple[int, int] = (0, 0)
     policy: dict[str, dict[str, Any]] | None = None  # group thresholds, when the fairness gate needed them
     policy_attribute: str | None = None
+    # decisions taken by the single threshold for a group the policy has no threshold for, by group
+    unseen_groups: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -121,12 +127,27 @@ class ScoringModel:
         return np.asarray(self.booster.inplace_predict(matrix, iteration_range=self.iteration_range), dtype="float64")
 
     def decide(self, score: float, key: str, group: str | None) -> str:
-        """Refuse or approve; group thresholds mix two thresholds per group, drawn from a hash of the request key."""
+        """Refuse or approve; group thresholds mix two thresholds per group, drawn from a hash of the request key.
+
+        A group without a threshold of its own (absent when they were fitted: a new category, an empty band) is
+        decided by the version's single threshold, as training judged it (``tasks.train.mitigation.decide``);
+        ``unseen_groups`` counts those decisions, and the first of each group is logged.
+        """
         if self.policy is None:
             return "refuse" if score >= self.threshold else "approve"
         rule = self.policy.get(group or "unknown")
         if rule is None:
-            raise ScoringInputError(f"no decision threshold for {self.policy_attribute} group {group!r}")
+            unseen = group or "unknown"
+            self.unseen_groups[unseen] += 1
+            if self.unseen_groups[unseen] == 1:
+                logger.warning(
+                    "v%s has no decision threshold for %s group %r: decided by its single threshold %.4f",
+                    self.version,
+                    self.policy_attribute,
+                    unseen,
+                    self.threshold,
+                )
+            return "refuse" if score >= self.threshold else "approve"
         draw = int.from_bytes(hashlib.sha256(f"{self.version}:{key}".encode()).digest()[:8], "big") / 2**64
         which = "0" if draw < rule["p0"] else "1"
         return "refuse" if score > rule[f"threshold{which}"] else "approve"

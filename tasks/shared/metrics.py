@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-HEADLINE = ("roc_auc", "pr_auc", "ks", "brier")
+HEADLINE = ("roc_auc", "pr_auc", "ks", "brier", "log_loss")
+CLIP = 1e-7  # scores are clipped to [CLIP, 1 - CLIP] for the log loss: a score of 0 or 1 would make it infinite
 
 
 class _Ranked:
@@ -29,9 +30,11 @@ class _Ranked:
         self.k = len(self.values)
         self.cells = codes.ravel() + self.k * (self.y > 0)  # below k: a negative at that score, from k: a positive
         self.squared = (self.p - self.y) ** 2
+        clipped = np.clip(self.p, CLIP, 1 - CLIP)
+        self.losses = -(self.y * np.log(clipped) + (1 - self.y) * np.log(1 - clipped))  # each row's log loss
 
-    def counted(self, counts: np.ndarray, squared_sum: float, rows: float) -> dict[str, float] | None:
-        """ROC-AUC, average precision, KS and Brier from negatives and positives per distinct score."""
+    def counted(self, counts: np.ndarray, squared_sum: float, loss_sum: float, rows: float) -> dict[str, float] | None:
+        """ROC-AUC, average precision, KS, Brier and log loss from negatives and positives per distinct score."""
         wn, wp = counts[: self.k], counts[self.k :]
         pos, neg = wp.sum(), wn.sum()
         if pos == 0 or neg == 0:
@@ -44,17 +47,23 @@ class _Ranked:
         tp, fp = pos - below_p + wp, neg - below_n + wn
         ap = float(np.dot(wp, tp / np.maximum(tp + fp, 1e-300)) / pos)
         ks = float(np.max(np.abs(below_p / pos - below_n / neg)))
-        return {"roc_auc": auc, "pr_auc": ap, "ks": ks, "brier": float(squared_sum / rows)}
+        return {
+            "roc_auc": auc,
+            "pr_auc": ap,
+            "ks": ks,
+            "brier": float(squared_sum / rows),
+            "log_loss": float(loss_sum / rows),
+        }
 
     def weighted(self, w: np.ndarray) -> dict[str, float] | None:
         """The metrics with row weights ``w`` (a count vector: how often each row was drawn)."""
         counts = np.bincount(self.cells, weights=w, minlength=2 * self.k)
-        return self.counted(counts, float(np.sum(w * self.squared)), float(w.sum()))
+        return self.counted(counts, float(np.sum(w * self.squared)), float(np.sum(w * self.losses)), float(w.sum()))
 
     def drawn(self, rows: np.ndarray) -> dict[str, float] | None:
         """The metrics of the rows at positions ``rows`` (drawn with replacement)."""
         counts = np.bincount(self.cells[rows], minlength=2 * self.k).astype(float)
-        return self.counted(counts, float(self.squared[rows].sum()), float(len(rows)))
+        return self.counted(counts, float(self.squared[rows].sum()), float(self.losses[rows].sum()), float(len(rows)))
 
 
 def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
@@ -64,7 +73,7 @@ def ks_statistic(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    p = np.clip(p, CLIP, 1 - CLIP)
     return {
         "roc_auc": float(roc_auc_score(y, p)),
         "pr_auc": float(average_precision_score(y, p)),

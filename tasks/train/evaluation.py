@@ -151,12 +151,14 @@ def evaluate(
         parts["mitigation"] = candidate
         verdicts["fairness"] = mitigated_fairness(verdicts["fairness"], candidate)
     report = Report(test_rows=len(judged.labels), test_positives=int(judged.labels.sum()), **parts)
+    # the figures show the decision rule the version deploys: its group thresholds once the fairness gate chose them
+    deployed = parts["mitigation"].fairness if verdicts["fairness"].mitigation else parts["fairness"]
     return Evaluation(
         report=report,
         gates=verdicts,
         eligible=eligible(verdicts),
         threshold=judged.decision.threshold,
-        plots=_figures(judged, compared.test_scores, parts, gates),
+        plots=_figures(judged, compared.test_scores, parts["explanations"], deployed, gates),
         test_scores=test_scores,
     )
 
@@ -308,11 +310,13 @@ def group_thresholds(
             data.labels[validation],
             mitigation.group_labels(frame.loc[validation, column.name], column),
         )
-        groups = mitigation.group_labels(frame.loc[test, column.name], column)
-        refuse = mitigation.decide(optimizer, x[test], groups, gates.decision_seed)
     except mitigation.MitigationError as exc:
         return Mitigation(attribute=column.name, skipped=str(exc))
-    y = judged.labels
+    groups = mitigation.group_labels(frame.loc[test, column.name], column)
+    decided = mitigation.decide(
+        optimizer, x[test], groups, gates.decision_seed, judged.scores, judged.decision.threshold
+    )
+    refuse, y = decided.refuse, judged.labels
     candidate = assess(contract, judged.sensitive, y, judged.scores, judged.decision.threshold, judged.limits, refuse)
     fn = int(((refuse == 0) & (y == 1)).sum())
     fp = int(((refuse == 1) & (y == 0)).sum())
@@ -324,7 +328,7 @@ def group_thresholds(
     return Mitigation(
         attribute=column.name,
         method=f"fairlearn ThresholdOptimizer ({mitigation.CONSTRAINT}, {mitigation.OBJECTIVE}), fitted on the "
-        "validation split",
+        f"validation split; {_unseen_groups_rule(column.name, decided.single_threshold_rows)}",
         policy=mitigation.policy(optimizer),
         fairness=candidate,
         confusion={
@@ -340,17 +344,32 @@ def group_thresholds(
     )
 
 
+def _unseen_groups_rule(attribute: str, rows: dict[str, int]) -> str:
+    """How the candidate decides a group absent from the validation split, and how many test rows it did so for."""
+    rule = f"the {attribute} groups absent from it are decided by the single threshold"
+    if not rows:
+        return rule
+    return rule + f" (test rows: {', '.join(f'{group} {count:,}' for group, count in rows.items())})"
+
+
 def _figures(
-    judged: _Judged, champion_scores: np.ndarray | None, parts: dict[str, Any], gates: Gates
+    judged: _Judged,
+    champion_scores: np.ndarray | None,
+    explained: dict[str, Any],
+    fairness: dict[str, Any],
+    gates: Gates,
 ) -> dict[str, bytes]:
-    """The PNG figures logged with the version: ROC, precision-recall, calibration, cost, SHAP, fairness by group."""
+    """The PNG figures logged with the version: ROC, precision-recall, calibration, cost, SHAP, fairness by group.
+
+    ``fairness`` is the analysis of the decision rule the version deploys (single or group thresholds).
+    """
     y, p = judged.labels, judged.scores
     figures = {
         "roc.png": plots.roc_curve_png(y, p, label="candidate", champion_scores=champion_scores),
         "precision_recall.png": plots.pr_curve_png(y, p, champion_scores=champion_scores, label="candidate"),
         "calibration.png": plots.calibration_png(y, p),
         "expected_cost.png": plots.threshold_cost_png(judged.thresholds, judged.costs, judged.decision.threshold),
-        "shap_importance.png": plots.shap_importance_png(parts["explanations"]["global"]),
+        "shap_importance.png": plots.shap_importance_png(explained["global"]),
     }
     by_group = {
         attribute: {
@@ -363,7 +382,7 @@ def _figures(
             }
             for group, m in result["groups"].items()
         }
-        for attribute, result in parts["fairness"].items()
+        for attribute, result in fairness.items()
         if "disparate_impact" in result
     }
     if by_group:  # refusal rate, TPR and FPR of the refusal decision, by group

@@ -57,6 +57,19 @@ class FairnessRecord(Part):
     override: bool = False
 
 
+class LimitsRecord(Part):
+    """Every limit a version was judged by, its contract's value, and which of them were looser than the contract's.
+
+    A loosened limit (set in the run's form or on the command line) makes the version need a person's approval
+    before any promotion, on every profile; ``guards``: the retrain guards of an automatic run.
+    """
+
+    values: dict[str, float | int | str]
+    contract: dict[str, float | int | str]
+    loosened: list[str]
+    guards: dict[str, Any] | None = None
+
+
 class Report(Part):
     """What the evaluation measured on the test window; a blocked evaluation has only the row counts."""
 
@@ -103,6 +116,7 @@ class Evidence(Part):
     feature_coverage: FeatureCoverage | None = None  # the matured applications left out for missing feature rows
     unlabelled_rows: int | None = None  # rows of a flat table without their label yet: left out of training
     fairness_policy: FairnessRecord | None = None  # the fairness limits applied, with their sources
+    limits: LimitsRecord | None = None  # every gate limit applied, the contract's, and the loosened ones
     code_commit: str
     started_by: str
     trained_at: str

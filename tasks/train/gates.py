@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from closedloop.contract import Contract, FairnessPolicy
 from tasks.train.coverage import FeatureCoverage
-from tasks.train.evidence import FairnessRecord, GateVerdict, Mitigation
+from tasks.train.evidence import FairnessRecord, GateVerdict, LimitsRecord, Mitigation
 
 
 class Gates(BaseModel):
@@ -61,6 +61,34 @@ def effective_gates(
                 break
     record = FairnessRecord(limits=limits, source=sources, override="override" in sources.values())
     return gates.model_copy(update=limits), record
+
+
+# which way each limit moves to let more versions through: +1 a larger value, -1 a smaller one
+LOOSER: dict[str, int] = {
+    "min_roc_auc": -1,
+    "min_test_rows": -1,
+    "min_test_positives": -1,
+    "noninferiority_margin": +1,
+    "max_demographic_parity_difference": +1,
+    "max_equalized_odds_difference": +1,
+    "min_disparate_impact": -1,
+    "min_group_rows": +1,  # a larger minimum leaves more small groups out of the comparison
+    "min_group_outcomes": +1,
+    "max_fairness_worsening": +1,
+}
+
+
+def limits_record(contract: Contract, applied: Gates, guards: dict[str, Any] | None = None) -> LimitsRecord:
+    """The limits ``applied`` against the contract's own (its fairness limits over the defaults).
+
+    A limit is loosened when it lets through a version the contract's value would refuse. Mitigation and the
+    decision seed are choices, not limits, and never count as loosened.
+    """
+    reference, _ = effective_gates(contract, Gates())
+    values = {name: getattr(applied, name) for name in LOOSER}
+    contract_values = {name: getattr(reference, name) for name in LOOSER}
+    loosened = [name for name, way in LOOSER.items() if (values[name] - contract_values[name]) * way > 1e-12]
+    return LimitsRecord(values=values, contract=contract_values, loosened=loosened, guards=guards)
 
 
 def undecidable_quality(test_rows: int, test_positives: int, gates: Gates) -> GateVerdict | None:

@@ -1,7 +1,8 @@
 """Guards of an automatic retrain: cool-down, daily budget, and labels the champion has not seen.
 
 The drift trigger and the weekly schedule turn them on; a data scientist's manual run skips them. The first
-guard that fails defers the run, and the verdict says which and why.
+guard that fails defers the run, and the verdict says which and why. The time guards read the automatic
+attempts the lake keeps (``tasks/train/attempts.py``), so every run of every process sees the same ones.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 AUTOMATIC_TAG = "closedloop.automatic_retrain"  # on versions registered by a guarded (automatic) run
 DAY = timedelta(days=1)
+DEFERRED = "deferred"  # an attempt's outcome when the label guard held it back
+TRAINED = "trained"
 
 
 class RetrainGuards(BaseModel):
@@ -20,14 +23,49 @@ class RetrainGuards(BaseModel):
 
     enabled: bool = Field(default=False, description="check the guards before training (off for manual runs)")
     cooldown_minutes: float = Field(
-        default=60, ge=0, description="no automatic retrain within this long after the last automatic one"
+        default=60,
+        ge=0,
+        description="no automatic retrain within this long after the last automatic attempt started or ended "
+        "(trained, deferred for labels, failed or still running)",
     )
-    max_per_day: int = Field(default=4, ge=1, description="automatic retrains in the last 24 hours, at most")
+    max_per_day: int = Field(
+        default=4, ge=1, description="automatic retrains in the last 24 hours, at most (label deferrals not counted)"
+    )
     min_new_labels: int = Field(
         default=200,
         ge=1,
         description="applications with a matured label made after the champion's training window ended, at least",
     )
+
+
+class Attempt(BaseModel):
+    """An automatic retrain that passed the cool-down and the daily budget, as the lake's record keeps it.
+
+    ``outcome``: "started" until the run says otherwise, so a run that failed or was killed keeps counting;
+    "deferred" (the label guard held it back, ``detail`` says why) or "trained" (``detail``: the version).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    flow_run_id: str
+    started_by: str
+    started: datetime
+    ended: datetime | None = None
+    outcome: str = "started"
+    detail: str | None = None
+
+    @property
+    def last(self) -> datetime:
+        """The cool-down runs from here: the end of a finished attempt, else its start."""
+        return self.ended or self.started
+
+    def describe(self) -> str:
+        """What the attempt did, for a deferral's reason."""
+        if self.outcome == TRAINED:
+            return f"registered v{self.detail}"
+        if self.outcome == DEFERRED:
+            return "was deferred for labels"
+        return "started (still running, failed or killed)"
 
 
 class GuardVerdict(BaseModel):
@@ -36,31 +74,37 @@ class GuardVerdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     deferred: str | None = None
-    minutes_since_last_version: float | None = None
-    versions_last_24h: int | None = None
+    minutes_since_last_retrain: float | None = None
+    retrains_last_24h: int | None = None
     new_labels: int | None = None
     champion_window_end: datetime | None = None
 
 
-def recent_retrains(guards: RetrainGuards, now: datetime, automatic: list[datetime]) -> GuardVerdict:
-    """Cool-down since the last automatic retrain, then the daily budget; ``automatic``: when each was registered.
+def recent_retrains(guards: RetrainGuards, now: datetime, attempts: list[Attempt]) -> GuardVerdict:
+    """Cool-down since the last automatic attempt, then the daily budget.
 
-    Only automatic retrains count: a data scientist's manual run does not start the cool-down.
+    Every attempt that went ahead counts for the cool-down, whatever became of it: one still training (the runs
+    of a drift storm arrive while it trains), one deferred for labels (a storm would otherwise read the lake's
+    labels once per event), one that failed or was killed (the storm would otherwise retrain again at once). An
+    attempt this function turned away is never recorded, so a storm cannot push the cool-down on for ever. The
+    budget counts the attempts that trained or tried to: a label deferral spent no training. A data scientist's
+    manual run is no attempt.
     """
     since = None
-    if automatic:
-        since = round((now - max(automatic)).total_seconds() / 60, 2)
+    if attempts:
+        last = max(attempts, key=lambda a: a.last)
+        since = round((now - last.last).total_seconds() / 60, 2)
         if since < guards.cooldown_minutes:
             return GuardVerdict(
-                deferred=f"cool-down: the last automatic retrain registered its version {since:.1f} min ago "
-                f"(< {guards.cooldown_minutes})",
-                minutes_since_last_version=since,
+                deferred=f"cool-down: the last automatic retrain (flow run {last.flow_run_id}) {last.describe()} "
+                f"{since:.1f} min ago (< {guards.cooldown_minutes})",
+                minutes_since_last_retrain=since,
             )
-    today = sum(1 for registered in automatic if now - registered < DAY)
+    today = sum(1 for a in attempts if now - a.started < DAY and a.outcome != DEFERRED)
     deferred = None
     if today >= guards.max_per_day:
         deferred = f"daily budget: {today} automatic retrains in the last 24 hours (max {guards.max_per_day})"
-    return GuardVerdict(deferred=deferred, minutes_since_last_version=since, versions_last_24h=today)
+    return GuardVerdict(deferred=deferred, minutes_since_last_retrain=since, retrains_last_24h=today)
 
 
 def label_coverage(

@@ -6,10 +6,15 @@ that owns the contract: the default contracts allow it for age bands only, never
 The optimizer is fitted on the validation split, never on the test window it is judged on. Fairlearn's decisions
 mix two thresholds per group at random in fixed proportions; they are drawn with a fixed seed here, and the
 thresholds and proportions are recorded so that serving can reproduce the policy.
+
+A group the optimizer never saw (absent from the validation split: a rare category, a band nobody fell in) has
+no threshold of its own: its rows are decided by the single threshold, here as in serving
+(``tasks.score.scoring.ScoringModel.decide``), and counted, so the candidate is judged on the rule it deploys.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,12 +53,26 @@ def fit(model: Any, x: pd.DataFrame, y: np.ndarray, groups: np.ndarray) -> Thres
     return optimizer
 
 
-def decide(optimizer: ThresholdOptimizer, x: pd.DataFrame, groups: np.ndarray, seed: int) -> np.ndarray:
-    """Refusal decisions (1 = refuse) of the mitigated candidate."""
-    unseen = sorted(set(groups) - set(optimizer.interpolated_thresholder_.interpolation_dict))
-    if unseen:
-        raise MitigationError(f"group(s) {unseen} have no threshold: absent from the validation split")
-    return np.asarray(optimizer.predict(x, sensitive_features=groups, random_state=seed), dtype=int)
+@dataclass(frozen=True)
+class Decisions:
+    """The candidate's refusals (1 = refuse), and the rows of each group without a threshold of its own."""
+
+    refuse: np.ndarray
+    single_threshold_rows: dict[str, int]
+
+
+def decide(
+    optimizer: ThresholdOptimizer, x: pd.DataFrame, groups: np.ndarray, seed: int, scores: np.ndarray, threshold: float
+) -> Decisions:
+    """Refusals of the mitigated candidate; a group the optimizer never saw is refused at ``scores >= threshold``."""
+    groups = np.asarray(groups)
+    fitted = np.isin(groups, list(optimizer.interpolated_thresholder_.interpolation_dict))
+    refuse = (np.asarray(scores) >= threshold).astype(int)
+    if fitted.any():
+        at = np.flatnonzero(fitted)
+        refuse[at] = optimizer.predict(x.iloc[at], sensitive_features=groups[at], random_state=seed)
+    unseen, counts = np.unique(groups[~fitted], return_counts=True)
+    return Decisions(refuse, {str(g): int(n) for g, n in zip(unseen, counts, strict=True)})
 
 
 def policy(optimizer: ThresholdOptimizer) -> dict[str, dict[str, float | str]]:

@@ -1,4 +1,9 @@
-"""The model card: a markdown page written from a version's evidence record, kept with the version."""
+"""The model card: a markdown page written from a version's evidence record, kept with the version.
+
+Its decision and fairness figures are those of the rule the version deploys: the single threshold, or the group
+thresholds once the fairness gate chose them (the rule ``closedloop.registry.decision_policy`` reads, the one
+serving applies).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ def model_card(name: str, evidence: dict[str, Any]) -> str:
         f"- Eligible for promotion: **{evidence['eligible']}**",
         "",
         *_metrics(report),
-        *_fairness(report),
-        *_mitigation(report.get("mitigation")),
+        *_decision(report, _group_thresholds(evidence)),
+        *_fairness(report, _group_thresholds(evidence)),
+        *_mitigation(report.get("mitigation"), report.get("fairness", {})),
         *_tuning(report.get("tuning")),
         *_importance(report.get("explanations", {}).get("global", {})),
         "",
@@ -47,38 +53,67 @@ def _coverage_line(coverage: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _group_thresholds(evidence: dict[str, Any]) -> str | None:
+    """The attribute whose group thresholds the version decides with, or None: it decides with one threshold."""
+    if not evidence["gates"].get("fairness", {}).get("mitigation"):
+        return None
+    return str((evidence["report"].get("mitigation") or {}).get("attribute"))
+
+
 def _metrics(report: dict[str, Any]) -> list[str]:
-    """Metrics with their bootstrap intervals, and the decision threshold with its confusion on the test window."""
+    """Metrics with their bootstrap intervals (a record without one says so, never a made-up figure)."""
     lines = [
         "## Metrics on the out-of-time test window (95% bootstrap intervals)",
         "",
         "| metric | value | interval |",
         "|---|---|---|",
     ]
+    intervals = report.get("intervals") or {}
     for metric, value in report.get("metrics", {}).items():
-        low, high = report.get("intervals", {}).get(metric, (float("nan"), float("nan")))
-        lines.append(f"| {metric} | {value:.4f} | {low:.4f} - {high:.4f} |")
-    decision = report.get("decision")
-    if decision:
-        lines += [
-            "",
-            f"Decision threshold {decision['threshold']:.4f} (minimum expected cost: "
-            f"{decision['expected_cost']:.4f} per application); confusion on the test window: "
-            f"TP {decision['tp']}, FP {decision['fp']}, TN {decision['tn']}, FN {decision['fn']}.",
-        ]
+        if metric in intervals:
+            low, high = intervals[metric]
+            lines.append(f"| {metric} | {value:.4f} | {low:.4f} - {high:.4f} |")
+        else:  # no resample held both classes, or a record from before this metric was bootstrapped
+            lines.append(f"| {metric} | {value:.4f} | not recorded |")
     return lines
 
 
-def _fairness(report: dict[str, Any]) -> list[str]:
-    """Approval rate, TPR, FPR and AUC by group, and the disparity measures of each sensitive attribute."""
+def _decision(report: dict[str, Any], grouped: str | None) -> list[str]:
+    """The decision rule the version deploys, its expected cost and its confusion on the test window."""
+    decision = report.get("decision")
+    if not decision:
+        return []
+    single = (
+        f"Decision threshold {decision['threshold']:.4f} (minimum expected cost: "
+        f"{decision['expected_cost']:.4f} per application); confusion on the test window: "
+        f"TP {decision['tp']}, FP {decision['fp']}, TN {decision['tn']}, FN {decision['fn']}."
+    )
+    if grouped is None:
+        return ["", f"Decision rule deployed: one threshold for everyone. {single}"]
+    mitigation = report["mitigation"]
+    confusion = mitigation["confusion"]
+    return [
+        "",
+        f"Decision rule deployed: **group thresholds on {grouped}** (the policy is under Fairness mitigation): "
+        f"expected cost {mitigation['expected_cost']:.4f} per application; confusion on the test window: "
+        f"TP {confusion['tp']}, FP {confusion['fp']}, TN {confusion['tn']}, FN {confusion['fn']}.",
+        "",
+        f"The single threshold decides only the {grouped} groups without a threshold of their own. {single}",
+    ]
+
+
+def _fairness(report: dict[str, Any], grouped: str | None) -> list[str]:
+    """Approval rate, TPR, FPR and AUC by group, and the disparity measures, of the decision rule deployed."""
+    rule = "the single threshold" if grouped is None else f"the group thresholds on {grouped}"
+    fairness = report.get("fairness", {}) if grouped is None else report["mitigation"].get("fairness", {})
     lines = [
         "",
-        "## Fairness (approval = score below the threshold)",
+        f"## Fairness of the deployed decision: {rule} (approval = not refused)",
         "",
         "| attribute | group | rows | approval rate | TPR | FPR | AUC |",
         "|---|---|---|---|---|---|---|",
     ]
-    for attribute, result in report.get("fairness", {}).items():
+    for attribute, result in fairness.items():
         if result.get("verdict") == "skipped":  # its groups are only counted: too small to measure
             sizes = ", ".join(f"{group} {count}" for group, count in result.get("groups", {}).items())
             waiver = f"; waived by the contract: {result['waiver']}" if result.get("waiver") else ""
@@ -99,8 +134,11 @@ def _fairness(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _mitigation(mitigation: dict[str, Any] | None) -> list[str]:
-    """The group-threshold candidate tried after a failed fairness gate, with its policy; or why it was not."""
+def _mitigation(mitigation: dict[str, Any] | None, single: dict[str, Any]) -> list[str]:
+    """The group-threshold candidate tried after a failed fairness gate, with its policy; or why it was not.
+
+    ``single`` is the single threshold's fairness analysis: its disparity measures, for comparison.
+    """
     if not mitigation:
         return []
     lines = ["", "## Fairness mitigation", ""]
@@ -112,6 +150,7 @@ def _mitigation(mitigation: dict[str, Any] | None) -> list[str]:
         f"{mitigation['expected_cost']:.4f} "
         f"(single threshold: {mitigation['expected_cost_single_threshold']:.4f}); "
         f"verdict: **{mitigation['verdict']['verdict']}** ({mitigation['verdict']['reason']}).",
+        *_single_threshold_disparities(single),
         "",
         "| group | refuse if score | with probability | else if score | with probability |",
         "|---|---|---|---|---|",
@@ -120,6 +159,23 @@ def _mitigation(mitigation: dict[str, Any] | None) -> list[str]:
         f"| {g} | {r['operator0']} {r['threshold0']:.4f} | {r['p0']:.3f} | {r['operator1']} "
         f"{r['threshold1']:.4f} | {r['p1']:.3f} |"
         for g, r in mitigation["policy"].items()
+    ]
+
+
+def _single_threshold_disparities(single: dict[str, Any]) -> list[str]:
+    """One line per judged attribute: the single threshold's disparity measures, which the candidate was to fix."""
+    judged = {a: r for a, r in single.items() if "disparate_impact" in r}
+    if not judged:
+        return []
+    return [
+        "",
+        "The single threshold on the same test window: "
+        + "; ".join(
+            f"{a}: DP diff {r['demographic_parity_difference']:.3f}, EO diff {r['equalized_odds_difference']:.3f}, "
+            f"DI {r['disparate_impact']:.3f}"
+            for a, r in judged.items()
+        )
+        + ".",
     ]
 
 

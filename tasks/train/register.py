@@ -20,7 +20,7 @@ from closedloop.settings import PROJECT_ROOT
 from tasks.shared.drift import SCORE, expected_auc, profile_frame
 from tasks.shared.features import EVENT_TIMESTAMP, feature_names
 from tasks.train.dataset import TrainingData, TrainingSet
-from tasks.train.evidence import Evaluation, Evidence, FairnessRecord
+from tasks.train.evidence import Evaluation, Evidence, FairnessRecord, LimitsRecord
 from tasks.train.fit import TrainingConfig, Tuning
 from tasks.train.guards import AUTOMATIC_TAG
 from tasks.train.model_card import model_card
@@ -47,10 +47,12 @@ def evidence_of(
     started_by: str,
     now: datetime,
     fairness: FairnessRecord | None = None,
+    limits: LimitsRecord | None = None,
 ) -> Evidence:
     """The evidence record of a candidate: lineage, provenance, the evaluation (with the search, if any), gates.
 
-    ``fairness``: the fairness limits the gates applied and where each came from (override, contract, default).
+    ``fairness``: the fairness limits the gates applied and where each came from (override, contract, default);
+    ``limits``: every gate limit against the contract's, and the retrain guards.
     """
     report = evaluation.report if tuning is None else evaluation.report.model_copy(update={"tuning": tuning})
     given: dict[str, Any] = {}
@@ -58,6 +60,8 @@ def evidence_of(
         given["unlabelled_rows"] = training.unlabelled_rows
     if fairness is not None:
         given["fairness_policy"] = fairness
+    if limits is not None:
+        given["limits"] = limits
     return Evidence(
         dataset=contract.name,
         contract_version=contract.version,
@@ -111,6 +115,18 @@ def run_record(
         params.update({f"fairness.{name}": value for name, value in policy["limits"].items()})
         params.update({f"fairness.{name}.source": source for name, source in policy["source"].items()})
         tags["fairness.override"] = str(policy.get("override", False)).lower()
+    limits = evidence.get("limits")
+    if limits:  # every limit the gates applied, the contract's where it differs, and the guards of the run
+        params.update({f"limit.{name}": value for name, value in limits["values"].items()})
+        params.update(
+            {
+                f"limit.{name}.contract": limits["contract"][name]
+                for name in limits["values"]
+                if limits["values"][name] != limits["contract"][name]
+            }
+        )
+        params.update({f"guard.{name}": value for name, value in (limits.get("guards") or {}).items()})
+        tags["limits.loosened"] = ",".join(limits["loosened"]) or "none"
     return params, metrics, tags
 
 

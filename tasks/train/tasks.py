@@ -15,22 +15,24 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from closedloop import seal
 from closedloop.contract import Contract
 from closedloop.lake import Lake
-from closedloop.registry import ChampionUnavailable, champion_scores, champion_version, client, read_evidence
+from closedloop.registry import ChampionUnavailable, champion_scores, champion_version, read_evidence
 from closedloop.settings import Settings
 from tasks.shared.features import EVENT_TIMESTAMP, feature_names, monotone_constraints
-from tasks.train import dataset
+from tasks.train import attempts, dataset
 from tasks.train.dataset import TrainingData, TrainingSet
-from tasks.train.evidence import Evaluation, FairnessRecord
+from tasks.train.evidence import Evaluation, FairnessRecord, LimitsRecord
 from tasks.train.fit import TrainingConfig, TrainingDataError, Trial, Tuning, fit_model, trial_of
 from tasks.train.gates import Gates, feature_coverage, undecidable_quality
 from tasks.train.guards import (
-    AUTOMATIC_TAG,
+    DEFERRED,
+    TRAINED,
+    Attempt,
     GuardVerdict,
     RetrainGuards,
     label_coverage,
-    recent_retrains,
     without_labels,
 )
 
@@ -41,17 +43,16 @@ logger = logging.getLogger(__name__)
 
 
 @task(name="retrain_guards", cache_policy=NO_CACHE)
-def check_retrain_guards(settings: Settings, contract: Contract, guards: RetrainGuards, now: datetime) -> GuardVerdict:
-    """Cool-down, daily budget and label coverage of the drifted period; ``deferred`` names the first that fails."""
-    try:
-        automatic = [
-            datetime.fromtimestamp(int(v.creation_timestamp) / 1000, UTC)
-            for v in client(settings.mlflow_tracking_uri).search_model_versions(f"name='{contract.name}'")
-            if v.tags.get(AUTOMATIC_TAG) == "true"
-        ]
-    except Exception:  # no registered model yet
-        automatic = []
-    verdict = recent_retrains(guards, now, automatic)
+def check_retrain_guards(
+    settings: Settings, contract: Contract, guards: RetrainGuards, now: datetime, flow_run_id: str, started_by: str
+) -> GuardVerdict:
+    """Cool-down, daily budget and label coverage of the drifted period; ``deferred`` names the first that fails.
+
+    The time guards claim the attempt in the lake under its lock (``tasks/train/attempts.py``); a claimed attempt
+    the label guard then defers is recorded as deferred, and still counts for the cool-down.
+    """
+    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
+    verdict = attempts.claim(lake, settings.postgres_url, guards, now, flow_run_id, started_by)
     if verdict.deferred:
         return verdict
     champion = champion_version(settings.mlflow_tracking_uri, contract.name)
@@ -59,12 +60,26 @@ def check_retrain_guards(settings: Settings, contract: Contract, guards: Retrain
     if champion is not None:
         window = read_evidence(settings.mlflow_tracking_uri, contract.name, champion)["data_window"]
         seen_until = datetime.fromisoformat(window[1])
-    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
     try:
         matured = dataset.entity_frame(lake, contract, now)[EVENT_TIMESTAMP]
     except TrainingDataError as exc:
-        return without_labels(verdict, str(exc))
-    return label_coverage(verdict, guards, matured, seen_until)
+        verdict = without_labels(verdict, str(exc))
+    else:
+        verdict = label_coverage(verdict, guards, matured, seen_until)
+    if verdict.deferred:
+        attempt = Attempt(flow_run_id=flow_run_id, started_by=started_by, started=now)
+        attempts.finish(lake, attempt, DEFERRED, verdict.deferred, datetime.now(UTC))
+    return verdict
+
+
+@task(name="record_retrain", cache_policy=NO_CACHE)
+def record_retrain(
+    settings: Settings, contract: Contract, now: datetime, flow_run_id: str, started_by: str, version: str
+) -> str:
+    """The guarded run registered ``version``: its attempt's record says so; the cool-down runs from here."""
+    lake = Lake.of(settings.lake_uri, contract.name, settings.s3_endpoint_url)
+    attempt = Attempt(flow_run_id=flow_run_id, started_by=started_by, started=now)
+    return attempts.finish(lake, attempt, TRAINED, version, datetime.now(UTC))
 
 
 @task(name="build_training_set", cache_policy=NO_CACHE)
@@ -194,18 +209,21 @@ def register_candidate(
     tuning: Tuning | None = None,
     automatic: bool = False,
     fairness: FairnessRecord | None = None,
+    limits: LimitsRecord | None = None,
+    keys: seal.KeyFiles | None = None,
 ) -> tuple[str, str, str]:
     """Log and register the model with its evidence record and model card; returns (version, card, evidence).
 
     ``tuning``: the search that chose the configuration, recorded with the evaluation's report; ``automatic``:
     a guarded run, whose version the retrain guards count; ``fairness``: the fairness limits applied and their
-    sources.
+    sources; ``limits``: every limit against the contract's; ``keys``: the flows' key that seals the evidence
+    record (deploy trusts no other).
     """
     from tasks.train import register
 
     data = dataset.load_training(training, contract)
-    evidence = register.evidence_of(training, evaluation, contract, tuning, started_by, now, fairness)
-    return register.register(
+    evidence = register.evidence_of(training, evaluation, contract, tuning, started_by, now, fairness, limits)
+    version, card, evidence_json = register.register(
         tracking_uri,
         data,
         load_model(model_path),
@@ -216,3 +234,6 @@ def register_candidate(
         config,
         automatic,
     )
+    if keys is not None:
+        seal.seal_evidence(tracking_uri, contract.name, version, evidence_json, keys)
+    return version, card, evidence_json

@@ -36,6 +36,7 @@ def test_every_benchmark_family_is_registered_under_its_command_line_name() -> N
     assert sorted(harness.BENCHMARKS) == [
         "concept_drift",
         "drift",
+        "fairness",
         "generator",
         "lake",
         "materialize",

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from flat_table import write_flat_table
 from typer.testing import CliRunner
@@ -71,3 +72,16 @@ def test_init_errors_are_one_line_naming_file_and_column(tmp_path: Path) -> None
     assert len(lines) == 1 and f"{data}: label column 'Default' is not in the file" in lines[0]
     missing = runner.invoke(app, ["contract", "init", str(tmp_path / "nope.csv"), "--label", "y"])
     assert missing.exit_code == 2 and f"{tmp_path / 'nope.csv'}: no such file" in missing.stderr
+
+
+def test_init_drafts_a_parquet_export_that_contract_check_accepts(tmp_path: Path) -> None:
+    data = tmp_path / "flat.parquet"
+    pd.read_csv(write_flat_table(tmp_path / "flat.csv", rows=300), index_col=0).to_parquet(data)
+    out = tmp_path / "contract.yaml"
+    result = runner.invoke(app, ["contract", "init", str(data), "--label", "SeriousDlqin2yrs", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    drafted = yaml.safe_load(out.read_text())
+    assert drafted["tables"]["applications"]["file"]["format"] == "parquet"
+    assert next(c for c in drafted["columns"] if c["name"] == "monthly_income")["nullable"] is True  # NaN: missing
+    checked = runner.invoke(app, ["contract", "check", str(out), "--json"])
+    assert checked.exit_code == 0, checked.output

@@ -39,19 +39,26 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+TOKEN = f"token-{uuid.uuid4().hex}"
+
+
 @pytest.fixture
-def running(settings: Settings) -> Iterator[Settings]:
-    stack.up(settings)
+def running(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The stack up, started from a shell where the serving token is exported (as the demo suggests)."""
+    monkeypatch.setenv(stack.TOKEN_VARIABLE, TOKEN)
+    tokened = load_settings()
+    stack.up(tokened)
     try:
-        yield settings
+        yield tokened
     finally:
-        stack.down(settings)
+        stack.down(tokened)
 
 
-def test_up_is_idempotent_down_leaves_nothing_and_state_survives(running: Settings) -> None:
+def test_up_is_idempotent_and_private_down_leaves_nothing_and_state_survives(running: Settings) -> None:
     settings = running
     first = {s.name: s.pid for s in stack.status(settings)}
     assert all(s.state == "running" for s in stack.status(settings))
+    _assert_private_and_without_the_token(settings, TOKEN)
 
     # a second 'up' starts nothing new
     again = {s.name: s.pid for s in stack.up(settings)}
@@ -84,6 +91,41 @@ def test_up_is_idempotent_down_leaves_nothing_and_state_survives(running: Settin
     assert client.get_run(mlflow_run).data.metrics["auc"] == 0.81
     assert client.get_registered_model("credit-risk-restart").name == "credit-risk-restart"
     assert (settings.logs_dir / "prefect.log").stat().st_size > 0
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        pairs = [item.decode(errors="replace") for item in handle.read().split(b"\0") if b"=" in item]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _assert_private_and_without_the_token(settings: Settings, token: str) -> None:
+    """State folder 0700 and what the servers wrote in it 0600; the token in no server nor worker they forked."""
+    recorded = [stack._recorded_pid(settings, name) for name in ("prefect", "mlflow")]
+    processes = [member for pid in recorded if pid is not None for member in _group_members(pid)]
+    assert len(processes) >= 2
+    for pid in processes:
+        environment = _environment_of(pid)
+        assert stack.TOKEN_VARIABLE not in environment
+        assert not any(token in value for value in environment.values()), f"process {pid} holds the token"
+    state = settings.state_dir
+    assert {"prefect.db", "mlflow.db", "prefect.log", "mlflow.log", "prefect.json"} <= {
+        path.name for path in state.rglob("*")
+    }
+    modes = {str(path.relative_to(state)): path.stat().st_mode & 0o777 for path in [state, *state.rglob("*")]}
+    assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
+    assert modes["."] == 0o700 and modes["mlflow/mlflow.db"] == 0o600 and modes["prefect/prefect.db"] == 0o600
+
+
+def test_only_the_scoring_service_is_given_the_token(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exported in the shell (as the demo suggests) or not: the flow runner and the servers run without it."""
+    monkeypatch.setenv(stack.TOKEN_VARIABLE, "exported-token")
+    comps = stack.components(load_settings(), s3=True, flows=True, serving=True)
+    everyone = {comp.name: stack.process_environment(comp) for comp in comps}
+    assert set(everyone) == {"prefect", "mlflow", "flows", "serving", "s3"}
+    for name, environment in everyone.items():
+        holds = [key for key, value in environment.items() if "exported-token" in value]
+        assert holds == ([stack.TOKEN_VARIABLE] if name == "serving" else []), name
 
 
 def test_a_taken_port_is_reported_and_nothing_starts(settings: Settings) -> None:

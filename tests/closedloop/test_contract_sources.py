@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from one_table import flat_loans, german_credit, loans_column
 
 from closedloop.contract import ContractError, formula_names, load_contract, parse_contract
 
@@ -16,41 +17,10 @@ SHIPPED = [
     REPO / "datasets" / name / "contract.yaml" for name in ("credit_synthetic", "taiwan_credit_default")
 ]  # before the new fields
 
-FLAT = """\
-name: flat_loans
-version: 1
-start: 2020-01-01T00:00:00Z
-time_ordered: false
-null_tokens: ["NA"]
-entity: {name: loan, join_key: loan_id}
-tables:
-  loans:
-    as_of: ingest
-    generated_key: loan_id
-    primary_key: [loan_id]
-    file:
-      ignore: [""]
-      headers: {defaulted: SeriousDlqin2yrs, late_30_59: "NumberOfTime30-59DaysPastDueNotWorse",
-                days_birth: DAYS_BIRTH, sex: CODE_GENDER, sex_code: CODE_GENDER}
-label: {column: defaulted, positive: 1, negative: 0, delay_days: 0}
-decision: {cost_false_negative: 5, cost_false_positive: 1}
-fairness: {min_group_rows: 30, mitigation: none}
-columns:
-  - {name: late_30_59, type: int, min: 0, max: 20, nullable: true, missing_codes: [96, 98]}
-  - {name: days_birth, type: int, min: -40000, max: 0, exclude: "age_years is used"}
-  - {name: age_years, type: float, formula: "-days_birth / 365.25", min: 0, max: 120, sensitive: true}
-  - {name: sex, type: category, categories: [female, male], codes: {F: female, M: male}, sensitive: true}
-  - {name: sex_code, type: category, categories: [F, M], exclude: "sex is used"}
-"""
-
 
 @pytest.fixture
 def flat() -> dict[str, Any]:
-    return yaml.safe_load(FLAT)
-
-
-def _column(doc: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(c for c in doc["columns"] if c["name"] == name)
+    return flat_loans()
 
 
 def _error(doc: dict[str, Any]) -> str:
@@ -71,13 +41,20 @@ def test_a_one_table_contract_needs_no_prediction_label_source_or_column_source(
 
 def test_file_columns_are_what_the_file_holds_and_added_columns_what_closedloop_adds(flat: dict[str, Any]) -> None:
     contract = parse_contract(flat)
-    assert contract.added_columns("loans") == ["event_time", "loan_id", "age_years"]
+    assert contract.added_columns("loans") == ["event_time", "loan_id", "age_years", "years_employed"]
     assert contract.file_columns("loans") == {
         "defaulted": "SeriousDlqin2yrs",
+        "utilisation": "RevolvingUtilizationOfUnsecuredLines",
+        "age": "age",  # a header that is already the name
         "late_30_59": "NumberOfTime30-59DaysPastDueNotWorse",
+        "monthly_income": "MonthlyIncome",
+        "dependents": "NumberOfDependents",
         "days_birth": "DAYS_BIRTH",
+        "days_employed": "DAYS_EMPLOYED",
         "sex": "CODE_GENDER",
         "sex_code": "CODE_GENDER",  # one header feeds two columns
+        "marital_status": "MaritalStatus",
+        "region": "Region.Code",
     }
     assert contract.tables["loans"].file.ignored("") and contract.tables["loans"].file.ignored("Unnamed: 0")
     assert not contract.tables["loans"].file.ignored("Unnamed")
@@ -91,6 +68,8 @@ def test_shipped_contracts_keep_the_fingerprint_their_data_and_models_were_recor
             "description": True,
             "null_tokens": True,
             "fairness": True,
+            "monitoring": True,
+            "label": {"codes"},
             "tables": {"__all__": {"as_of", "generated_key", "file"}},
             "columns": {"__all__": {"null_tokens", "missing_codes", "codes", "formula", "fairness_waiver"}},
         }
@@ -104,12 +83,12 @@ def test_the_new_fields_are_part_of_the_fingerprint(flat: dict[str, Any]) -> Non
     for change in (
         lambda d: d.update(null_tokens=["NA", "NULL"]),
         lambda d: d["fairness"].update(min_group_rows=50),
-        lambda d: _column(d, "late_30_59").update(missing_codes=[96]),
-        lambda d: _column(d, "sex").update(codes={"F": "female", "M": "male", "X": "female"}),
+        lambda d: loans_column(d, "late_30_59").update(missing_codes=[96]),
+        lambda d: loans_column(d, "sex").update(codes={"F": "female", "M": "male", "X": "female"}),
         lambda d: d["tables"]["loans"]["file"].update(ignore=["", "idx"]),
         lambda d: d["tables"]["loans"].update(as_of="2021-01-01T00:00:00Z"),
     ):
-        doc = yaml.safe_load(FLAT)
+        doc = flat_loans()
         change(doc)
         assert parse_contract(doc).fingerprint != base
 
@@ -131,7 +110,7 @@ def _set(path: str, value: Any) -> Any:
         *parents, last = path.split(".")
         node = doc
         for part in parents:
-            node = _column(node, part[1:]) if part.startswith("@") else node[part]
+            node = loans_column(node, part[1:]) if part.startswith("@") else node[part]
         node[last] = value
 
     return change
@@ -147,7 +126,7 @@ def _set(path: str, value: Any) -> Any:
         (_set("@days_birth.null_tokens", ["?"]), "null_tokens make values missing: set nullable: true"),
         (_set("@sex.codes", {"F": "female", "M": "man"}), "codes map to ['man'], which are not in 'categories'"),
         (_set("@late_30_59.codes", {"1": "one"}), "'codes' map file values to categories: set type: category"),
-        (_set("@age_years.formula", "-age / 365"), "'age' is not a numeric column of table 'loans'"),
+        (_set("@age_years.formula", "-nickname / 365"), "'nickname' is not a numeric column of table 'loans'"),
         (_set("@age_years.formula", "-sex / 365"), "'sex' is not a numeric column of table 'loans'"),
         (_set("@age_years.formula", "days_birth ** 2"), "is not allowed; use numbers, column names"),
         (_set("@sex.formula", "days_birth"), "a formula column is numeric: set type: float"),
@@ -168,6 +147,17 @@ def _set(path: str, value: Any) -> Any:
         (_set("fairness.mitigation", "reweighing"), "fairness.mitigation: Input should be 'threshold_optimizer'"),
         (_set("@late_30_59.fairness_waiver", "small"), "'fairness_waiver' is a reason, on a sensitive column"),
         (_set("@sex.fairness_waiver", " "), "'fairness_waiver' is a reason, on a sensitive column"),
+        (_set("@age.name", "Age"), "columns[1] (Age).name: 'Age' is not a name closedloop can use: lower-case"),
+        (_set("@sex.categories", ["female", "male", "male"]), "'categories' lists ['male'] more than once"),
+        (
+            _set("@dependents.name", "event_time"),
+            "'event_time' is a key, time or label column and cannot be a feature (the time as_of adds to table "
+            "'loans'): set tables.loans.event_time to another name",
+        ),
+        (
+            _set("@dependents.name", "defaulted"),
+            "(the label): give the column another name (its file header mapped in file.headers)",
+        ),
     ],
 )
 def test_a_misused_field_is_named_with_its_fix(flat: dict[str, Any], change: Any, message: str) -> None:
@@ -184,7 +174,8 @@ def test_a_fixed_as_of_in_the_prediction_table_needs_random_splits(flat: dict[st
 
 def test_a_header_less_file_must_name_every_field_the_table_reads(flat: dict[str, Any]) -> None:
     file = flat["tables"]["loans"]["file"]
-    file.update(header=False, columns=["SeriousDlqin2yrs", "DAYS_BIRTH", "CODE_GENDER"], delimiter="whitespace")
+    read = [h for h in parse_contract(flat).file_columns("loans").values() if not h.startswith("NumberOfTime30")]
+    file.update(header=False, columns=list(dict.fromkeys(read)), delimiter="whitespace")
     message = _error(flat)
     assert (
         "tables.loans.file.columns: no field for late_30_59 (header 'NumberOfTime30-59DaysPastDueNotWorse')" in message
@@ -204,43 +195,22 @@ def test_a_model_input_in_a_label_only_table_is_an_error(tmp_path: Path) -> None
 
 
 def test_no_model_input_names_the_columns_it_looked_at(flat: dict[str, Any]) -> None:
-    _column(flat, "late_30_59")["exclude"] = "not used"
+    flat["columns"] = [c for c in flat["columns"] if c.get("exclude") or c.get("sensitive")]
+    loans_column(flat, "sex_code")["exclude"] = "not used"
     message = _error(flat)
     assert "no column is a model input" in message
-    assert "loans: late_30_59 (excluded), days_birth (excluded), age_years (sensitive), sex (sensitive)" in message
+    assert (
+        "loans: age (sensitive), days_birth (excluded), age_years (sensitive), sex (sensitive), sex_code (excluded)"
+        in message
+    )
     assert "set model_input: true on a sensitive one" in message
 
 
 def test_german_credit_contract_of_the_design_parses() -> None:
-    columns = ["checking_status", "duration_months", "bad_credit"]
-    doc = {
-        "name": "german_credit",
-        "version": 1,
-        "start": "1990-01-01T00:00:00Z",
-        "time_ordered": False,
-        "key_type": "string",
-        "entity": {"name": "application", "join_key": "application_id"},
-        "tables": {
-            "applications": {
-                "as_of": "1994-11-17T00:00:00Z",
-                "generated_key": "application_id",
-                "primary_key": ["application_id"],
-                "file": {"format": "csv", "delimiter": "whitespace", "header": False, "columns": columns},
-            }
-        },
-        "label": {"column": "bad_credit", "positive": 2, "negative": 1, "delay_days": 0},
-        "decision": {"cost_false_negative": 5.0, "cost_false_positive": 1.0},
-        "columns": [
-            {
-                "name": "checking_status",
-                "type": "category",
-                "categories": ["lt_0_dm", "no_account"],
-                "codes": {"A11": "lt_0_dm", "A14": "no_account"},
-            },
-            {"name": "duration_months", "type": "int", "min": 1, "max": 120},
-        ],
-    }
+    doc = german_credit()
     contract = parse_contract(doc)
-    assert contract.file_columns("applications") == {c: c for c in ["bad_credit", *columns[:2]]}
+    read = contract.file_columns("applications")
+    assert {name: field for name, field in read.items() if name != field} == {"sex": "personal_status_sex"}
+    assert set(read.values()) <= set(contract.tables["applications"].file.columns or [])  # fields of the file
     doc["tables"]["applications"]["file"]["format"] = "parquet"
     assert "'delimiter' and 'header' apply to csv files, not parquet" in _error(doc)

@@ -181,7 +181,12 @@ def test_small_traits(tmp_path: Path) -> None:
     [
         ("a,b\n1,2\n3,4\n", {"label": "c"}, "label column 'c' is not in the file (its columns: a, b)"),
         ("a,b\n1,2\n3,5\n4,7\n", {"label": "b"}, "label column 'b' has 3 distinct values"),
-        ("a,b\n1,yes\n3,no\n", {"label": "b"}, "closedloop reads the label as integers"),
+        ("a,b\n1,yes\n3,no\n4,maybe\n", {"label": "b"}, "or write the label as 1 (the outcome to predict) and 0"),
+        (
+            "a,b\n1,0\n3,1\n",
+            {"label": "b", "sensitive": ["a"]},
+            "no column is left as a model input besides the label 'b' (looked at a (sensitive))",
+        ),
         ("a,b,id\n1,0,7\n3,1,7\n", {"label": "b", "id_column": "id"}, "id column 'id' repeats values"),
         ("", {"label": "b"}, "the file is empty"),
     ],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from one_table import GERMAN_CREDIT, german_credit
 
 from closedloop import landing
 from closedloop.contract import Contract, FileFormat, contract_at, parse_contract
@@ -149,33 +150,17 @@ def test_a_csv_is_checked_block_by_block_with_the_same_verdicts(
         read_batch(sent(data), ref)
 
 
-GERMAN = PROJECT_ROOT / "datasets/german_credit/german.data"
-GERMAN_FIELDS = [f"f{i}" for i in range(1, 22)]
+GERMAN = GERMAN_CREDIT / "german.data"
 
 
 def _german_contract() -> Contract:
-    """One table read from a header-less, blank-separated file (UCI's german.data)."""
-    columns = [{"name": name, "type": "category", "categories": ["x"]} for name in GERMAN_FIELDS[1:-1]]
-    return parse_contract(
-        {
-            "name": "german",
-            "version": 1,
-            "start": "1990-01-01T00:00:00Z",
-            "time_ordered": False,
-            "entity": {"name": "application", "join_key": "application_id"},
-            "tables": {
-                "applications": {
-                    "as_of": "1994-11-17T00:00:00Z",
-                    "generated_key": "application_id",
-                    "primary_key": ["application_id"],
-                    "file": {"format": "csv", "delimiter": "whitespace", "header": False, "columns": GERMAN_FIELDS},
-                }
-            },
-            "label": {"column": "f21", "positive": 2, "negative": 1, "delay_days": 0},
-            "decision": {"cost_false_negative": 5, "cost_false_positive": 1},
-            "columns": [{"name": "f1", "type": "category", "categories": ["A11"]}, *columns],
-        }
-    )
+    """One table read from a header-less, blank-separated file (UCI's german.data), its format said outright."""
+    doc = german_credit()
+    doc["tables"]["applications"]["file"]["format"] = "csv"
+    return parse_contract(doc)
+
+
+GERMAN_FIELDS = _german_contract().tables["applications"].file.columns or []
 
 
 def test_a_file_of_a_one_table_contract_belongs_to_that_table_in_the_contracts_format() -> None:
@@ -190,7 +175,7 @@ def test_a_header_less_blank_separated_file_reads_as_its_named_columns(tmp_path:
     frame = read_batch(GERMAN, ref).frame
     assert list(frame.columns) == GERMAN_FIELDS and len(frame) == 1000  # no line taken for a header
     assert frame.iloc[0].tolist()[:5] == ["A11", "6", "A34", "A43", "1169"]
-    assert frame["f21"].value_counts().to_dict() == {"1": 700, "2": 300}
+    assert frame["bad_credit"].value_counts().to_dict() == {"1": 700, "2": 300}
     assert landing.batch_columns(GERMAN, ref) == GERMAN_FIELDS
     chunks = list(read_chunks(GERMAN, ref, 300))
     assert len(chunks) == 4 and pd.concat([c.frame for c in chunks], ignore_index=True).equals(frame)

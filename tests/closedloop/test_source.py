@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from one_table import flat_loans, loans_column
 
 from closedloop.contract import Contract, parse_contract
 from closedloop.landing import UnusableBatch
@@ -16,40 +16,31 @@ from closedloop.source import KeyState, derive_values, request_values, to_intern
 
 NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 
-FLAT = """\
-name: flat_loans
-version: 1
-start: 2020-01-01T00:00:00Z
-time_ordered: false
-null_tokens: ["NA", "NULL"]
-entity: {name: loan, join_key: loan_id}
-tables:
-  loans:
-    as_of: ingest
-    generated_key: loan_id
-    primary_key: [loan_id]
-    file:
-      ignore: ["", "PAY_*"]
-      headers: {defaulted: SeriousDlqin2yrs, late_30_59: "NumberOfTime30-59DaysPastDueNotWorse",
-                days_birth: DAYS_BIRTH, sex: CODE_GENDER, gender_code: CODE_GENDER, region: Region.Code}
-label: {column: defaulted, positive: 1, negative: 0, delay_days: 0}
-decision: {cost_false_negative: 5, cost_false_positive: 1}
-columns:
-  - {name: late_30_59, type: int, min: 0, max: 20, nullable: true, missing_codes: [96, 98]}
-  - {name: income, type: float, min: 0, nullable: true, null_tokens: ["-"]}
-  - {name: days_birth, type: int, min: -40000, max: 0, exclude: "age_years is used"}
-  - {name: age_years, type: float, formula: "-days_birth / 365.25", min: 0, max: 120, sensitive: true}
-  - {name: per_late, type: float, formula: "income / late_30_59", nullable: true}
-  - {name: sex, type: category, categories: [female, male], codes: {F: female, M: male}, sensitive: true}
-  - {name: gender_code, type: category, categories: [F, M], exclude: "sex is used"}
-  - {name: region, type: category, categories: [north, south, unknown], nullable: true,
-     codes: {N: north, S: south, X: unknown, "0": unknown}, missing_codes: ["?"]}
-"""
+
+def _doc() -> dict[str, Any]:
+    """flat_loans with more for the source to apply.
+
+    A second data-set token, an ignored pattern, a column's own token, a category's missing code and two file codes
+    for one category, a formula over a nullable operand.
+    """
+    doc = flat_loans(null_tokens=["NA", "NULL"])
+    doc["tables"]["loans"]["file"]["ignore"] = ["", "PAY_*"]
+    loans_column(doc, "monthly_income")["null_tokens"] = ["-"]
+    loans_column(doc, "region").update(
+        categories=["north", "east", "south", "west", "unknown"],
+        nullable=True,
+        codes={"N": "north", "E": "east", "S": "south", "W": "west", "X": "unknown", "0": "unknown"},
+        missing_codes=["?"],
+    )
+    doc["columns"].append(
+        {"name": "per_late", "type": "float", "formula": "monthly_income / late_30_59", "nullable": True}
+    )
+    return doc
 
 
 @pytest.fixture
 def contract() -> Contract:
-    return parse_contract(yaml.safe_load(FLAT))
+    return parse_contract(_doc())
 
 
 def _file(**overrides: list[Any]) -> pd.DataFrame:
@@ -57,10 +48,15 @@ def _file(**overrides: list[Any]) -> pd.DataFrame:
     cells: dict[str, list[Any]] = {
         "Unnamed: 0": ["0", "1", "2", "3"],
         "SeriousDlqin2yrs": ["0", "1", np.nan, "0"],
+        "RevolvingUtilizationOfUnsecuredLines": ["0.5", "0.25", "1.1", "0.5"],
+        "age": ["30", "20", "40", "30"],
         "NumberOfTime30-59DaysPastDueNotWorse": ["1", "96", "98.0", "1"],
-        "income": ["1200.5", np.nan, "-", "1200.5"],
+        "MonthlyIncome": ["1200.5", np.nan, "-", "1200.5"],
+        "NumberOfDependents": ["0", "2", "1", "0"],
         "DAYS_BIRTH": ["-10957", "-7305", "-14610", "-10957"],
+        "DAYS_EMPLOYED": ["-400", "-30", "-9000", "-400"],
         "CODE_GENDER": ["F", "M", "F", "F"],
+        "MaritalStatus": ["single", "married", "widowed", "single"],
         "Region.Code": ["N", "X", "?", "N"],
         "PAY_0": ["1", "2", "3", "1"],
     }
@@ -78,7 +74,7 @@ def test_a_file_becomes_the_contracts_columns_in_the_contracts_order(contract: C
     assert list(out.columns) == contract.required_columns("loans")
     assert "PAY_0" not in out and "Unnamed: 0" not in out  # ignored, never stored
     assert out["sex"].tolist() == ["female", "male", "female", "female"]  # codes
-    assert out["gender_code"].tolist() == ["F", "M", "F", "F"]  # the same header, as read
+    assert out["sex_code"].tolist() == ["F", "M", "F", "F"]  # the same header, as read
     assert out["region"].tolist()[:2] == ["north", "unknown"]
     assert out["defaulted"].isna().tolist() == [False, False, True, False]  # a row still waiting for its label
 
@@ -87,16 +83,16 @@ def test_null_tokens_and_missing_codes_become_missing_and_are_counted(contract: 
     sourced = _internal(contract, _file())
     out = sourced.frame
     assert out["late_30_59"].isna().tolist() == [False, True, True, False]  # 96, and 98 written 98.0
-    assert out["income"].isna().tolist() == [False, True, True, False]  # empty, and "-" (its own token)
+    assert out["monthly_income"].isna().tolist() == [False, True, True, False]  # empty, and "-" (its own token)
     assert out["region"].isna().tolist() == [False, False, True, False]  # "?" is a missing code of a category
     assert sourced.made_missing == {
         "missing_codes(late_30_59)": 2,
-        "null_tokens(income)": 1,
+        "null_tokens(monthly_income)": 1,
         "missing_codes(region)": 1,
     }
-    # the column's own list replaces the data set's: "NULL" is missing elsewhere, not in income
-    kept = _internal(contract, _file(income=["NULL", "1", "2", "3"])).frame
-    assert kept["income"].tolist()[0] == "NULL"
+    # the column's own list replaces the data set's: "NULL" is missing elsewhere, not in monthly_income
+    kept = _internal(contract, _file(MonthlyIncome=["NULL", "1", "2", "3"])).frame
+    assert kept["monthly_income"].tolist()[0] == "NULL"
 
 
 def test_formulas_are_computed_from_the_cleaned_values(contract: Contract) -> None:
@@ -112,7 +108,7 @@ def test_the_as_of_time_is_the_ingest_or_the_contracts_instant(contract: Contrac
     out = _internal(contract, _file()).frame
     assert str(out["event_time"].dtype) == "datetime64[us, UTC]"
     assert (out["event_time"] == pd.Timestamp(NOW)).all()
-    doc = yaml.safe_load(FLAT)
+    doc = _doc()
     doc["tables"]["loans"]["as_of"] = "2021-06-30T00:00:00+02:00"
     fixed = _internal(parse_contract(doc), _file()).frame
     assert (fixed["event_time"] == pd.Timestamp("2021-06-29T22:00:00Z")).all()
@@ -126,7 +122,7 @@ def test_generated_keys_follow_the_rows_values_not_their_file(contract: Contract
     assert again.tolist() == keys.tolist()  # the same rows sent again: the same keys (duplicates, not new rows)
     reindexed = _internal(contract, _file(**{"Unnamed: 0": ["10", "11", "12", "13"]})).frame["loan_id"]
     assert reindexed.tolist() == keys.tolist()  # an ignored index column is not part of a row
-    changed = _internal(contract, _file(income=["1200.5", "7", "-", "1200.5"])).frame["loan_id"].tolist()
+    changed = _internal(contract, _file(MonthlyIncome=["1200.5", "7", "-", "1200.5"])).frame["loan_id"].tolist()
     assert changed[1] != keys.tolist()[1] and [changed[i] for i in (0, 2, 3)] == [keys.tolist()[i] for i in (0, 2, 3)]
 
 
@@ -141,7 +137,7 @@ def test_generated_keys_continue_across_the_chunks_of_a_batch(contract: Contract
 
 
 def test_a_text_key_type_gives_the_same_keys_as_text(contract: Contract) -> None:
-    doc = yaml.safe_load(FLAT)
+    doc = _doc()
     doc["key_type"] = "string"
     out = _internal(parse_contract(doc), _file()).frame["loan_id"]
     assert out.tolist() == [str(k) for k in _internal(contract, _file()).frame["loan_id"]]
@@ -176,7 +172,7 @@ def test_a_header_the_contract_does_not_expect_names_the_header_the_column_and_t
 
 
 def test_a_default_contract_changes_nothing(contract: Contract) -> None:
-    doc = yaml.safe_load(FLAT)
+    doc = _doc()
     doc["tables"]["loans"] = {"event_time": "at", "primary_key": ["loan_id"]}
     doc["null_tokens"] = []
     doc["columns"] = [{"name": "income", "type": "float", "nullable": True}]
@@ -192,13 +188,13 @@ def test_a_served_row_gets_the_values_ingest_stores(contract: Contract) -> None:
     for i in range(len(frame)):
         sent = {
             "late_30_59": frame["NumberOfTime30-59DaysPastDueNotWorse"][i],
-            "income": frame["income"][i],
+            "monthly_income": frame["MonthlyIncome"][i],
             "days_birth": frame["DAYS_BIRTH"][i],
             "sex": frame["CODE_GENDER"][i],
             "region": frame["Region.Code"][i],
         }
         served = request_values(contract, {k: None if pd.isna(v) else v for k, v in sent.items()})
-        for name in ("late_30_59", "income", "sex", "region"):
+        for name in ("late_30_59", "monthly_income", "sex", "region"):
             expected = stored[name][i]
             assert (served[name] is None) if pd.isna(expected) else served[name] == expected, name
         for name in ("age_years", "per_late"):
@@ -211,3 +207,18 @@ def test_derive_values_is_plain_arithmetic() -> None:
     got = derive_values("(a + b) * 2 - -a / b", {"a": np.array([1.0, 2.0, np.nan]), "b": np.array([1.0, 0.0, 1.0])})
     assert got[0] == pytest.approx(5.0) and np.isnan(got[1]) and np.isnan(got[2])
     assert derive_values("3 * 2", {}).tolist() == [6.0]
+
+
+def test_generated_keys_read_numbers_by_value_missing_cells_alike_and_columns_by_name(contract: Contract) -> None:
+    keys = _internal(contract, _file()).frame["loan_id"].tolist()
+    respelled = _file(
+        MonthlyIncome=["1200.50", "-", np.nan, " 1200.5 "], DAYS_BIRTH=["-10957.0", "-7305", "-14610", "-1.0957e4"]
+    )
+    assert _internal(contract, respelled).frame["loan_id"].tolist() == keys  # the same rows, exported another way
+    reordered = _file()[list(reversed(_file().columns))]
+    assert _internal(contract, reordered).frame["loan_id"].tolist() == keys
+    typed = _file()
+    typed["DAYS_BIRTH"] = pd.Series([-10957, -7305, -14610, -10957], dtype="int64")  # a parquet integer column
+    assert _internal(contract, typed).frame["loan_id"].tolist() == keys
+    coded = _file(CODE_GENDER=["F", "F", "F", "F"])  # a category compares as text: row 1 is another row
+    assert _internal(contract, coded).frame["loan_id"].tolist()[1] != keys[1]

@@ -6,7 +6,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import free_port, prefect_api
@@ -62,31 +62,6 @@ def test_ingest_runs_from_the_ui(served: Settings) -> None:
     assert names == {"prefect": "running", "mlflow": "running", "flows": "running"}
 
 
-def test_a_retrain_killed_halfway_registers_nothing(served: Settings) -> None:
-    """The flow run's process is killed once its training set is built: no version, no alias moves, no hang."""
-    import signal
-
-    from closedloop.registry import client
-    from closedloop.settings import PROJECT_ROOT
-
-    api = served.prefect_api_url
-    contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
-    event = _drift_event(api, contract)
-    run = _triggered(api, {event}, count=1, final=False)[0]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # halfway: the training set is built, the model not yet registered
-        tasks = prefect_api("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
-        if any(t["name"].startswith("build_training_set") and t["state_type"] == "COMPLETED" for t in tasks):
-            break
-        time.sleep(0.2)
-    os.kill(_flow_run_pid(str(run["id"])), signal.SIGKILL)
-    (final,) = _triggered(api, {event}, count=1, final=True, seconds=120)
-    assert final["state"]["type"] in ("CRASHED", "FAILED"), final["state"]
-    mlflow = client(served.mlflow_tracking_uri)
-    assert not [v for v in mlflow.search_model_versions("name='credit_synthetic'")]  # nothing half-registered
-    # the next trigger works: the next test sends twenty and expects exactly one version
-
-
 def _flow_run_pid(run_id: str) -> int:
     """The pid of the process executing a flow run (Prefect's runner gives it PREFECT__FLOW_RUN_ID)."""
     import psutil
@@ -100,8 +75,11 @@ def _flow_run_pid(run_id: str) -> int:
     raise AssertionError(f"no process runs flow run {run_id}")
 
 
-def _drift_event(api: str, contract: str) -> str:
+def _drift_event(api: str, contract: str, occurred: datetime | None = None) -> str:
     """POST one drift event to the served stack's Prefect API; returns its id.
+
+    ``occurred``: the event's time (now by default). The automation's debounce runs on the events' times, the
+    guards' cool-down on the runs' clock: a time injected an hour on reaches past the one, not the other.
 
     Through the REST API rather than ``emit_event``: Prefect's in-process events worker is a process-wide
     singleton that would keep sending to this stack after it stops, and the later modules' events would be lost.
@@ -113,7 +91,7 @@ def _drift_event(api: str, contract: str) -> str:
         json=[
             {
                 "id": event_id,
-                "occurred": datetime.now(UTC).isoformat(),
+                "occurred": (occurred or datetime.now(UTC)).isoformat(),
                 "event": "closedloop.drift.detected",
                 "resource": {"prefect.resource.id": "closedloop.model.credit_synthetic"},
                 "payload": {"contract": contract, "features": {"income": 0.5}, "champion": None},
@@ -146,24 +124,100 @@ def _triggered(
     raise AssertionError(f"{len(runs)} runs for {len(ids)} events after {seconds} s: {[r['state'] for r in runs]}")
 
 
-def test_twenty_drift_events_at_once_start_exactly_one_retrain(served: Settings) -> None:
-    """Simultaneous triggers collapse: one retrain trains, the rest are cancelled or turned away by the guards."""
+def _versions(served: Settings, ids: set[str]) -> list[object]:
+    """The registered versions started by these events."""
     from closedloop.registry import client
+
+    return [
+        v
+        for v in client(served.mlflow_tracking_uri).search_model_versions("name='credit_synthetic'")
+        if v.tags.get("started_by", "").removeprefix("event:") in ids
+    ]
+
+
+def test_twenty_drift_events_at_once_start_one_retrain(served: Settings) -> None:
+    """The automation fires once for the storm (``within``: the cool-down); the one run trains."""
     from closedloop.settings import PROJECT_ROOT
 
     contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
     api = served.prefect_api_url  # the data: ingested by the previous test, through its deployment
     ids = {_drift_event(api, contract) for _ in range(20)}
-    runs = _triggered(api, ids, count=20, final=True)
-    assert len(runs) == 20, f"{len(runs)} runs for 20 events"
-    states = sorted(r["state"]["type"] for r in runs)
-    assert "FAILED" not in states and "CRASHED" not in states, states
-    versions = [
-        v
-        for v in client(served.mlflow_tracking_uri).search_model_versions("name='credit_synthetic'")
-        if v.tags.get("started_by", "").removeprefix("event:") in ids
-    ]
-    assert len(versions) == 1, states  # exactly one retrain; the others cancelled (CANCEL_NEW) or deferred
+    runs = _triggered(api, ids, count=1, final=True)
+    states = [(r["state"]["type"], r["state"]["name"]) for r in runs]
+    assert states == [("COMPLETED", "Completed")], states  # one run, and it trained
+    assert len(_versions(served, ids)) == 1, states
+
+
+def test_twenty_drift_events_over_a_minute_within_the_cool_down_train_nothing(served: Settings) -> None:
+    """Events an hour on by their clock (past the automation's window) but minutes after the retrain by the runs'.
+
+    The automation fires once for them; the guards defer that run in seconds, by the lake's record of the last
+    retrain, in a Completed state named "Deferred" that says why.
+    """
+    from closedloop.settings import PROJECT_ROOT
+    from deployments.schedules import DRIFT_DEBOUNCE
+
+    contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    api = served.prefect_api_url
+    start = datetime.now(UTC) + DRIFT_DEBOUNCE
+    ids = {_drift_event(api, contract, start + timedelta(seconds=3 * i)) for i in range(20)}
+    runs = _triggered(api, ids, count=1, final=True)
+    states = [(r["state"]["type"], r["state"]["name"]) for r in runs]
+    assert states == [("COMPLETED", "Deferred")], states
+    message = str(runs[0]["state"]["message"])
+    assert message.startswith("deferred: cool-down: the last automatic retrain (flow run "), message
+    assert "registered v" in message, message  # the previous test's retrain
+    assert not _versions(served, ids)
+
+
+def test_a_retrain_killed_halfway_registers_nothing(served: Settings) -> None:
+    """A run from the UI is killed once its training set is built: no version, no hang of the concurrency slot.
+
+    A run from the UI (guards off): after the storms above, the cool-down would defer a triggered one. The next
+    test's triggered run finds the slot free again.
+    """
+    import signal
+
+    from closedloop.registry import client
+    from closedloop.settings import PROJECT_ROOT
+
+    api = served.prefect_api_url
+    contract = str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    mlflow = client(served.mlflow_tracking_uri)
+    before = {v.version for v in mlflow.search_model_versions("name='credit_synthetic'")}
+    train = prefect_api("GET", f"{api}/deployments/name/train_evaluate/train-evaluate").json()
+    created = prefect_api(
+        "POST",
+        f"{api}/deployments/{train['id']}/create_flow_run",
+        json={"parameters": {"params": {"contract": contract}}},
+    ).json()
+    _run_until(api, str(created["id"]), ("RUNNING",))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # halfway: the training set is built, the model not yet registered
+        filter_ = {"flow_runs": {"id": {"any_": [created["id"]]}}}
+        tasks = prefect_api("POST", f"{api}/task_runs/filter", json=filter_).json()
+        if any(t["name"].startswith("build_training_set") and t["state_type"] == "COMPLETED" for t in tasks):
+            break
+        time.sleep(0.2)
+    os.kill(_flow_run_pid(str(created["id"])), signal.SIGKILL)
+    final = _run_until(api, str(created["id"]), FINAL)
+    assert final["type"] in ("CRASHED", "FAILED"), final
+    assert {v.version for v in mlflow.search_model_versions("name='credit_synthetic'")} == before
+
+
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _run_until(api: str, run_id: str, types: tuple[str, ...], seconds: float = 300) -> dict[str, str]:
+    """The flow run's state once its type is one of ``types``."""
+    deadline = time.monotonic() + seconds
+    state: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        state = prefect_api("GET", f"{api}/flow_runs/{run_id}").json()["state"]
+        if state["type"] in types:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {run_id} still {state} after {seconds} s")
 
 
 def test_a_prefect_server_restart_keeps_schedules_and_triggers(served: Settings) -> None:
@@ -187,9 +241,19 @@ def test_a_prefect_server_restart_keeps_schedules_and_triggers(served: Settings)
             break
         time.sleep(0.5)
     assert scheduled, "no scheduled monitor run after the restart"
-    event = _drift_event(api, str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"))
+    from deployments.schedules import DRIFT_DEBOUNCE
+
+    # two debounce windows on by the events' clock (the earlier tests' events fired the first two)
+    later = datetime.now(UTC) + 2 * DRIFT_DEBOUNCE + timedelta(minutes=1)
+    event = _drift_event(api, str(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"), later)
     (run,) = _triggered(api, {event}, count=1, final=True, seconds=300)  # the runner reconnected too
-    assert run["state"]["type"] == "COMPLETED"  # deferred by the cool-down of the previous test's retrain
+    assert (run["state"]["type"], run["state"]["name"]) == ("COMPLETED", "Deferred")  # the storm's retrain cools
+    train = prefect_api("GET", f"{api}/deployments/name/train_evaluate/train-evaluate").json()
+    listed = prefect_api(
+        "POST", f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [train["id"]]}}, "limit": 200}
+    ).json()
+    triggered = [r for r in listed if (r["parameters"].get("params") or {}).get("trigger_event_id")]
+    assert len(triggered) == 3, [r["state"] for r in triggered]  # 41 drift events in the module, one run a window
 
 
 def test_the_deployments_run_on_a_process_work_pool_through_a_worker(served: Settings) -> None:

@@ -18,9 +18,9 @@ from conftest import prefect_api
 from fastapi.testclient import TestClient
 from prefect.settings import PREFECT_API_URL
 
-from closedloop import storage
+from closedloop import seal, storage
 from closedloop.contract import load_contract
-from closedloop.inference_log import InferenceLog, InferenceRecord
+from closedloop.inference_log import InferenceLog, InferenceRecord, read_window
 from closedloop.lake import Lake
 from closedloop.registry import CHAMPION, client
 from closedloop.settings import PROJECT_ROOT, Settings, load_settings
@@ -73,7 +73,7 @@ def world(
             TrainParams(contract=SYNTHETIC, cutoff=drift_at + timedelta(days=90), training=QUICK, gates=LENIENT)
         )
         assert first.version is not None
-        client(settings.mlflow_tracking_uri).set_registered_model_alias(NAME, CHAMPION, first.version)
+        promotion.promote(settings.mlflow_tracking_uri, NAME, first.version, None, seal.key_files(settings), by="test")
         apps = lake.read_offline("applications")
         recent = last_month_applications(apps, "applied_at")
         inputs = [c.name for c in CONTRACT.columns_of(CONTRACT.prediction) if c.is_model_input]
@@ -186,8 +186,11 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     )
     assert starved.version is None and starved.status.startswith("deferred: not enough labels")
     assert starved.guards and (starved.guards.new_labels or 0) > 0  # labels matured since the champion's window ...
+    # the deferral counts for the cool-down too: a retrain right after it goes ahead only without one
     trained = train_evaluate(
-        TrainParams(contract=SYNTHETIC, training=QUICK, gates=LENIENT, guards=RetrainGuards(enabled=True))
+        TrainParams(
+            contract=SYNTHETIC, training=QUICK, gates=LENIENT, guards=RetrainGuards(enabled=True, cooldown_minutes=0)
+        )
     )
     assert trained.status == "trained" and trained.version not in before
     assert client(uri).get_model_version(NAME, trained.version).tags[AUTOMATIC_TAG] == "true"
@@ -199,7 +202,8 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     assert after == before | {trained.version}  # deferred runs register nothing
 
     # the new champion's reference is the drifted world: its first window finds the drift gone
-    promotion.promote(uri, NAME, str(trained.version), configured["first"])
+    keys = seal.key_files(configured["settings"])
+    promotion.promote(uri, NAME, str(trained.version), configured["first"], keys, by="test")
     verified = judge(*serve_window(configured))
     assert verified.verification is not None
     assert verified.verification.earlier_violations == ["feature_drift"]
@@ -211,7 +215,8 @@ def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(conf
     """A new champion whose served scores are noise, on customers whose labels have matured, is rolled back."""
     uri = configured["settings"].mlflow_tracking_uri
     good = str(client(uri).get_model_version_by_alias(NAME, CHAMPION).version)
-    promotion.promote(uri, NAME, configured["first"], good)  # champion: the first version; previous: the good one
+    keys = seal.key_files(configured["settings"])
+    promotion.promote(uri, NAME, configured["first"], good, keys, by="test")  # champion: first; previous: good
     training = sorted((configured["settings"].state_dir / "training" / NAME).glob("training-*.parquet"))
     labelled = pd.read_parquet(training[-1]).drop_duplicates("customer_id").tail(600)
     rng = np.random.default_rng(0)
@@ -245,3 +250,49 @@ def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(conf
     assert check.event_id and check.rollback == {"champion": good, "rolled_back": configured["first"]}
     record = history(configured["lake"])[-1]
     assert record["performance"]["verdict"] == "degraded"  # the labelled window also says so
+
+
+def test_served_refusals_of_one_sex_are_a_fairness_drift_sent_for_review(configured: dict[str, Any]) -> None:
+    """Women refused, men approved: the sexes come from the offline profiles, never from the served requests."""
+    profiles = configured["lake"].read_offline("profiles", columns=["customer_id", "sex"])
+    sex = profiles.drop_duplicates("customer_id", keep="last").set_index("customer_id")["sex"]
+    champion = str(
+        client(configured["settings"].mlflow_tracking_uri).get_model_version_by_alias(NAME, CHAMPION).version
+    )
+    names = feature_names(CONTRACT)
+    log = InferenceLog(configured["lake"])
+    start = datetime.now(UTC)
+    for body in configured["bodies"]:
+        woman = sex.get(body["customer_id"]) == "female"
+        log.append(
+            InferenceRecord(
+                request_id=uuid.uuid4().hex,
+                scored_at=datetime.now(UTC),
+                dataset=NAME,
+                model_version=champion,
+                entity_id=int(body["customer_id"]),
+                features={k: v for k, v in body.items() if k in names},
+                score=0.9 if woman else 0.1,
+                decision="refuse" if woman else "approve",
+                latency_ms=1.0,
+            )
+        )
+    log.close()
+    result = judge(start, datetime.now(UTC) + timedelta(microseconds=1), evidently=False)
+    assert "fairness_drift" in result.violations and "sex" in result.fairness_drifted
+    assert result.review == ["fairness_drift"]  # the contract's default action: a person reviews it
+    record = history(configured["lake"])[-1]
+    assert record["fairness_drift"]["attributes"]["sex"]["disparate_impact"] == 0
+    assert "feature.sex" not in read_window(configured["lake"], start, datetime.now(UTC)).columns
+    events: list[dict[str, Any]] = []
+    for _ in range(60):  # events reach the server through a background worker and are persisted in batches
+        events = prefect_api(
+            "POST",
+            f"{PREFECT_API_URL.value()}/events/filter",
+            json={"filter": {"id": {"id": [result.fairness_event_id]}}},
+        ).json()["events"]
+        if events:
+            break
+        time.sleep(0.5)
+    assert len(events) == 1 and events[0]["event"] == "closedloop.fairness.drifted"
+    assert events[0]["payload"]["attributes"]["sex"]["groups"] and events[0]["payload"]["action"] == "review"

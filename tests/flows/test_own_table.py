@@ -7,6 +7,7 @@ XGBoost fitted by hand on the raw file, with the same parameters, on the same sp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +15,11 @@ import pandas as pd
 import pytest
 from by_hand import auc_by_hand, split_of
 
-from closedloop.contract import contract_at
+from closedloop.contract import FairnessPolicy, contract_at
 from closedloop.drafting import draft_contract
 from closedloop.registry import client, read_evidence
 from closedloop.settings import PROJECT_ROOT, load_settings
+from tasks.promote import promotion
 
 GERMAN = PROJECT_ROOT / "datasets" / "german_credit"
 pytestmark = pytest.mark.integration
@@ -95,3 +97,97 @@ def test_the_model_matches_xgboost_fitted_by_hand_on_the_raw_file_and_its_sensit
     y = (raw[contract.label.column] == contract.label.positive).astype(int).to_numpy()
     by_hand = auc_by_hand(raw[names], y, split)
     assert abs(trained.metrics["roc_auc"] - by_hand) <= 0.01, (trained.metrics["roc_auc"], by_hand)
+
+
+def test_the_age_finding_blocks_deployment_until_a_person_approves_a_reviewed_limit_then_it_scores(
+    german: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path a risk team takes with a real finding: refused, a reviewed limit, an approval, a served model."""
+    from fastapi.testclient import TestClient
+
+    from flows.package_deploy import DeployParams, package_deploy
+    from flows.train_evaluate import TrainParams, train_evaluate
+    from serving.app import create_app
+    from tasks.promote.policy import DeployError
+
+    settings = german["settings"]
+    monkeypatch.setenv("CLOSEDLOOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(settings.mlflow_port))
+    contract_file = str(GERMAN / "contract.yaml")
+    contract = contract_at(contract_file)
+    # one decision threshold for everyone (no group thresholds): the age gap is a finding the gate fails on
+    single = train_evaluate(TrainParams(contract=contract_file, fairness=FairnessPolicy(mitigation="none")))
+    evidence = read_evidence(settings.mlflow_tracking_uri, contract.name, single.version)
+    assert single.gates["fairness"].verdict == "fail" and not single.eligible, single.gates["fairness"]
+    assert evidence["report"]["fairness"]["age"]["verdict"] == "fail"
+    with pytest.raises(DeployError, match=r"german_credit v\d+ is not eligible for promotion .*'fairness': 'fail'"):
+        package_deploy(DeployParams(contract=contract_file, version=single.version))
+
+    # the reviewer reads the measured gaps and accepts limits just beyond them for this data set, on this run only
+    failed = [r for r in evidence["report"]["fairness"].values() if r["verdict"] == "fail"]
+    dp = max(r["demographic_parity_difference"] for r in failed)
+    eo = max(
+        (
+            r["equalized_odds_difference"]
+            for r in failed
+            if r["equalized_odds_difference"] == r["equalized_odds_difference"]
+        ),
+        default=0,
+    )
+    di = min(r["disparate_impact"] for r in failed)
+    reviewed = FairnessPolicy(
+        max_demographic_parity_difference=max(0.15, math.ceil(dp * 100 + 1) / 100),
+        max_equalized_odds_difference=max(0.15, math.ceil(eo * 100 + 1) / 100),
+        min_disparate_impact=min(0.8, math.floor(di * 100 - 1) / 100),
+        mitigation="none",
+    )
+    again = train_evaluate(TrainParams(contract=contract_file, fairness=reviewed))
+    assert again.eligible and again.gates["fairness"].verdict == "pass", again.gates
+    deployed = package_deploy(
+        DeployParams(
+            contract=contract_file,
+            version=again.version,
+            require_approval=False,  # cannot waive it: the limits are looser than the contract's
+            approved_by="credit risk committee",
+            approval_comment="age gap reviewed: applicants under 25 have shorter histories; limit for this model only",
+        )
+    )
+    assert deployed.promoted and deployed.champion == again.version, deployed.reason
+    assert deployed.approval and deployed.approval["required_because"].startswith(
+        "judged by limits looser than its contract's"
+    )
+    history = promotion.history(settings.mlflow_tracking_uri, contract.name, again.version)
+    assert [e["action"] for e in history] == ["approval", "promoted"]
+
+    # scored by the service from the raw file's own values: codes as written, the label and sensitive columns absent
+    raw = pd.read_csv(
+        GERMAN / "german.data", sep=r"\s+", header=None, names=contract.tables["applications"].file.columns
+    )
+    inputs = [c.name for c in contract.model_inputs]
+    token = "german-token"
+    with TestClient(create_app(settings, contract, token, refresh_seconds=60)) as http:
+        ready = http.get("/readyz").json()
+        assert ready["ready"] and ready["model_version"] == again.version and "degraded" not in ready, ready
+        rows = [
+            {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in raw[inputs].head(5).to_dict("records")
+        ]
+        key = contract.entity.join_key
+        answers = [
+            http.post("/v1/score", json={key: i, **row}, headers={"Authorization": f"Bearer {token}"})
+            for i, row in enumerate(rows)
+        ]
+    assert [a.status_code for a in answers] == [200] * 5, answers[0].text
+    scored = [a.json() for a in answers]
+    assert all(0 < s["probability"] < 1 and s["model_version"] == again.version for s in scored)
+    # the same rows through the registered model, as the codebook reads them: the same probabilities
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    model = mlflow.xgboost.load_model(f"models:/{contract.name}/{again.version}")
+    frame = raw[inputs].head(5).copy()
+    for column in contract.model_inputs:
+        if column.codes:
+            frame[column.name] = pd.Categorical(frame[column.name].map(column.codes), categories=column.categories)
+    expected = model.predict_proba(frame[list(model.feature_names_in_)])[:, 1]
+    assert [s["probability"] for s in scored] == pytest.approx(list(expected), abs=1e-6)

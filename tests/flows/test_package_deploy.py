@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from closedloop import storage
+from closedloop import seal, storage
 from closedloop.lake import Lake
 from closedloop.registry import CHALLENGER, CHAMPION, PREVIOUS, champion_version, client, read_evidence
 from closedloop.settings import PROJECT_ROOT, load_settings
@@ -67,8 +67,16 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
     first = _train()
     assert c.get_model_version_by_alias(NAME, CHALLENGER).version == first
 
-    # 1. the first champion: bundle, infra validation in a fresh interpreter, promotion, event, history
-    result = package_deploy(DeployParams(contract=SYNTHETIC, require_approval=False))
+    # 1. the first champion: bundle, infra validation in a fresh interpreter, approval, promotion, event, history.
+    # Trained with fairness limits looser than the contract's, it needs a person's approval even where the run
+    # asks for none
+    result = package_deploy(
+        DeployParams(contract=SYNTHETIC, require_approval=False, approved_by="risk officer", approval_comment="test")
+    )
+    assert result.approval and result.approval["reviewer"] == "risk officer"
+    assert result.approval["required_because"].startswith(
+        "judged by limits looser than its contract's: max_demographic_parity_difference 1.0 (contract: 0.15)"
+    )
     assert result.promoted and result.champion == first and result.previous is None
     assert result.infra.verdict == "pass" and result.infra.max_abs_difference <= 1e-6
     assert result.infra.golden_rows == 50
@@ -92,25 +100,32 @@ def test_deploy_promote_conflict_and_rollback(configured: dict[str, Any]) -> Non
         data = storage.read_bytes(storage.join(result.bundle_uri or "", relative))
         assert hashlib.sha256(data).hexdigest() == digest
     assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
-    assert [e["action"] for e in promotion.history(uri, NAME, first)] == ["promoted"]
+    assert [e["action"] for e in promotion.history(uri, NAME, first)] == ["approval", "promoted"]
 
-    # 2. a challenger compared with v(first) is refused once the champion has moved elsewhere
+    # 2. a challenger compared with v(first) is refused once another promotion made a new champion
+    keys = seal.key_files(configured["settings"])
+    approved = {"require_approval": False, "approved_by": "risk officer"}
     second = _train()
     assert json.loads(json.dumps(read_evidence(uri, NAME, second)["gates"]["champion"]))["compared_with"] == first
-    elsewhere = c.copy_model_version(f"models:/{NAME}/{first}", NAME).version
-    c.set_registered_model_alias(NAME, CHAMPION, elsewhere)
-    refused = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
+    elsewhere = str(c.copy_model_version(f"models:/{NAME}/{first}", NAME).version)
+    promotion.promote(uri, NAME, elsewhere, first, keys, by="pytest")
+    refused = package_deploy(DeployParams(contract=SYNTHETIC, version=second, **approved))
     assert not refused.promoted and "re-evaluate" in refused.reason
-    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == str(elsewhere)
+    assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == elsewhere == refused.champion
 
     # 3. against the champion it was compared with, it is promoted and the old champion stays reachable
-    c.set_registered_model_alias(NAME, CHAMPION, first)
-    promoted = package_deploy(DeployParams(contract=SYNTHETIC, version=second, require_approval=False))
+    promotion.promote(uri, NAME, first, elsewhere, keys, by="pytest")
+    promoted = package_deploy(DeployParams(contract=SYNTHETIC, version=second, **approved))
     assert promoted.promoted and promoted.previous == first
     assert str(c.get_model_version_by_alias(NAME, PREVIOUS).version) == first
 
-    # 4. rollback: champion := previous, recorded in both versions' history
-    back = promotion.rollback(uri, NAME, reason="test", by="pytest")
+    # 4. an alias moved by hand changes nothing: the sealed promotions decide what is champion
+    c.set_registered_model_alias(NAME, PREVIOUS, elsewhere)
+    c.set_registered_model_alias(NAME, CHAMPION, elsewhere)
+    assert seal.champion_of(configured["settings"], NAME) == second
+
+    # 5. rollback: champion := the previous sealed champion (not the hand-moved alias), in both histories
+    back = promotion.rollback(uri, NAME, reason="test", by="pytest", keys=keys)
     assert back == Rollback(champion=first, rolled_back=second)
     assert str(c.get_model_version_by_alias(NAME, CHAMPION).version) == first
     assert promotion.history(uri, NAME, second)[-1]["action"] == "rollback"
@@ -170,7 +185,14 @@ def test_approval_pauses_and_the_decision_and_its_author_are_kept(
     reviewer.start()
     refused = package_deploy(DeployParams(contract=SYNTHETIC, version=version, require_approval=True))
     reviewer.join()
-    assert not refused.promoted and refused.approval == {"approve": False, "reviewer": "bob", "comment": "too soon"}
+    assert not refused.promoted and refused.approval
+    assert {k: refused.approval[k] for k in ("approve", "reviewer", "comment")} == {
+        "approve": False,
+        "reviewer": "bob",
+        "comment": "too soon",
+    }
+    assert refused.approval["required_because"].startswith("judged by limits looser than its contract's")
+    assert "noninferiority_margin 1.0 (contract: 0.01)" in refused.approval["required_because"]
     assert champion_version(uri, NAME) == before
     reviewer = threading.Thread(
         target=_answer_when_paused, args=(prefect_server, {"approve": True, "reviewer": "alice"})
@@ -192,7 +214,7 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
 
     settings = configured["settings"]
     if champion_version(configured["uri"], NAME) is None:
-        package_deploy(DeployParams(contract=SYNTHETIC, version=_train(), require_approval=False))
+        package_deploy(DeployParams(contract=SYNTHETIC, version=_train(), approved_by="risk officer"))
     lake = Lake.of(settings.lake_uri, NAME)
     apps = lake.read_offline("applications")
     end = apps["applied_at"].max() + timedelta(seconds=1)
@@ -238,3 +260,21 @@ def test_batch_scoring_writes_the_champions_scores_to_the_lake(configured: dict[
     assert not any(storage.exists(uri) for uri in good)
     with pytest.raises(ValueError, match="empty window"):
         batch_score(BatchScoreParams(contract=SYNTHETIC, start=end, end=start))
+
+
+def test_evidence_rewritten_after_training_is_refused(configured: dict[str, Any]) -> None:
+    """An ineligible version whose evidence file is rewritten to say eligible is not deployed: the seal differs."""
+    uri = configured["uri"]
+    version = _train(min_roc_auc=0.99)
+    evidence = read_evidence(uri, NAME, version)
+    assert evidence["eligible"] is False and evidence["limits"]["loosened"]
+    forged = {
+        **evidence,
+        "eligible": True,
+        "gates": {k: {**v, "verdict": "pass"} for k, v in evidence["gates"].items()},
+    }
+    run_id = client(uri).get_model_version(NAME, version).run_id
+    client(uri).log_text(run_id, json.dumps(forged, indent=2), "evidence/evidence.json")
+    with pytest.raises(DeployError, match="differs from the record the train flow sealed"):
+        package_deploy(DeployParams(contract=SYNTHETIC, version=version, approved_by="risk officer"))
+    assert promotion.history(uri, NAME, version) == []  # nothing was packaged or promoted

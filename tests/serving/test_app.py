@@ -1,4 +1,7 @@
-"""The scoring service on real components: MLflow tracking server, Feast online store, the champion alias."""
+"""The scoring service on real components: MLflow tracking server, Feast online store, the champion alias.
+
+The served stack (``served``, ``app_client``) is the package's: tests/serving/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +14,15 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from closedloop import seal
 from closedloop.contract import load_contract
 from closedloop.inference_log import InferenceLog, read_window
 from closedloop.lake import Lake
 from closedloop.registry import CHAMPION, client
-from closedloop.settings import PROJECT_ROOT, Settings, load_settings
-from flows.ingest_validate import IngestParams, ingest_validate
-from flows.train_evaluate import TrainParams, train_evaluate
-from samples.synthetic import SyntheticConfig, last_month_applications, write_synthetic
+from closedloop.settings import PROJECT_ROOT, Settings
 from serving.app import MAX_BODY_BYTES, create_app
+from tasks.promote import promotion
 from tasks.promote.policy import RolloutPlan
-from tasks.train.fit import TrainingConfig
 
 pytestmark = pytest.mark.integration
 
@@ -29,32 +30,6 @@ SYNTHETIC = PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml"
 CONTRACT = load_contract(SYNTHETIC)
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def served(
-    prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """A year of recent synthetic data ingested and materialized, one model trained and made champion."""
-    values = {
-        "CLOSEDLOOP_STATE_DIR": str(tmp_path_factory.mktemp("serving-state")),
-        "CLOSEDLOOP_MLFLOW_PORT": str(mlflow_server),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in values.items():
-            patch.setenv(key, value)
-        settings = load_settings()
-        write_synthetic(SyntheticConfig(customers=4_000), Lake.of(settings.lake_uri, CONTRACT.name).landing)
-        ingest_validate(IngestParams(contract=str(SYNTHETIC)))
-        trained = train_evaluate(TrainParams(contract=str(SYNTHETIC), training=TrainingConfig(n_estimators=200)))
-        client(settings.mlflow_tracking_uri).set_registered_model_alias(CONTRACT.name, CHAMPION, trained.version)
-        lake = Lake.of(settings.lake_uri, CONTRACT.name)
-        applications = lake.read_offline("applications")
-        # customers who applied lately: their statements are still within the history view's TTL online
-        recent = last_month_applications(applications, "applied_at")
-        yield {"settings": settings, "version": trained.version, "customers": recent["customer_id"].tolist()}
-        # the MLflow server is shared by the session: leave no champion behind for the next module
-        client(settings.mlflow_tracking_uri).delete_registered_model(CONTRACT.name)
 
 
 def _application(customer_id: int, **changes: Any) -> dict[str, Any]:
@@ -68,13 +43,6 @@ def _application(customer_id: int, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
-
-
-@pytest.fixture
-def app_client(served: dict[str, Any]) -> Iterator[TestClient]:
-    app = create_app(served["settings"], CONTRACT, TOKEN, refresh_seconds=0.2)
-    with TestClient(app) as http:
-        yield http
 
 
 def test_an_application_is_scored_with_reasons_and_the_champion_version(
@@ -129,12 +97,19 @@ def test_an_unknown_customer_is_a_clear_404(app_client: TestClient) -> None:
 
 
 def test_an_oversized_body_is_refused(app_client: TestClient) -> None:
-    response = app_client.post(
-        "/v1/score",
-        content=b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}",
-        headers={**AUTH, "Content-Type": "application/json"},
-    )
-    assert response.status_code == 413
+    headers = {**AUTH, "Content-Type": "application/json"}
+    declared = app_client.post("/v1/score", content=b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}", headers=headers)
+    assert declared.status_code == 413 and str(MAX_BODY_BYTES) in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body streams in
+        yield b"["
+        for _ in range(MAX_BODY_BYTES // 4096 + 1):
+            yield b" " * 4096
+        yield b"]"
+
+    streamed = app_client.post("/v1/score/batch", content=chunks(), headers=headers)
+    assert streamed.status_code == 413 and str(MAX_BODY_BYTES) in streamed.json()["detail"]
+    assert "content-length" not in streamed.request.headers
 
 
 def test_health_readiness_and_metrics(app_client: TestClient, served: dict[str, Any]) -> None:
@@ -157,6 +132,7 @@ def test_the_champion_is_swapped_without_failing_requests_in_flight(
     c = client(settings.mlflow_tracking_uri)
     current = c.get_model_version(CONTRACT.name, served["version"])
     copy = c.copy_model_version(f"models:/{CONTRACT.name}/{current.version}", CONTRACT.name)
+    keys = seal.key_files(settings)
     statuses: list[int] = []
     versions: set[str] = set()
     stop = threading.Event()
@@ -171,7 +147,7 @@ def test_the_champion_is_swapped_without_failing_requests_in_flight(
     for w in workers:
         w.start()
     try:
-        c.set_registered_model_alias(CONTRACT.name, CHAMPION, copy.version)
+        promotion.promote(settings.mlflow_tracking_uri, CONTRACT.name, str(copy.version), served["version"], keys, "t")
         deadline = datetime.now(UTC) + timedelta(seconds=60)
         while str(copy.version) not in versions and datetime.now(UTC) < deadline:
             threading.Event().wait(0.2)
@@ -179,7 +155,7 @@ def test_the_champion_is_swapped_without_failing_requests_in_flight(
         stop.set()
         for w in workers:
             w.join()
-        c.set_registered_model_alias(CONTRACT.name, CHAMPION, served["version"])
+        promotion.promote(settings.mlflow_tracking_uri, CONTRACT.name, served["version"], str(copy.version), keys, "t")
     assert set(statuses) == {200}
     assert {served["version"], str(copy.version)} <= versions
 
@@ -431,7 +407,7 @@ def test_a_canary_answers_a_sticky_share_of_customers_logged_as_canary(served: d
     uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
     log = InferenceLog(lake)
     started = datetime.now(UTC)
-    start_rollout(uri, CONTRACT.name, twin, _plan("canary", share=0.5))
+    start_rollout(uri, CONTRACT.name, twin, _plan("canary", share=0.5), seal.key_files(settings))
     try:
         app = create_app(settings, CONTRACT, TOKEN, refresh_seconds=0.2, inference_log=log)
         with TestClient(app) as http:
@@ -471,7 +447,9 @@ def test_a_shadow_over_its_latency_budget_is_rolled_back_without_failing_a_reque
     log = InferenceLog(lake)
     started = datetime.now(UTC)
     # a budget no model can meet: the guard must trip once it has seen min_requests answers
-    start_rollout(uri, CONTRACT.name, twin, _plan("shadow", max_p99_ms=0.001, min_requests=20))
+    start_rollout(
+        uri, CONTRACT.name, twin, _plan("shadow", max_p99_ms=0.001, min_requests=20), seal.key_files(settings)
+    )
     app = create_app(settings, CONTRACT, TOKEN, refresh_seconds=0.2, inference_log=log)
     with TestClient(app) as http:
         assert _until(lambda: app.state.champion.rollout is not None)
@@ -498,7 +476,9 @@ def test_a_canary_that_fails_is_rolled_back_and_its_customers_get_the_champion(
     from tasks.promote.promotion import history, rollout_state, start_rollout
 
     uri = served["settings"].mlflow_tracking_uri
-    start_rollout(uri, CONTRACT.name, broken, _plan("canary", share=0.9, min_requests=10))
+    start_rollout(
+        uri, CONTRACT.name, broken, _plan("canary", share=0.9, min_requests=10), seal.key_files(served["settings"])
+    )
     app = create_app(served["settings"], CONTRACT, TOKEN, refresh_seconds=0.2)
     with TestClient(app) as http:
         assert _until(lambda: app.state.champion.rollout is not None)
@@ -522,9 +502,12 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
 
     settings: Settings = served["settings"]
     uri, lake = settings.mlflow_tracking_uri, Lake.of(settings.lake_uri, CONTRACT.name)
+    keys = seal.key_files(settings)
     monkeypatch.setattr(promotion, "LOG_FLUSH_GRACE_SECONDS", 1.0)
     monkeypatch.setattr(promotion, "ROLLOUT_POLL_SECONDS", 0.2)
-    quiet = promotion.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 1.0, lake, "test")
+    quiet = promotion.observe_rollout(
+        uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 1.0, lake, "test", keys
+    )
     assert quiet.verdict == "failed" and "only 0 answers" in quiet.reason
     assert promotion.rollout_state(uri, CONTRACT.name) is None  # a failed rollout leaves no candidate behind
 
@@ -544,7 +527,9 @@ def test_the_deploy_flow_promotes_only_a_rollout_with_enough_logged_answers(
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        busy = promotion.observe_rollout(uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 4.0, lake, "test")
+        busy = promotion.observe_rollout(
+            uri, CONTRACT.name, twin, _plan("shadow", min_requests=5), 4.0, lake, "test", keys
+        )
     finally:
         stop.set()
         sender.join(timeout=10)
@@ -578,3 +563,45 @@ def test_the_packaged_pyfunc_scores_raw_applications_as_the_service_does(
     assert answer["decision"].tolist() == [s["decision"] for s in service]
     assert set(answer["model_version"]) == {served["version"]}
     assert answer["entity_id"].tolist() == served["customers"][:5]
+
+
+def test_a_hand_moved_champion_alias_is_not_served_and_readiness_and_an_event_say_so(
+    app_client: TestClient, served: dict[str, Any], prefect_server: str
+) -> None:
+    """One REST call moves the alias to a version the deploy flow never promoted: the sealed champion serves on."""
+    import time
+
+    from conftest import prefect_api
+
+    from closedloop import events
+
+    settings: Settings = served["settings"]
+    c = client(settings.mlflow_tracking_uri)
+    unsealed = str(c.copy_model_version(f"models:/{CONTRACT.name}/{served['version']}", CONTRACT.name).version)
+
+    def readiness_until(done: Any) -> dict[str, Any]:
+        for _ in range(150):  # the app re-reads the registry every 0.2 s
+            ready: dict[str, Any] = app_client.get("/readyz").json()
+            if done(ready):
+                return ready
+            time.sleep(0.2)
+        raise AssertionError(f"readiness never changed: {ready}")
+
+    c.set_registered_model_alias(CONTRACT.name, CHAMPION, unsealed)
+    try:
+        ready = readiness_until(lambda r: "degraded" in r)
+        assert ready["ready"] is True and ready["model_version"] == served["version"]
+        assert f"points at v{unsealed}, but the last sealed promotion is v{served['version']}" in ready["degraded"]
+        scored = app_client.post("/v1/score", json=_application(served["customers"][0]), headers=AUTH)
+        assert scored.status_code == 200 and scored.json()["model_version"] == served["version"]
+        body = {"filter": {"event": {"name": [events.CHAMPION_REFUSED]}}, "limit": 10}
+        for _ in range(40):  # events reach the server through a background worker
+            found = prefect_api("POST", f"{prefect_server}/events/filter", json=body).json()["events"]
+            if any(f"points at v{unsealed}" in e["payload"]["reason"] for e in found):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("no champion_refused event")
+    finally:
+        c.set_registered_model_alias(CONTRACT.name, CHAMPION, served["version"])
+    assert "degraded" not in readiness_until(lambda r: "degraded" not in r)

@@ -15,10 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from one_table import CONTRACT_YAML, flat_contract, flat_rows, write_flat
 
+from closedloop import seal
 from closedloop.contract import FairnessPolicy, parse_contract
-from closedloop.registry import CHAMPION, client, read_evidence
+from closedloop.registry import client, read_evidence
 from closedloop.settings import load_settings
 from serving.app import create_app, request_model
+from tasks.promote import promotion
 
 TOKEN = "flat-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,7 +52,8 @@ def flat(prefect_server: str, mlflow_server: int, tmp_path_factory: pytest.TempP
                 fairness=FairnessPolicy(mitigation="none", max_fairness_worsening=0.05),
             )
         )
-        client(settings.mlflow_tracking_uri).set_registered_model_alias(contract.name, CHAMPION, trained.version)
+        keys = seal.key_files(settings)  # made champion as the deploy flow does: sealed
+        promotion.promote(settings.mlflow_tracking_uri, contract.name, trained.version, None, keys, by="test")
         yield {"settings": settings, "path": path, "contract": contract, "rows": rows, "trained": trained}
         client(settings.mlflow_tracking_uri).delete_registered_model(contract.name)
 

@@ -9,55 +9,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from flat_table import write_flat_table
+from one_table import GERMAN_CREDIT, flat_loans, german_credit
 
 from closedloop import storage
 from closedloop.contract import Contract, parse_contract
 from closedloop.lake import CREATED, Lake
 from closedloop.landing import identify
-from closedloop.settings import PROJECT_ROOT
 from tasks.ingest.tasks import BatchOutcome, ingest_batch, replay_quarantined
 
 NOW = datetime(2026, 1, 15, tzinfo=UTC)
 IN_ONE_PIECE = 10**9
 ROWS = 1200
-
-FLAT = """\
-name: flat_loans
-version: 1
-start: 2020-01-01T00:00:00Z
-time_ordered: false
-null_tokens: ["NA"]
-entity: {name: loan, join_key: loan_id}
-tables:
-  loans:
-    as_of: ingest
-    generated_key: loan_id
-    primary_key: [loan_id]
-    file:
-      ignore: [""]
-      headers: {defaulted: SeriousDlqin2yrs, utilisation: RevolvingUtilizationOfUnsecuredLines,
-                late_30_59: "NumberOfTime30-59DaysPastDueNotWorse", monthly_income: MonthlyIncome,
-                dependents: NumberOfDependents, days_birth: DAYS_BIRTH, days_employed: DAYS_EMPLOYED,
-                sex: CODE_GENDER, marital_status: MaritalStatus, region: Region.Code}
-label: {column: defaulted, positive: 1, negative: 0, delay_days: 0}
-decision: {cost_false_negative: 5, cost_false_positive: 1}
-columns:
-  - {name: utilisation, type: float, min: 0, max: 2}
-  - {name: age, type: int, min: 18, max: 100, sensitive: true, bands: [18, 40, 101]}
-  - {name: late_30_59, type: int, min: 0, max: 20, nullable: true, missing_codes: [96, 98]}
-  - {name: monthly_income, type: float, min: 0, max: 100000, nullable: true}
-  - {name: dependents, type: int, min: 0, max: 20, nullable: true}
-  - {name: days_birth, type: int, min: -40000, max: 0, exclude: "age_years is used"}
-  - {name: days_employed, type: int, min: -20000, max: 0, nullable: true, missing_codes: [365243]}
-  - {name: age_years, type: float, formula: "-days_birth / 365.25", min: 0, max: 120, sensitive: true}
-  - {name: years_employed, type: float, formula: "-days_employed / 365.25", nullable: true, min: 0, max: 60}
-  - {name: sex, type: category, categories: [female, male], codes: {F: female, M: male}, sensitive: true}
-  - {name: marital_status, type: category, categories: [married, single, divorced, widowed]}
-  - {name: region, type: category, categories: [north, east, south, west],
-     codes: {N: north, E: east, S: south, W: west}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +29,7 @@ def flat_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def _contract(**changes: Any) -> Contract:
-    doc = yaml.safe_load(FLAT)
-    doc.update(changes)
-    return parse_contract(doc)
+    return parse_contract(flat_loans(**changes))
 
 
 def _ingest(
@@ -171,8 +132,7 @@ def test_a_header_the_contract_expects_missing_from_the_file_is_named_with_the_f
     record = lake.read_reason(outcome.batch_id)
     assert storage.read_bytes(lake.quarantine(outcome.batch_id, "original.csv")) == data
     # the contract fixed, the quarantined batch is replayed: its rows get the keys a first ingest gives them
-    doc = yaml.safe_load(FLAT)
-    doc["version"] = 2
+    doc = flat_loans(version=2)
     doc["tables"]["loans"]["file"]["headers"]["monthly_income"] = "Monthly_Income"
     fixed = parse_contract(doc)
     replayed = replay_quarantined.fn(record["batch_id"], fixed, lake, NOW, chunk_rows)
@@ -183,61 +143,17 @@ def test_a_header_the_contract_expects_missing_from_the_file_is_named_with_the_f
     assert sorted(_stored(lake, "loans")["loan_id"]) == sorted(_stored(direct, "loans")["loan_id"])
 
 
-GERMAN = PROJECT_ROOT / "datasets/german_credit/german.data"
-
-
 @pytest.mark.parametrize("chunk_rows", [IN_ONE_PIECE, 300], ids=["one piece", "chunks"])
 def test_the_raw_german_credit_file_is_ingested_with_its_codebook(chunk_rows: int, tmp_path: Path) -> None:
-    fields = ["checking_status", "duration_months", "credit_history", "purpose", "credit_amount", "savings",
-              "employed_since", "installment_rate", "personal_status_sex", "other_debtors", "residence_since",
-              "property", "age", "other_installment_plans", "housing", "existing_credits", "job", "dependents",
-              "telephone", "foreign_worker", "bad_credit"]  # fmt: skip
-    coded = {
-        "checking_status": {"A11": "lt_0_dm", "A12": "0_to_200_dm", "A13": "ge_200_dm", "A14": "no_account"},
-        "sex": {"A91": "male", "A92": "female", "A93": "male", "A94": "male", "A95": "female"},
-        "foreign_worker": {"A201": "yes", "A202": "no"},
-    }
-    columns: list[dict[str, Any]] = [
-        {"name": name, "type": "category", "categories": sorted(set(codes.values())), "codes": codes}
-        for name, codes in coded.items()
-    ]
-    columns[1]["sensitive"] = columns[2]["sensitive"] = True
-    columns += [
-        {"name": "duration_months", "type": "int", "min": 1, "max": 120},
-        {"name": "credit_amount", "type": "float", "min": 0, "max": 100000},
-        {"name": "age", "type": "int", "min": 18, "max": 100, "sensitive": True, "bands": [18, 26, 101]},
-    ]
-    used = {"checking_status", "personal_status_sex", "foreign_worker", "duration_months", "credit_amount", "age"}
-    contract = parse_contract(
-        {
-            "name": "german_credit",
-            "version": 1,
-            "start": "1990-01-01T00:00:00Z",
-            "time_ordered": False,
-            "key_type": "string",
-            "entity": {"name": "application", "join_key": "application_id"},
-            "tables": {
-                "applications": {
-                    "as_of": "1994-11-17T00:00:00Z",
-                    "generated_key": "application_id",
-                    "primary_key": ["application_id"],
-                    "file": {
-                        "format": "csv",
-                        "delimiter": "whitespace",
-                        "header": False,
-                        "columns": fields,
-                        "headers": {"sex": "personal_status_sex"},
-                        "ignore": [f for f in fields if f not in used and f != "bad_credit"],
-                    },
-                }
-            },
-            "label": {"column": "bad_credit", "positive": 2, "negative": 1, "delay_days": 0},
-            "decision": {"cost_false_negative": 5.0, "cost_false_positive": 1.0},
-            "columns": columns,
-        }
-    )
+    doc = german_credit()
+    used = {"checking_status", "sex", "foreign_worker", "duration_months", "credit_amount", "age"}
+    file = doc["tables"]["applications"]["file"]
+    file["ignore"] = [f for f in file["columns"] if f not in used | {"personal_status_sex", "bad_credit"}]
+    doc["columns"] = [c for c in doc["columns"] if c["name"] in used]  # the other fields read and dropped
+    doc["key_type"] = "string"
+    contract = parse_contract(doc)
     lake = Lake.of(tmp_path.as_uri(), contract.name)
-    outcome = _ingest(lake, contract, "german.data", GERMAN.read_bytes(), chunk_rows)
+    outcome = _ingest(lake, contract, "german.data", (GERMAN_CREDIT / "german.data").read_bytes(), chunk_rows)
     assert outcome.status == "accepted" and outcome.rows_accepted == 1000, outcome.reason
     stored = _stored(lake, "applications")
     assert stored["bad_credit"].value_counts().to_dict() == {1: 700, 2: 300}

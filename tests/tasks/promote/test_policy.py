@@ -24,7 +24,7 @@ ELIGIBLE = {
 
 def test_an_eligible_version_is_a_candidate_compared_with_the_champion_its_gate_saw() -> None:
     candidate = policy.eligible_candidate("credit", "4", ELIGIBLE)
-    assert candidate == policy.Candidate(version="4", compared_with="3")
+    assert (candidate.version, candidate.compared_with) == ("4", "3")
 
 
 def test_the_first_version_was_compared_with_no_champion() -> None:
@@ -78,10 +78,35 @@ def test_rollback_needs_a_previous_champion_and_a_champion() -> None:
 
 
 def test_approval_is_asked_in_production_unless_the_run_says_otherwise() -> None:
-    assert policy.needs_approval(None, production=True)
-    assert not policy.needs_approval(None, production=False)
-    assert policy.needs_approval(True, production=False)
-    assert not policy.needs_approval(False, production=True)
+    plain = policy.Candidate(version="3", compared_with=None)
+    assert policy.approval_reason(plain, None, production=True) == "every promotion in production is approved"
+    assert policy.approval_reason(plain, None, production=False) is None
+    assert policy.approval_reason(plain, True, production=False) == "requested by the deploy run"
+    assert policy.approval_reason(plain, False, production=True) is None
+
+
+def _limits(**values: float) -> dict[str, Any]:
+    contract = {"min_roc_auc": 0.65, "max_demographic_parity_difference": 0.15}
+    applied = {**contract, **values}
+    loosened = [n for n in values if n in contract and values[n] != contract[n]]
+    return {"eligible": True, "gates": {}, "limits": {"values": applied, "contract": contract, "loosened": loosened}}
+
+
+def test_a_version_judged_by_looser_limits_needs_a_person_whatever_the_run_says() -> None:
+    loose = policy.eligible_candidate("credit", "3", _limits(max_demographic_parity_difference=0.3))
+    assert loose.approval_required == (
+        "judged by limits looser than its contract's: max_demographic_parity_difference 0.3 (contract: 0.15)"
+    )
+    for requested in (None, False, True):
+        for production in (False, True):
+            assert policy.approval_reason(loose, requested, production) == loose.approval_required
+    assert policy.eligible_candidate("credit", "3", _limits()).approval_required is None
+
+
+def test_a_version_that_does_not_record_its_limits_needs_approval() -> None:
+    old = policy.eligible_candidate("credit", "3", {"eligible": True, "gates": {}})
+    assert old.approval_required == "the version does not record the limits it was judged by"
+    assert policy.approval_reason(old, False, production=False) == old.approval_required
 
 
 # --- infra validation -----------------------------------------------------------------------------------------

@@ -35,10 +35,24 @@ def test_group_thresholds_mix_two_thresholds_by_a_stable_draw_per_request() -> N
     answers = [grouped.decide(0.5, str(key), "25-35") for key in range(400)]
     assert 150 < answers.count("refuse") < 250  # about half the requests drew the lower threshold
     assert answers == [grouped.decide(0.5, str(key), "25-35") for key in range(400)]  # the same key, the same draw
-    with pytest.raises(ScoringInputError, match="no decision threshold for age group '65-101'"):
-        grouped.decide(0.5, "k", "65-101")
     with pytest.raises(ScoringInputError, match="group thresholds"):
         decisions(grouped, np.array([0.5]))  # a batch has no request keys to draw from
+
+
+def test_a_group_without_a_threshold_is_decided_by_the_single_threshold_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grouped = model(POLICY)  # its single threshold: 0.5
+    with caplog.at_level("WARNING", logger="tasks.score.scoring"):
+        answers = [grouped.decide(score, str(key), "65-101") for key, score in enumerate([0.49, 0.5, 0.9])]
+        assert grouped.decide(0.2, "k", None) == "approve"  # no value: the 'unknown' group, unseen too
+    assert answers == ["approve", "refuse", "refuse"]
+    assert grouped.unseen_groups == {"65-101": 3, "unknown": 1}
+    assert [r.getMessage() for r in caplog.records] == [
+        "v4 has no decision threshold for age group '65-101': decided by its single threshold 0.5000",
+        "v4 has no decision threshold for age group 'unknown': decided by its single threshold 0.5000",
+    ]
+    assert grouped.decide(0.31, "any", "18-25") == "refuse"  # the groups it has thresholds for keep them
 
 
 def test_policy_group_places_a_value_in_its_band(contract: Contract) -> None:

@@ -30,7 +30,9 @@ def test_ks_is_one_for_perfect_separation_and_zero_for_none() -> None:
 def test_intervals_contain_the_point_estimate(scored: tuple[np.ndarray, np.ndarray]) -> None:
     y, p = scored
     point = metrics(y, p)
-    for name, (low, high) in bootstrap_intervals(y, p, rounds=100).items():
+    intervals = bootstrap_intervals(y, p, rounds=100)
+    assert set(intervals) == set(point)  # every metric the report shows has its interval
+    for name, (low, high) in intervals.items():
         assert low <= point[name] <= high, name
 
 
@@ -79,5 +81,6 @@ def test_weighted_metrics_equal_scikit_learn_on_the_resampled_rows() -> None:
             assert got["pr_auc"] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
             assert got["brier"] == pytest.approx(np.mean((p[idx] - y[idx]) ** 2), abs=1e-12)
             assert got["ks"] == pytest.approx(ks_statistic(y[idx], p[idx]), abs=1e-12)
+            assert got["log_loss"] == pytest.approx(metrics(y[idx], p[idx])["log_loss"], abs=1e-12)
     assert ranked.weighted(np.where(y == 1, 0.0, 1.0)) is None  # no positive drawn: no metric
     assert ranked.drawn(np.flatnonzero(y == 0)) is None

@@ -141,3 +141,21 @@ def test_a_failed_fairness_gate_tries_group_thresholds_where_the_contract_allows
     assert fairness.mitigation == "threshold_optimizer:age" and "(single threshold: " in fairness.reason
     untried = evaluate(data, model, scores, CONTRACT, strict.model_copy(update={"mitigation": "none"}), None, "")
     assert "mitigation" not in untried.report.model_dump() and untried.gates["fairness"].verdict == "fail"
+
+
+def test_an_age_band_absent_from_validation_is_decided_by_the_single_threshold_and_counted(
+    candidate: tuple[TrainingData, Any, np.ndarray],
+) -> None:
+    """No validation applicant is 65 or older: the test window's are decided by the one threshold, not refused."""
+    data, model, scores = candidate
+    frame = data.frame.copy()
+    frame.loc[data.split("validation") & (frame["age"] >= 65), "age"] = 40
+    elders = int(((frame["age"] >= 65) & data.split("test")).sum())
+    strict = Gates(min_disparate_impact=0.999, min_group_outcomes=1, min_group_rows=10)
+    result = evaluate(TrainingData(frame, data.features, data.labels), model, scores, CONTRACT, strict, None, "")
+    tried = result.report.model_dump()["mitigation"]
+    assert elders > 0 and "65-101" not in tried["policy"] and "verdict" in tried
+    assert tried["method"].endswith(
+        f"the age groups absent from it are decided by the single threshold (test rows: 65-101 {elders:,})"
+    )
+    assert tried["fairness"]["age"]["groups"]["65-101"]["rows"] == elders  # judged with the rule it deploys

@@ -199,3 +199,18 @@ def test_fairness_limits_come_from_the_override_then_the_contract_then_the_gates
     assert record.limits["min_group_rows"] == 20 and record.override
     plain, unchanged = effective_gates(synthetic, GATES)
     assert plain == GATES and not unchanged.override and set(unchanged.source.values()) == {"default"}
+
+
+def test_limits_looser_than_the_contracts_are_named_stricter_ones_are_not() -> None:
+    from tasks.train.gates import limits_record
+
+    contract = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
+    applied, _ = effective_gates(contract, Gates(min_roc_auc=0.5, min_disparate_impact=0.9, mitigation="none"))
+    record = limits_record(contract, applied, guards={"cooldown_minutes": 60})
+    assert record.loosened == ["min_roc_auc"]  # a higher disparate-impact floor is stricter; mitigation is a choice
+    assert record.values["min_roc_auc"] == 0.5 and record.contract["min_roc_auc"] == 0.65
+    assert record.guards == {"cooldown_minutes": 60}
+    same, _ = effective_gates(contract, Gates())
+    assert limits_record(contract, same).loosened == []
+    wider, _ = effective_gates(contract, Gates(), FairnessPolicy(max_demographic_parity_difference=0.3))
+    assert limits_record(contract, wider).loosened == ["max_demographic_parity_difference"]

@@ -32,11 +32,14 @@ def test_group_thresholds_close_the_approval_gap_on_unseen_rows() -> None:
     groups_t = mitigation.group_labels(aget, AGE)
     gap = abs(single[groups_t == "18-25"].mean() - single[groups_t == "25-65"].mean())
     optimizer = mitigation.fit(model, xv, yv, mitigation.group_labels(agev, AGE))
-    refuse = mitigation.decide(optimizer, xt, groups_t, seed=7)
+    decided = mitigation.decide(optimizer, xt, groups_t, 7, model.predict_proba(xt)[:, 1], 0.5)
+    refuse = decided.refuse
+    assert decided.single_threshold_rows == {}
     mitigated_gap = abs(refuse[groups_t == "18-25"].mean() - refuse[groups_t == "25-65"].mean())
     assert gap > 0.1
     assert mitigated_gap < gap / 2
-    assert np.array_equal(refuse, mitigation.decide(optimizer, xt, groups_t, seed=7))  # reproducible
+    again = mitigation.decide(optimizer, xt, groups_t, 7, model.predict_proba(xt)[:, 1], 0.5)
+    assert np.array_equal(refuse, again.refuse)  # reproducible
     policy = mitigation.policy(optimizer)
     assert set(policy) == {"18-25", "25-65"}
     assert all(0 <= r["p0"] <= 1 and r["p0"] + r["p1"] == pytest.approx(1) for r in policy.values())
@@ -47,13 +50,20 @@ def test_missing_ages_are_a_group_of_their_own() -> None:
     assert list(labels) == ["18-25", "unknown", "25-65"]
 
 
-def test_a_group_absent_from_validation_cannot_be_decided() -> None:
+def test_a_group_absent_from_validation_is_decided_by_the_single_threshold_and_counted() -> None:
     x, y, age = _data(2000, 4)
     model = xgb.XGBClassifier(n_estimators=10).fit(x, y)
     old = (age >= 25).to_numpy()
     optimizer = mitigation.fit(model, x[old], y[old], mitigation.group_labels(age[old], AGE))
-    with pytest.raises(mitigation.MitigationError, match=r"\['18-25'\] have no threshold"):
-        mitigation.decide(optimizer, x, mitigation.group_labels(age, AGE), seed=7)
+    groups = mitigation.group_labels(age, AGE)
+    scores = model.predict_proba(x)[:, 1]
+    decided = mitigation.decide(optimizer, x, groups, 7, scores, 0.4)
+    young = groups == "18-25"
+    assert decided.single_threshold_rows == {"18-25": int(young.sum())} and young.sum() > 0
+    assert np.array_equal(decided.refuse[young], (scores[young] >= 0.4).astype(int))
+    # the groups it saw keep the optimizer's own decisions
+    own = optimizer.predict(x[~young], sensitive_features=groups[~young], random_state=7)
+    assert np.array_equal(decided.refuse[~young], own)
 
 
 def test_one_class_in_validation_is_refused() -> None:

@@ -37,6 +37,7 @@ def test_the_card_names_lineage_metrics_and_gates() -> None:
     assert "- Data window: 2025-01-01 to 2025-09-30, 12,345 labelled applications (678 defaults)" in card
     assert "- Code: `0123456789ab`; started by: event:evt-1" in card
     assert "| roc_auc | 0.8000 | 0.7500 - 0.8500 |" in card
+    assert "Decision rule deployed: one threshold for everyone. Decision threshold 0.2000" in card
     assert "TP 1, FP 2, TN 3, FN 4." in card
     assert "- **quality_floor**: pass (ROC-AUC 0.8000 vs floor 0.65)" in card
     assert "Fairness mitigation" not in card and "group thresholds (" not in card
@@ -122,3 +123,59 @@ def test_a_waived_attribute_shows_the_contract_s_reason() -> None:
     card = model_card("credit", _evidence(fairness={"foreign_worker": skipped}))
     line = "| foreign_worker | not judged: too few (rows: yes 193, no 7); waived by the contract: 37 applicants |"
     assert line in card
+
+
+def test_every_metric_shows_its_interval_or_says_none_was_recorded_never_nan() -> None:
+    card = model_card(
+        "credit",
+        _evidence(metrics={"roc_auc": 0.8, "log_loss": 0.41}, intervals={"roc_auc": [0.75, 0.85]}),
+    )
+    assert "| log_loss | 0.4100 | not recorded |" in card and "nan" not in card.lower()
+    card = model_card(
+        "credit",
+        _evidence(metrics={"log_loss": 0.41}, intervals={"log_loss": [0.39, 0.43]}),
+    )
+    assert "| log_loss | 0.4100 | 0.3900 - 0.4300 |" in card
+
+
+def _by_group(approval: float, dp: float) -> dict[str, Any]:
+    group = {"rows": 300, "approval_rate": approval, "tpr": 0.5, "fpr": 0.2, "roc_auc": 0.7}
+    return {
+        "verdict": "pass",
+        "groups": {"18-25": group},
+        "demographic_parity_difference": dp,
+        "equalized_odds_difference": 0.05,
+        "disparate_impact": 0.9,
+    }
+
+
+def test_the_fairness_figures_are_those_of_the_decision_rule_deployed() -> None:
+    """Group thresholds chosen by the fairness gate: their figures lead, the single threshold's are compared."""
+    decision = {"threshold": 0.2, "expected_cost": 0.31, "tp": 1, "fp": 2, "tn": 3, "fn": 4}
+    mitigation = {
+        "attribute": "age",
+        "method": "fairlearn ThresholdOptimizer",
+        "policy": {},
+        "fairness": {"age": _by_group(0.777, 0.04)},
+        "confusion": {"tp": 5, "fp": 6, "tn": 7, "fn": 8},
+        "expected_cost": 0.33,
+        "expected_cost_single_threshold": 0.31,
+        "verdict": {"verdict": "pass", "reason": "within limits"},
+    }
+    evidence = _evidence(decision=decision, fairness={"age": _by_group(0.555, 0.25)}, mitigation=mitigation)
+    evidence["gates"]["fairness"] = {"verdict": "pass", "reason": "ok", "mitigation": "threshold_optimizer:age"}
+    card = model_card("credit", evidence)
+    assert "## Fairness of the deployed decision: the group thresholds on age" in card
+    assert "| age | 18-25 | 300 | 0.777 |" in card and "| age | 18-25 | 300 | 0.555 |" not in card
+    assert "| age | DP diff 0.040, EO diff 0.050, DI 0.900 |" in card
+    assert "Decision rule deployed: **group thresholds on age**" in card
+    assert "confusion on the test window: TP 5, FP 6, TN 7, FN 8." in card
+    assert "The single threshold decides only the age groups without a threshold of their own." in card
+    assert "The single threshold on the same test window: age: DP diff 0.250, EO diff 0.050, DI 0.900." in card
+
+    # the candidate was judged but the gate's verdict stayed the single threshold's: that rule is deployed
+    del evidence["gates"]["fairness"]["mitigation"]
+    card = model_card("credit", evidence)
+    assert "## Fairness of the deployed decision: the single threshold" in card
+    assert "| age | 18-25 | 300 | 0.555 |" in card and "| age | 18-25 | 300 | 0.777 |" not in card
+    assert "Decision rule deployed: one threshold for everyone." in card
