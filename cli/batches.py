@@ -10,8 +10,10 @@ import typer
 
 from cli.console import (
     ALL_QUARANTINED,
+    INGEST_STEPS,
     ContractOption,
     JsonFlag,
+    Progress,
     checked_contract,
     connect,
     contract_option,
@@ -60,7 +62,8 @@ def data_synth(
             file_format=FileFormat(file_format),
         )
         target = out or settings.landing_uri("credit_synthetic")
-        summary = write_synthetic(config, target, settings.s3_endpoint_url)
+        with Progress("data synth", config.customers, "customers") as progress:
+            summary = write_synthetic(config, target, settings.s3_endpoint_url, progress=progress.reached)
     except ValueError as exc:
         fail(str(exc))
     except known_errors() as exc:
@@ -180,7 +183,7 @@ def quarantine_replay(
     connect(settings)
     from flows.ingest_validate import IngestParams, ingest_validate
 
-    with flow_runs():
+    with flow_runs(INGEST_STEPS, total=len(batches)):
         result = ingest_validate(IngestParams(replay=batches, contract=contract_option(contract, settings)))
     text = "\n".join(
         f"{o.replay_of} -> {o.batch_id}: {o.status} ({o.rows_accepted} accepted, "

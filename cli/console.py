@@ -11,8 +11,10 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, cast
 
@@ -175,14 +177,29 @@ def connect(settings: Settings, needs: tuple[str, ...] = ("prefect",)) -> None:
 
 
 @contextmanager
-def flow_runs() -> Iterator[None]:
-    """Around a flow called in this process: its runs record this process, its failure prints no traceback."""
+def flow_runs(steps: FlowSteps | None = None, total: int | None = None) -> Iterator[None]:
+    """Around a flow called in this process: its runs record this process, its failure prints no traceback.
+
+    With ``steps``, the run's progress is shown on stderr as its log records tell it (``total``: the number of
+    items, when the command knows it before the flow does).
+    """
     from closedloop.crashed_runs import owned_runs
 
     with owned_runs():  # imports Prefect, whose logging is set up by then
         if not _debug[0]:
             quiet_tracebacks()
-        yield
+        if steps is None:
+            yield
+            return
+        with Progress(steps.what, total, steps.unit) as progress:
+            reader = _FlowProgress(steps, progress)
+            runs = logging.getLogger("prefect")  # flow and task run records pass through it on their way up
+            runs.addHandler(reader)
+            try:
+                reader.start()
+                yield
+            finally:
+                runs.removeHandler(reader)
 
 
 def quiet_tracebacks() -> None:
@@ -223,3 +240,160 @@ def status_table(rows: list[Any]) -> str:
             + (f"\n{'':<31}{row.detail}" if row.detail else "")
         )
     return "\n".join(lines)
+
+
+class Progress:
+    """How far a long piece of work is, on stderr: a live bar on a terminal, one plain line per step otherwise.
+
+    Never on stdout: with --json stdout holds the result alone. A log, a CI job or a pipe gets plain lines a
+    person can still read afterwards; a bar's redraws would fill them with control codes.
+    """
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "") -> None:
+        self.what, self.total, self.unit, self.done, self.label = what, total, unit, 0, ""
+        self._bar: Any = None
+        self._task: Any = None
+        self._routed: list[Callable[[], object]] = []
+
+    def __enter__(self) -> Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                redirect_stdout=False,  # stdout is the command's result, never the bar's
+                redirect_stderr=True,
+            )
+            self._bar.start()  # from here sys.stderr is the bar's: what is written to it is printed above the bar
+            self._task = self._bar.add_task(self.what, total=self.total)
+            self._route_logs(sys.stderr)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            for restore in reversed(self._routed):
+                restore()
+            self._bar.stop()
+
+    def _route_logs(self, stderr: Any) -> None:
+        """Log lines printed while the bar is shown go above it, through ``stderr`` (the bar's), not across it.
+
+        Prefect's console handler prints through a rich console of its own, a plain handler to its stream: both
+        were given the real stderr when logging was set up, and keep writing there unless pointed elsewhere.
+        """
+        loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+        for handler in {h for log in loggers for h in getattr(log, "handlers", [])}:
+            output = getattr(handler, "console", None)
+            if type(handler).__name__ == "PrefectConsoleHandler" and output is not None:
+                self._routed.append(partial(setattr, output, "file", output.file))
+                output.file = stderr
+            elif type(handler) is logging.StreamHandler and handler.stream is sys.__stderr__:
+                self._routed.append(partial(handler.setStream, handler.stream))
+                handler.setStream(stderr)
+
+    def set_total(self, total: int) -> None:
+        """The number of steps, once the work knows it (an ingest, once it has listed its batches)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
+    def step(self, label: str) -> None:
+        """The step now running (``fit``, ``evaluation``): the bar's text, or one plain line."""
+        self.label = label
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self.what}: {label}")
+        else:
+            counted = f" ({self.done + 1}/{self.total})" if self.total and self.done < self.total else ""
+            warn(f"{self.what}: {label}{counted}")
+
+    def advance(self, done: int = 1, say: bool = True) -> None:
+        """``done`` more steps finished; ``say``: also as a plain line (a stage's next step says it already)."""
+        self.reached(self.done + done, say=say)
+
+    def reached(self, done: int, total: int | None = None, say: bool = True) -> None:
+        """``done`` steps (of ``total``) finished in all: for work that counts its own, like customers written."""
+        if total is not None and total != self.total:
+            self.set_total(total)
+        self.done = done
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+        elif say:
+            counted = f"{self.done:,}/{self.total:,}" if self.total else f"{self.done:,}"
+            warn(f"{self.what}: {counted} {self.unit}")
+
+
+@dataclass(frozen=True)
+class FlowSteps:
+    """What a progress bar counts of one flow run, told by the run's own log records (the flows know no shell).
+
+    ``per_item`` tasks run once per batch and are counted; ``steps`` are the flow's stages in order, each shown
+    while it runs; ``count`` is the format of the flow's log line whose first argument is the number of items.
+    """
+
+    what: str
+    unit: str = ""
+    per_item: tuple[str, ...] = ()
+    steps: tuple[tuple[str, str], ...] = ()
+    count: str = ""
+    after_items: str = ""
+
+
+# tasks/ingest/tasks.py and flows/ingest_validate.py: one task run per batch file, then the online store's load
+INGEST_STEPS = FlowSteps(
+    "ingest",
+    unit="batches",
+    per_item=("ingest_batch", "replay_quarantined"),
+    count="%d batch file(s) found for %s",
+    after_items="loading the online store",
+)
+# tasks/train/tasks.py, in the order flows/train_evaluate.py runs them
+TRAIN_STEPS = FlowSteps(
+    "train",
+    unit="steps",
+    steps=(
+        ("build_training_set", "retrieval of the point-in-time training set"),
+        ("fit_model", "fit"),
+        ("evaluate_candidate", "evaluation and gates"),
+        ("register_candidate", "registration"),
+    ),
+)
+_FINISHED = "Finished in state "  # what Prefect's task engine logs when a task run ends
+
+
+class _FlowProgress(logging.Handler):
+    """Reads a flow run's log records as they are emitted and moves a :class:`Progress` on."""
+
+    def __init__(self, spec: FlowSteps, progress: Progress) -> None:
+        super().__init__(logging.INFO)
+        self.spec, self.progress = spec, progress
+        self.stages = [name for name, _ in spec.steps]
+
+    def start(self) -> None:
+        if self.spec.steps:
+            self.progress.set_total(len(self.spec.steps))
+            self.progress.step(self.spec.steps[0][1])
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.spec.count and record.msg == self.spec.count and record.args:
+            self.progress.set_total(int(cast(tuple[Any, ...], record.args)[0]))
+            return
+        task = getattr(record, "task_name", None)
+        if task is None or not str(record.msg).startswith(_FINISHED):
+            return
+        if task in self.spec.per_item:
+            self.progress.advance()
+            if self.spec.after_items and self.progress.total == self.progress.done:
+                self.progress.step(self.spec.after_items)
+        elif task in self.stages:
+            self.progress.advance(say=False)
+            following = self.stages.index(task) + 1
+            if following < len(self.spec.steps):
+                self.progress.step(self.spec.steps[following][1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,7 +15,9 @@ from cli import bench as benchmarks
 from cli import console
 from cli.batches import batch_app, data_app, exit_if_all_quarantined, quarantine_app
 from cli.console import (
+    INGEST_STEPS,
     NOT_SO,
+    TRAIN_STEPS,
     ContractOption,
     JsonFlag,
     Shell,
@@ -131,30 +134,36 @@ def contract_check(
         contract = load_contract(target)
     except ContractError as exc:
         fail(str(exc))
-    from tasks.shared.features import feature_names
-
-    inputs = feature_names(contract)
     sensitive = {c.name: c.source for c in contract.sensitive}
     excluded = {c.name: c.exclude for c in contract.excluded}
     tables = {name: _table_layout(contract, name) for name in contract.tables}
-    origins = _inputs_by_origin(contract)
+    inputs = _model_inputs(contract)
+    origins: dict[str, list[str]] = {}
+    for item in inputs:
+        origins.setdefault(item["origin"], []).append(item["name"])
     derived = {
         "name": contract.name,
         "version": contract.version,
         "fingerprint": contract.fingerprint,
         "tables": {name: contract.required_columns(name) for name in contract.tables},
         "layout": tables,
-        "model_inputs": inputs,
+        "model_inputs": [item["name"] for item in inputs],
+        "model_input_sources": {item["name"]: item for item in inputs},
         "inputs_by_origin": origins,
         "sensitive": list(sensitive),
         "sensitive_read_from": sensitive,
         "excluded": excluded,
         "label": contract.label.model_dump(),
     }
-    lines = [f"{contract.name} v{contract.version} ({contract.fingerprint}): valid"]
-    for origin, names in origins.items():
-        lines.append(f"  model inputs, {origin}: {', '.join(names)}")
-    lines += [
+    width = max(len(item["name"]) for item in inputs)
+    lines = [
+        f"{contract.name} v{contract.version} ({contract.fingerprint}): valid",
+        f"  model inputs ({len(inputs)}, in the order the model is trained on and scored with):",
+        *(
+            f"    {i:>2} {item['name']:<{width}}  {item['type']:<8} {item['origin']}"
+            + (f": {item['how']}" if item["how"] else "")
+            for i, item in enumerate(inputs, 1)
+        ),
         f"  sensitive:    {', '.join(f'{n} ({t})' for n, t in sensitive.items()) or '-'}",
         f"  excluded:     {', '.join(excluded) or '-'}",
     ]
@@ -205,19 +214,33 @@ def _code(value: float | str) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _inputs_by_origin(contract: Contract) -> dict[str, list[str]]:
-    """The model's inputs by where each comes from at scoring time."""
-    origins: dict[str, list[str]] = {}
-    for column in contract.model_inputs:
-        request = column.source == contract.prediction
-        origins.setdefault("sent with the request" if request else f"stored view {column.source}", []).append(
-            column.name
-        )
-    if contract.aggregates:
-        origins["history aggregates"] = [a.name for a in contract.aggregates]
-    if contract.ratios:
-        origins["ratios"] = [r.name for r in contract.ratios]
-    return origins
+def _model_inputs(contract: Contract) -> list[dict[str, str]]:
+    """The model's inputs exactly as it is trained on them (``feature_names``), with where each comes from.
+
+    Where, when a decision is scored: sent with the request, a stored view of the online store, or derived.
+    """
+    from tasks.shared.features import feature_names
+
+    aggregates = {a.name: a for a in contract.aggregates}
+    ratios = {r.name: r for r in contract.ratios}
+    out = []
+    for name in feature_names(contract):
+        if name in aggregates:
+            agg = aggregates[name]
+            table = contract.column(agg.column).source
+            how = f"{agg.function} of {agg.column} over the last {agg.window} rows of {table}"
+            item = {"type": "float", "origin": "history aggregates", "table": table, "how": how}
+        elif name in ratios:
+            how = f"{ratios[name].numerator} / {ratios[name].denominator}, computed when scored"
+            item = {"type": "float", "origin": "ratios", "table": "", "how": how}
+        else:
+            column = contract.column(name)
+            request = column.source == contract.prediction
+            origin = "sent with the request" if request else f"stored view {column.source}"
+            how = f"formula {column.formula}, computed at ingest" if column.formula is not None else ""
+            item = {"type": column.type.value, "origin": origin, "table": column.source, "how": how}
+        out.append({"name": name, **item})
+    return out
 
 
 @contract_app.command("init")
@@ -312,7 +335,7 @@ def ingest(
     from flows.ingest_validate import IngestParams, ingest_validate
 
     params = IngestParams(sources=list(sources or []), contract=path, materialize=not no_materialize)
-    with flow_runs():
+    with flow_runs(INGEST_STEPS if params.materialize else replace(INGEST_STEPS, after_items="")):
         result = ingest_validate(params)
     lines = []
     for o in result.batches:
@@ -375,7 +398,7 @@ def train(
     from flows.train_evaluate import TrainParams, train_evaluate
 
     params = TrainParams.model_validate({"contract": path, "fairness": overrides})
-    with flow_runs():
+    with flow_runs(TRAIN_STEPS):
         result = train_evaluate(params)
     lines = [
         f"{result.dataset} v{result.version}: {'eligible' if result.eligible else 'NOT eligible'} "

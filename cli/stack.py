@@ -142,17 +142,17 @@ def components(settings: Settings, s3: bool = False, flows: bool = False, servin
             )
         )
     if serving:
-        token = settings.serving_token
-        if token is None:
-            raise StackError("set CLOSEDLOOP_SERVING_TOKEN: the scoring service never runs without a bearer token")
+        # the token goes to the service's environment only; without one the component is still described, so
+        # that 'status' shows a running service whether or not this shell has the token ('up' refuses to start it)
+        token = {TOKEN_VARIABLE: settings.serving_token.get_secret_value()} if settings.serving_token else {}
         out.append(
             Component(
                 name="serving",
                 port=settings.serving_port,
-                health_url=f"http://{settings.host}:{settings.serving_port}/healthz",
-                ui_url=f"http://{settings.host}:{settings.serving_port}/docs",
+                health_url=f"{settings.serving_url}/healthz",  # /healthz and /readyz need no token
+                ui_url=f"{settings.serving_url}/docs",
                 command=[_bin("closedloop"), "serve"],
-                env={**prefect_env, TOKEN_VARIABLE: token.get_secret_value()},
+                env={**prefect_env, **token},
             )
         )
     if s3:
@@ -232,15 +232,39 @@ def _status_of(settings: Settings, comp: Component) -> ComponentStatus:
 
 
 def status(
-    settings: Settings, s3: bool | None = None, flows: bool | None = None, serving: bool | None = None
+    settings: Settings,
+    s3: bool | None = None,
+    flows: bool | None = None,
+    serving: bool | None = None,
+    readiness: bool = True,
 ) -> list[ComponentStatus]:
-    """State of every component; the optional ones are shown when ``up`` recorded them."""
+    """State of every component; the optional ones are shown when ``up`` recorded them (their pid files).
+
+    With ``readiness``, a running scoring service also says whether it can score, and with which model.
+    """
     s3 = _pid_file(settings, "s3").exists() if s3 is None else s3
     flows = _pid_file(settings, "flows").exists() if flows is None else flows
-    serving = (
-        (_pid_file(settings, "serving").exists() and settings.serving_token is not None) if serving is None else serving
-    )
-    return [_status_of(settings, comp) for comp in components(settings, s3=s3, flows=flows, serving=serving)]
+    serving = _pid_file(settings, "serving").exists() if serving is None else serving
+    rows = [_status_of(settings, comp) for comp in components(settings, s3=s3, flows=flows, serving=serving)]
+    for row in rows:
+        if readiness and row.name == "serving" and row.state == "running":
+            row.detail = _readiness(settings.serving_url)
+    return rows
+
+
+def _readiness(url: str) -> str:
+    """What the scoring service's /readyz says: the model it serves, or why it cannot score yet."""
+    try:
+        answer = httpx.get(f"{url}/readyz", timeout=10.0)
+        body = answer.json()
+    except (httpx.HTTPError, ValueError):
+        return f"{url}/readyz does not answer: the service is up but cannot say whether it can score"
+    if not isinstance(body, dict):
+        return f"{url}/readyz answered {answer.status_code}"
+    if body.get("ready"):
+        degraded = f"; degraded: {body['degraded']}" if body.get("degraded") else ""
+        return f"ready: {body.get('dataset')} champion v{body.get('model_version')}{degraded}"
+    return f"not ready: {body.get('reason') or answer.status_code}"
 
 
 def _prepare_production(settings: Settings) -> None:
@@ -339,6 +363,8 @@ def up(
     Order: the S3 endpoint (production servers write to it), then Prefect and MLflow in parallel, then the
     flow runner (it registers its deployments with the Prefect server).
     """
+    if serving and settings.serving_token is None:
+        raise StackError("set CLOSEDLOOP_SERVING_TOKEN: the scoring service never runs without a bearer token")
     private_folder(settings.state_dir)
     for folder in (settings.logs_dir, settings.run_dir, settings.prefect_home, settings.state_dir / "mlflow"):
         private_folder(folder)
@@ -444,7 +470,7 @@ def require_running(settings: Settings, names: tuple[str, ...] = ("prefect", "ml
     """Fail with a clear message when a server the caller needs is not answering."""
     if not settings.state_dir.exists():
         raise StackError(f"no closedloop state at {settings.state_dir}: run 'closedloop up' first")
-    by_name = {s.name: s for s in status(settings)}
+    by_name = {s.name: s for s in status(settings, readiness=False)}
     for name in names:
         current = by_name[name]
         if current.state != "running":

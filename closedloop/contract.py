@@ -325,8 +325,9 @@ class Monitoring(_Strict):
         default=0.05,
         ge=0,
         le=1,
-        description="how far a group's served approval rate or error-rate gap may move from the version's evidence "
-        "(absolute), on top of the contract's fairness limits, which the served decisions must also meet",
+        description="how far a group's served approval rate, relative to its attribute's overall rate, or an "
+        "error-rate gap may move from the version's evidence, beyond two standard errors of the window; the served "
+        "decisions must also meet the contract's fairness limits",
     )
     skew_sample: int = Field(
         default=2000, ge=10, description="logged requests re-read from the offline store per window"

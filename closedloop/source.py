@@ -353,7 +353,14 @@ def _missing_code_mask(values: pd.Series, col: Column) -> np.ndarray:
         codes = [float(c) for c in col.missing_codes if _as_float(c) is not None]
         return np.asarray(np.isin(numbers, codes), dtype=bool)
     text = values.astype("string").str.strip()
-    return np.asarray(text.isin([str(c) for c in col.missing_codes]).fillna(False).to_numpy(dtype=bool), dtype=bool)
+    return np.asarray(text.isin(_code_texts(col.missing_codes)).fillna(False).to_numpy(dtype=bool), dtype=bool)
+
+
+def _code_texts(codes: list[float | str]) -> set[str]:
+    """How codes are written in a file's text cells: YAML's ``0`` arrives as 0.0 and is written ``0``."""
+    texts = {str(c) for c in codes}
+    texts.update(str(int(c)) for c in codes if isinstance(c, float) and c.is_integer())
+    return texts
 
 
 def _is_missing_code(value: Any, col: Column) -> bool:

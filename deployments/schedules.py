@@ -71,6 +71,9 @@ def retrain_on_drift() -> DeploymentEventTrigger:
     """
     return DeploymentEventTrigger(
         name="retrain-on-drift",
+        description="The monitor's drift alert (closedloop.drift.detected) starts a guarded retrain on the last "
+        f"{DRIFT_RETRAIN_WINDOW_DAYS} days, at most once per {DRIFT_DEBOUNCE.total_seconds() / 60:g} minutes per "
+        "model; the run's guards (cool-down, daily budget, new labels) may still defer it, with the reason.",
         expect={events.DRIFT_DETECTED},
         match={"prefect.resource.id": events.MODEL_RESOURCES},
         for_each={"prefect.resource.id"},
@@ -91,6 +94,8 @@ def deploy_when_eligible() -> DeploymentEventTrigger:
     """An eligible trained version -> package and deploy it."""
     return DeploymentEventTrigger(
         name="deploy-eligible-version",
+        description="A version that passed every gate (closedloop.model.trained, eligible) is packaged, validated "
+        "in a fresh interpreter and promoted; a version judged by loosened limits waits for a person's approval.",
         expect={events.TRAINED},
         match={"prefect.resource.id": events.MODEL_RESOURCES, events.ELIGIBLE_LABEL: "true"},
         parameters={

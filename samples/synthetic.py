@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -500,11 +500,17 @@ def iter_blocks(config: SyntheticConfig) -> Iterator[dict[str, pa.Table]]:
         yield generate_block(config, block)
 
 
-def write_synthetic(config: SyntheticConfig, landing_uri: str, endpoint_url: str | None = None) -> SyntheticSummary:
+def write_synthetic(
+    config: SyntheticConfig,
+    landing_uri: str,
+    endpoint_url: str | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> SyntheticSummary:
     """Generate the data set and publish it as dated batch files under ``landing_uri``.
 
     Files are built in a hidden staging folder and only moved into the landing zone once complete,
-    so a reader never sees a half-written batch.
+    so a reader never sees a half-written batch. ``progress(customers done, customers)`` is called after
+    each block, for whoever shows how far a large run is (the command line's bar).
     """
     target = storage.parse(landing_uri)
     local_root = target.path if target.scheme == "file" else None
@@ -514,9 +520,11 @@ def write_synthetic(config: SyntheticConfig, landing_uri: str, endpoint_url: str
     try:
         writers = _BatchWriters(staging, config.file_format)
         try:
-            for tables in iter_blocks(config):
+            for block, tables in enumerate(iter_blocks(config), 1):
                 for name, data in tables.items():
                     writers.write(name, data, config.batch)
+                if progress is not None:
+                    progress(min(block * BLOCK_CUSTOMERS, config.customers), config.customers)
         finally:
             paths = writers.close()
         summary = SyntheticSummary(landing_uri=landing_uri, config=_describe(config), rows=dict(writers.rows))

@@ -143,8 +143,14 @@ def _rates(
 
 
 def _noise(rate: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """NOISE_Z binomial standard errors of rates measured on ``rows`` rows each."""
-    return np.asarray(NOISE_Z * np.sqrt(rate * (1 - rate) / np.maximum(rows, 1)), dtype="float64")
+    """NOISE_Z binomial standard errors of rates measured on ``rows`` rows each.
+
+    The rate is taken as (hits + 1) / (rows + 2): a group approved or refused to the last applicant still has
+    an error (a plain binomial one would be zero).
+    """
+    n = np.maximum(rows, 1).astype("float64")
+    shrunk = (np.nan_to_num(rate) * n + 1) / (n + 2)
+    return np.asarray(NOISE_Z * np.sqrt(shrunk * (1 - shrunk) / n), dtype="float64")
 
 
 def _gap(rates: np.ndarray, rows: np.ndarray) -> tuple[float | None, float]:

@@ -120,9 +120,9 @@ def alert(records: Sequence[Mapping[str, Any]], policy: MonitorPolicy) -> Alert:
 
 
 def severity(violations: Sequence[str], drift_share: float) -> str:
-    """``high`` for performance or data quality, a score drift or a large share of drifted features."""
+    """``high`` for performance, data quality, served decisions' fairness, a score drift or many drifted features."""
     kinds = set(violations)
-    if "performance" in kinds or "data_quality" in kinds:
+    if kinds & {"performance", "data_quality", "fairness_drift"}:
         return "high"
     return "high" if drift_share >= HIGH_DRIFT_SHARE or "score_drift" in kinds else "medium"
 

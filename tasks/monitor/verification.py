@@ -56,11 +56,13 @@ def replaced_champion_violations(records: Sequence[Mapping[str, Any]], champion:
     """The violations of the last judged window when another champion was judged there, else None.
 
     Not None means this window is the new champion's first judged one: the one post-deploy verification reads.
+    Violations sent to a person for review (``review``) did not lead to the new champion and are left out.
     """
     judged = [r for r in records if r.get("status") == "judged"]
     if not judged or judged[-1].get("champion") == champion:
         return None
-    return list(judged[-1].get("violations", []))
+    review = set(judged[-1].get("review", []))
+    return [v for v in judged[-1].get("violations", []) if v not in review]
 
 
 def _remaining(earlier: Sequence[str], violations: Sequence[str]) -> list[str]:

@@ -34,8 +34,10 @@ def importance_by_group(
     labels = groups.to_numpy(dtype=object)
     out = {}
     for group in pd.unique(labels):
-        mask = labels == group
-        if group is None or group != group or mask.sum() < min_rows:
+        if pd.isna(group):  # applicants without the attribute form no group
+            continue
+        mask = np.asarray((groups == group).fillna(False).to_numpy(dtype=bool), dtype=bool)
+        if mask.sum() < min_rows:
             continue
         out[str(group)] = global_importance(contribs[mask], names, top)
     return out

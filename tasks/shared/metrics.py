@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 HEADLINE = ("roc_auc", "pr_auc", "ks", "brier", "log_loss")
@@ -176,7 +177,8 @@ def segments(y: np.ndarray, p: np.ndarray, groups: dict[str, np.ndarray], min_ro
 
 
 def pd_unique(values: np.ndarray) -> list[Any]:
-    return [v for v in dict.fromkeys(values.tolist()) if v is not None and v == v]
+    """The distinct values in first-seen order, without the missing ones (None, NaN, pandas' NA)."""
+    return [v for v in dict.fromkeys(values.tolist()) if not pd.isna(v)]
 
 
 def paired_auc_difference(

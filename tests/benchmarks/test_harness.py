@@ -42,6 +42,7 @@ def test_every_benchmark_family_is_registered_under_its_command_line_name() -> N
         "materialize",
         "scale",
         "serving",
+        "skew",
         "train",
         "validation",
     ]

@@ -222,3 +222,15 @@ def test_generated_keys_read_numbers_by_value_missing_cells_alike_and_columns_by
     assert _internal(contract, typed).frame["loan_id"].tolist() == keys
     coded = _file(CODE_GENDER=["F", "F", "F", "F"])  # a category compares as text: row 1 is another row
     assert _internal(contract, coded).frame["loan_id"].tolist()[1] != keys[1]
+
+
+def test_a_numeric_missing_code_matches_its_text_in_a_category_column() -> None:
+    """YAML's unquoted ``0`` arrives as 0.0; the file writes it ``0`` (as UCI's MARRIAGE does for unknown)."""
+    from closedloop.contract import Column
+    from closedloop.source import _missing_code_mask
+
+    column = Column(
+        name="marital_status", type="category", source="t", nullable=True, categories=["1", "2"], missing_codes=[0]
+    )
+    cells = pd.Series(["1", "0", "2", "0.0", None], dtype=object)
+    assert _missing_code_mask(cells, column).tolist() == [False, True, False, True, False]

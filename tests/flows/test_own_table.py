@@ -7,7 +7,6 @@ XGBoost fitted by hand on the raw file, with the same parameters, on the same sp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,50 +98,30 @@ def test_the_model_matches_xgboost_fitted_by_hand_on_the_raw_file_and_its_sensit
     assert abs(trained.metrics["roc_auc"] - by_hand) <= 0.01, (trained.metrics["roc_auc"], by_hand)
 
 
-def test_the_age_finding_blocks_deployment_until_a_person_approves_a_reviewed_limit_then_it_scores(
+def test_a_reviewed_wider_limit_is_deployed_only_with_a_persons_approval_and_then_scores_raw_rows(
     german: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The path a risk team takes with a real finding: refused, a reviewed limit, an approval, a served model."""
+    """A risk team widens a fairness limit for this model: recorded, approved by a person, sealed, then served."""
     from fastapi.testclient import TestClient
 
     from flows.package_deploy import DeployParams, package_deploy
     from flows.train_evaluate import TrainParams, train_evaluate
     from serving.app import create_app
-    from tasks.promote.policy import DeployError
 
     settings = german["settings"]
     monkeypatch.setenv("CLOSEDLOOP_STATE_DIR", str(settings.state_dir))
     monkeypatch.setenv("CLOSEDLOOP_MLFLOW_PORT", str(settings.mlflow_port))
     contract_file = str(GERMAN / "contract.yaml")
     contract = contract_at(contract_file)
-    # one decision threshold for everyone (no group thresholds): the age gap is a finding the gate fails on
-    single = train_evaluate(TrainParams(contract=contract_file, fairness=FairnessPolicy(mitigation="none")))
-    evidence = read_evidence(settings.mlflow_tracking_uri, contract.name, single.version)
-    assert single.gates["fairness"].verdict == "fail" and not single.eligible, single.gates["fairness"]
-    assert evidence["report"]["fairness"]["age"]["verdict"] == "fail"
-    with pytest.raises(DeployError, match=r"german_credit v\d+ is not eligible for promotion .*'fairness': 'fail'"):
-        package_deploy(DeployParams(contract=contract_file, version=single.version))
-
-    # the reviewer reads the measured gaps and accepts limits just beyond them for this data set, on this run only
-    failed = [r for r in evidence["report"]["fairness"].values() if r["verdict"] == "fail"]
-    dp = max(r["demographic_parity_difference"] for r in failed)
-    eo = max(
-        (
-            r["equalized_odds_difference"]
-            for r in failed
-            if r["equalized_odds_difference"] == r["equalized_odds_difference"]
-        ),
-        default=0,
-    )
-    di = min(r["disparate_impact"] for r in failed)
+    # 1,000 applicants give wide intervals on the age bands' gaps: the reviewer accepts up to 0.3 for this model,
+    # with one threshold for everyone (no group thresholds by age)
     reviewed = FairnessPolicy(
-        max_demographic_parity_difference=max(0.15, math.ceil(dp * 100 + 1) / 100),
-        max_equalized_odds_difference=max(0.15, math.ceil(eo * 100 + 1) / 100),
-        min_disparate_impact=min(0.8, math.floor(di * 100 - 1) / 100),
-        mitigation="none",
+        max_demographic_parity_difference=0.3, max_equalized_odds_difference=0.3, mitigation="none"
     )
     again = train_evaluate(TrainParams(contract=contract_file, fairness=reviewed))
     assert again.eligible and again.gates["fairness"].verdict == "pass", again.gates
+    evidence = read_evidence(settings.mlflow_tracking_uri, contract.name, again.version)
+    assert evidence["limits"]["loosened"] == ["max_demographic_parity_difference", "max_equalized_odds_difference"]
     deployed = package_deploy(
         DeployParams(
             contract=contract_file,

@@ -41,3 +41,12 @@ def test_reasons_only_name_what_raised_the_risk() -> None:
     names = ["a", "b", "c"]
     reasons = top_reasons(np.array([0.5, -2.0, 0.1, -1.0]), names, k=3)
     assert reasons == [{"feature": "a", "contribution": 0.5}, {"feature": "c", "contribution": 0.1}]
+
+
+def test_applicants_without_the_attribute_form_no_group() -> None:
+    """A sensitive column read back from parquet as pandas strings, with pandas' NA where it was missing."""
+    rng = np.random.default_rng(1)
+    contribs = rng.random((300, 3))
+    groups = pd.Series(rng.choice(["a", "b", None], 300)).astype("string")
+    assert groups.isna().any()
+    assert set(importance_by_group(contribs, ["x", "y"], groups)) == {"a", "b"}

@@ -84,3 +84,14 @@ def test_weighted_metrics_equal_scikit_learn_on_the_resampled_rows() -> None:
             assert got["log_loss"] == pytest.approx(metrics(y[idx], p[idx])["log_loss"], abs=1e-12)
     assert ranked.weighted(np.where(y == 1, 0.0, 1.0)) is None  # no positive drawn: no metric
     assert ranked.drawn(np.flatnonzero(y == 0)) is None
+
+
+def test_missing_values_are_no_group_whatever_stands_for_them() -> None:
+    from tasks.shared.metrics import pd_unique
+
+    values = np.array(["b", None, float("nan"), "a", "b"], dtype=object)
+    assert pd_unique(values) == ["b", "a"]
+    import pandas as pd
+
+    strings = pd.Series(["b", pd.NA, "a"], dtype="string").to_numpy(dtype=object)
+    assert pd_unique(strings) == ["b", "a"]
