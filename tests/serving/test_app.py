@@ -164,7 +164,7 @@ def test_no_champion_means_not_ready(served: dict[str, Any]) -> None:
     taiwan = load_contract(PROJECT_ROOT / "datasets/taiwan_credit_default/contract.yaml")
     with TestClient(create_app(served["settings"], taiwan, TOKEN)) as http:
         ready = http.get("/readyz")
-        assert ready.status_code == 503 and "champion" in ready.json()["reason"]
+        assert ready.status_code == 503 and "was promoted yet" in ready.json()["reason"]
         body = {"customer_id": 1, "credit_limit": 1000.0}
         assert http.post("/v1/score", json=body, headers=AUTH).status_code in (422, 503)
 
