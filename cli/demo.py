@@ -186,6 +186,8 @@ def _window(
         "violations": record.get("violations", []),
         "drifted": drift.get("drifted", []),
         "fairness_drift": (record.get("fairness_drift") or {}).get("drifted", []),
+        "skewed": (record.get("skew") or {}).get("skewed", []),
+        "skew_sampled": (record.get("skew") or {}).get("sampled"),
         "alert": record.get("alert", {}).get("alert", False),
         "event_id": record.get("event_id"),
         "report": (record.get("evidently") or {}).get("uri"),

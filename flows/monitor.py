@@ -18,11 +18,18 @@ from closedloop import events, seal, storage
 from closedloop.contract import Contract, contract_at
 from closedloop.lake import Lake
 from closedloop.settings import Settings, load_settings
-from tasks.monitor import policy, records, sources, window
+from tasks.monitor import artifact, policy, records, skew, sources, window
 from tasks.monitor.fairness_drift import FairnessDrift
 from tasks.monitor.policy import Alert, MonitorPolicy, WindowStatus
 from tasks.monitor.report import Agreement
-from tasks.monitor.tasks import column_drift_chunk, evidently_report, judge_window, verify_new_champion
+from tasks.monitor.skew import SkewVerdict
+from tasks.monitor.tasks import (
+    column_drift_chunk,
+    evidently_report,
+    judge_window,
+    training_serving_skew,
+    verify_new_champion,
+)
 from tasks.monitor.verification import Comparison, Verification, replaced_champion_violations
 from tasks.promote import promotion
 from tasks.shared.dask_cluster import dask_runner
@@ -49,6 +56,9 @@ class MonitorParams(BaseModel):
         "(or a LocalCluster), for windows of many columns",
     )
     column_chunks: int = Field(default=4, ge=1, le=256, description="engine dask: column chunks (mapped tasks)")
+    skew: bool = Field(
+        default=True, description="re-read a sample of the window from the offline store (training-serving skew)"
+    )
 
 
 class MonitorResult(BaseModel):
@@ -125,48 +135,6 @@ def _roll_back(settings: Settings, contract: Contract, checked: Verification) ->
     return checked.rolled_back(rolled.model_dump(), str(event.id) if event else None)
 
 
-def _summary(result: MonitorResult, drift: dict[str, Any], fairness: FairnessDrift | None = None) -> str:
-    lines = [
-        f"# Monitoring window of {result.dataset}",
-        f"{result.window['start']} .. {result.window['end']}: **{result.status}**, {result.rows} served rows, "
-        f"champion v{result.champion}",
-        "",
-        f"Violations: {', '.join(result.violations) or 'none'}; alert: {result.alert.reason if result.alert else '-'}",
-        "",
-    ]
-    if drift.get("columns"):
-        lines += ["| column | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-        for c in sorted(drift["columns"], key=lambda c: -c["score"]):
-            lines.append(f"| {c['column']} | {c['method']} | {c['score']:.4f} | {c['threshold']} | {c['drifted']} |")
-    if fairness is not None:
-        lines += ["", *_fairness_lines(fairness)]
-    if result.report_uri:
-        lines += ["", f"Evidently report: {result.report_uri}"]
-    return "\n".join(lines)
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _fairness_lines(fairness: FairnessDrift) -> list[str]:
-    """The fairness verdict as a markdown table: per attribute its disparities, drifted groups and breaches."""
-    lines = [
-        f"## Fairness drift (action: {fairness.action}, at most {fairness.max_fairness_drift:g} per group)",
-        "",
-        "| attribute | verdict | parity difference | disparate impact | TPR gap | FPR gap | drifted groups "
-        "| breaches |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, judged in fairness.attributes.items():
-        lines.append(
-            f"| {name} | {judged.verdict} | {_number(judged.demographic_parity_difference)} | "
-            f"{_number(judged.disparate_impact)} | {_number(judged.tpr_gap)} | {_number(judged.fpr_gap)} | "
-            f"{', '.join(judged.drifted_groups) or '-'} | {'; '.join(judged.breaches) or judged.reason or '-'} |"
-        )
-    return lines
-
-
 def _judged(
     settings: Settings,
     contract_path: str,
@@ -186,11 +154,19 @@ def _judged(
     record = record.model_copy(update={"verdicts": verdicts})
     if verdicts.fairness_drift is not None and verdicts.fairness_drift.drifted:
         record = _fairness_event(contract_path, record, verdicts.fairness_drift)
-    # SKEW: the training-serving skew verdict (tasks/monitor/skew.py) is judged here and kept in the record:
-    # record = record.model_copy(update={"skew": ...}); its violation joins verdicts.violations
+    if params.skew:  # a skew asks a person, not a retrain: its violation is listed under review
+        skewed = training_serving_skew(settings, contract, frame, champion, end)
+        if skewed.violations:
+            skewed = _skew_event(record, skewed)
+            found = {
+                "violations": [*verdicts.violations, *skewed.violations],
+                "review": [*verdicts.review, *skewed.violations],
+            }
+            verdicts = verdicts.model_copy(update=found)
+        record = record.model_copy(update={"verdicts": verdicts, "skew": skewed.as_record()})
     if params.evidently:
         agreement = evidently_report(
-            settings, contract, lake, frame, champion, end, verdicts.fast_drift(), verdicts.fairness_drift
+            settings, contract, lake, frame, champion, record.window, verdicts, params.policy.drift_share
         )
         record = record.model_copy(update={"evidently": agreement})
     replaced = replaced_champion_violations(earlier, champion)
@@ -202,6 +178,17 @@ def _judged(
             checked = _roll_back(settings, contract, checked)
         record = record.model_copy(update={"verification": checked})
     return record
+
+
+def _skew_event(record: window.WindowRecord, verdict: SkewVerdict) -> SkewVerdict:
+    """The skew event of a window whose served features differ from the offline store's, its id kept in the verdict."""
+    event = emit_event(
+        event=events.SKEW_DETECTED,
+        resource=events.model_resource(record.dataset),
+        payload=skew.event_payload(verdict, record.window.model_dump(), record.champion),
+    )
+    get_run_logger().warning("%s (event %s)", verdict.message, event.id if event else None)
+    return verdict.model_copy(update={"event_id": str(event.id) if event else None})
 
 
 def _fairness_event(contract_path: str, record: window.WindowRecord, fairness: FairnessDrift) -> window.WindowRecord:
@@ -291,11 +278,9 @@ def monitor(params: MonitorParams | None = None) -> MonitorResult:
         record = _raise_alert(contract_path, record, earlier, params.policy)
         logger.warning("drift alert for %s v%s: %s (event %s)", contract.name, champion, record.alert, record.event_id)
     result = _result(record, records.write_window(lake, record.as_json()))
-    drift = record.verdicts.drift if record.verdicts else {}
-    fairness = record.verdicts.fairness_drift if record.verdicts else None
     create_markdown_artifact(
         key=f"monitor-{contract.name.replace('_', '-')}",
-        markdown=_summary(result, drift, fairness),
-        description=str(span.model_dump()),
+        markdown=artifact.markdown(record, params.policy),
+        description=artifact.description(record),
     )
     return result

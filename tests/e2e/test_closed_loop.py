@@ -84,6 +84,11 @@ def test_the_demo_closes_the_loop(demo: dict[str, Any]) -> None:
     assert s["verification"]["verdict"] == "pass", s["verification"]  # the violation is gone
     assert "income" not in s["windows"][-1]["drifted"]
     assert s["failed_requests"] == 0 and s["requests"] > 0
+    # every window also judges the served decisions' fairness and the served features against the offline store;
+    # the demo injects neither fault, so neither is found
+    assert all(w["fairness_drift"] == [] and w["skewed"] == [] and w["skew_sampled"] for w in s["windows"]), s[
+        "windows"
+    ]
     run = prefect_api("GET", f"{s['prefect_ui']}/api/flow_runs/{s['retrain']['flow_run']}").json()
     assert run["parameters"]["params"]["trigger_event_id"] == s["drift"]["event_id"]  # started by the event
 

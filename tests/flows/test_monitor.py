@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,7 +31,8 @@ from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import Scenario, SyntheticConfig, last_month_applications, write_synthetic
 from serving.app import create_app
 from tasks.monitor.policy import MonitorPolicy
-from tasks.monitor.records import history
+from tasks.monitor.records import history, window_label
+from tasks.monitor.report import REPORT_PATH
 from tasks.monitor.verification import Comparison
 from tasks.promote import promotion
 from tasks.shared.features import feature_names
@@ -115,6 +117,25 @@ def judge(start: datetime, end: datetime, **changes: Any) -> Any:
     return monitor(MonitorParams(contract=SYNTHETIC, window_end=end, window_minutes=minutes, policy=POLICY, **changes))
 
 
+def monitor_artifact() -> dict[str, Any]:
+    """The latest monitor run's markdown artifact of the dataset, as Prefect's UI shows it."""
+    body = {"artifacts": {"key": {"any_": [f"monitor-{NAME.replace('_', '-')}"]}}, "sort": "CREATED_DESC", "limit": 1}
+    found: list[dict[str, Any]] = prefect_api("POST", f"{PREFECT_API_URL.value()}/artifacts/filter", json=body).json()
+    assert len(found) == 1
+    return found[0]
+
+
+def headings(markdown: str) -> list[str]:
+    """The artifact's section headings, without what they say in brackets."""
+    return [line.split(" (")[0] for line in markdown.splitlines() if line.startswith("## ")]
+
+
+def named(result: Any) -> str:
+    """The name of a window's MLflow monitoring run."""
+    span = [datetime.fromisoformat(result.window[key]) for key in ("start", "end")]
+    return f"monitor {window_label(*span)} v{result.champion}"
+
+
 def test_an_empty_window_is_no_data_not_an_error(configured: dict[str, Any]) -> None:
     result = judge(datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))
     assert result.status == "no_data" and result.rows == 0 and result.alert and not result.alert.alert
@@ -124,6 +145,9 @@ def test_an_empty_window_is_no_data_not_an_error(configured: dict[str, Any]) -> 
 def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configured: dict[str, Any]) -> None:
     first = judge(*serve_window(configured))
     assert first.status == "judged" and first.rows == len(configured["bodies"])
+    # the served features are the offline store's at request time: no skew on traffic nothing was injected into
+    assert first.skew is not None and first.skew["status"] == "judged" and first.skew["violations"] == []
+    assert first.skew["sampled"] == first.rows and all(f["mismatched"] == 0 for f in first.skew["features"])
     assert "income" in first.drifted and "feature_drift" in first.violations
     assert "loan_term_months" not in first.drifted  # untouched by the scenario
     assert first.alert and not first.alert.alert and first.event_id is None  # one window is not enough (2 of 3)
@@ -134,9 +158,38 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
     assert "<html" in report.lower()
     assert first.agreement and first.agreement.compared_columns == len(feature_names(CONTRACT))
     assert "income" in first.agreement.evidently_drifted
+    # Evidently's headline applies our rule: a violated window is a drifted one on both sides
+    assert first.agreement.dataset_drift and first.agreement.evidently_dataset_drift
+    assert "Dataset Drift is detected" in report and "closedloop's drift rule" in report
 
     second = judge(*serve_window(configured))
     assert second.alert and second.alert.alert and second.event_id
+    assert second.agreement and second.agreement.dataset_drift and second.agreement.evidently_dataset_drift
+    # the window's MLflow run is named by the window, and the Prefect artifact links MLflow's page of its report
+    uri = configured["settings"].mlflow_tracking_uri
+    runs = [client(uri).get_run(r.agreement.mlflow_run) for r in (first, second)]
+    assert [run.info.run_name for run in runs] == [named(first), named(second)] and named(first) != named(second)
+    assert second.agreement.url == (
+        f"{uri}/#/experiments/{runs[1].info.experiment_id}/runs/{runs[1].info.run_id}/artifacts/{REPORT_PATH}"
+    )
+    served = httpx.get(f"{uri}/get-artifact", params={"path": REPORT_PATH, "run_uuid": runs[1].info.run_id})
+    assert served.status_code == 200 and "Dataset Drift is detected" in served.text  # what the UI's page fetches
+    shown = monitor_artifact()
+    label = named(second).removeprefix("monitor ").removesuffix(f" v{second.champion}")
+    said = shown["description"]
+    assert said.startswith(f"Window {label} of {NAME} v{second.champion}: judged on {second.rows} served rows, ")
+    assert said.endswith("; the drift alert was raised.") and "feature drift" in said
+    assert headings(shown["data"]) == [
+        "## Feature drift",
+        "## Score drift",
+        "## Data quality",
+        "## Estimated performance",
+        "## Realized performance",
+        "## Fairness drift",
+        "## Training-serving skew",
+        "## Evidently report",
+    ]
+    assert f"[Evidently data drift report]({second.agreement.url})" in shown["data"] and "file://" not in shown["data"]
     events: list[dict[str, Any]] = []
     for _ in range(60):  # events reach the server through a background worker and are persisted in batches
         events = prefect_api(
@@ -209,6 +262,7 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     assert verified.verification.earlier_violations == ["feature_drift"]
     assert "income" not in verified.drifted and verified.alert and not verified.alert.alert
     assert verified.verification.comparison == "not enough labelled rows yet"
+    assert "## Post-deploy verification" in headings(monitor_artifact()["data"])
 
 
 def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(configured: dict[str, Any]) -> None:
@@ -250,6 +304,9 @@ def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(conf
     assert check.event_id and check.rollback == {"champion": good, "rolled_back": configured["first"]}
     record = history(configured["lake"])[-1]
     assert record["performance"]["verdict"] == "degraded"  # the labelled window also says so
+    shown = monitor_artifact()["data"]
+    assert f"v{configured['first']}'s first judged window: **rolled back**" in shown
+    assert "| roc_auc |" in shown  # the realized performance, judged on the matured labels
 
 
 def test_served_refusals_of_one_sex_are_a_fairness_drift_sent_for_review(configured: dict[str, Any]) -> None:
@@ -281,6 +338,9 @@ def test_served_refusals_of_one_sex_are_a_fairness_drift_sent_for_review(configu
     result = judge(start, datetime.now(UTC) + timedelta(microseconds=1), evidently=False)
     assert "fairness_drift" in result.violations and "sex" in result.fairness_drifted
     assert result.review == ["fairness_drift"]  # the contract's default action: a person reviews it
+    shown = monitor_artifact()
+    assert "## Fairness drift" in headings(shown["data"]) and "## Evidently report" not in headings(shown["data"])
+    assert "fairness drift" in shown["description"]
     record = history(configured["lake"])[-1]
     assert record["fairness_drift"]["attributes"]["sex"]["disparate_impact"] == 0
     assert "feature.sex" not in read_window(configured["lake"], start, datetime.now(UTC)).columns
