@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import cast
 
@@ -13,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from closedloop import events, seal
 from closedloop.contract import FairnessPolicy, contract_at
+from closedloop.registry import client
 from closedloop.settings import load_settings
 from tasks.shared.dask_cluster import dask_runner
+from tasks.train import review
 from tasks.train.dataset import TrainingSet
 from tasks.train.evidence import GateVerdict
 from tasks.train.fit import TrainingConfig, Trial, Tuning, choose, search_space
@@ -79,6 +82,14 @@ def _started_by(params: TrainParams) -> str:
         scheduled = runtime.flow_run.scheduled_start_time
         return f"deployment:{runtime.deployment.name} (flow run {runtime.flow_run.id}, scheduled {scheduled})"
     return "direct call (CLI or code)"
+
+
+def _review_page(tracking_uri: str, name: str, version: str, evidence_json: str, card: str) -> str:
+    """The run's page for a reviewer (tasks/train/review.py), with the MLflow run and version it registered."""
+    c = client(tracking_uri)
+    run_id = c.get_model_version(name, version).run_id
+    links = review.mlflow_links(tracking_uri, name, version, c.get_run(run_id).info.experiment_id, run_id)
+    return review.training_page(name, version, json.loads(evidence_json), links, card)
 
 
 def _deferred(dataset: str, guarded: GuardVerdict, started_by: str) -> TrainResult:
@@ -153,7 +164,7 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
     model_path = train_model(training, contract, config, settings)
     gates, fairness = effective_gates(contract, params.gates, params.fairness)
     evaluation = evaluate_candidate(training, model_path, contract, settings.mlflow_tracking_uri, gates)
-    version, card, _ = register_candidate(
+    version, card, evidence_json = register_candidate(
         training,
         model_path,
         contract,
@@ -167,13 +178,27 @@ def train_evaluate(params: TrainParams | None = None) -> TrainResult:
         fairness=fairness,
         limits=limits_record(contract, gates, params.guards.model_dump() if params.guards.enabled else None),
         keys=seal.key_files(settings),
+        flow_run_id=runtime.flow_run.id,
+        prefect_ui_url=settings.prefect_ui_url,
+        trigger_event_id=params.trigger_event_id,
     )
     if params.guards.enabled:
         record_retrain(settings, contract, now, runtime.flow_run.id, started_by, version)
+    page = _review_page(settings.mlflow_tracking_uri, contract.name, version, evidence_json, card)
     create_markdown_artifact(
-        key=f"model-card-{contract.name.replace('_', '-')}", markdown=card, description=f"{contract.name} v{version}"
+        key=f"model-card-{contract.name.replace('_', '-')}",
+        markdown=page,
+        description=f"{contract.name} v{version}: gates, metrics, links to MLflow and the model card",
     )
     metrics = evaluation.report.metrics or {}
+    logger.info(
+        "%s v%s: test ROC-AUC %s; %s; gates: %s",
+        contract.name,
+        version,
+        f"{metrics['roc_auc']:.4f}" if "roc_auc" in metrics else "not measured",
+        "eligible for promotion" if evaluation.eligible else "not eligible",
+        ", ".join(f"{gate} {verdict.verdict}" for gate, verdict in evaluation.gates.items()),
+    )
     trained = emit_event(
         event=events.TRAINED,
         resource={**events.model_resource(contract.name), events.ELIGIBLE_LABEL: str(evaluation.eligible).lower()},

@@ -211,13 +211,17 @@ def register_candidate(
     fairness: FairnessRecord | None = None,
     limits: LimitsRecord | None = None,
     keys: seal.KeyFiles | None = None,
+    flow_run_id: str | None = None,
+    prefect_ui_url: str | None = None,
+    trigger_event_id: str | None = None,
 ) -> tuple[str, str, str]:
     """Log and register the model with its evidence record and model card; returns (version, card, evidence).
 
     ``tuning``: the search that chose the configuration, recorded with the evaluation's report; ``automatic``:
     a guarded run, whose version the retrain guards count; ``fairness``: the fairness limits applied and their
     sources; ``limits``: every limit against the contract's; ``keys``: the flows' key that seals the evidence
-    record (deploy trusts no other).
+    record (deploy trusts no other); ``flow_run_id``, ``prefect_ui_url``, ``trigger_event_id``: the Prefect flow
+    run and the event that started it, linked from the MLflow run.
     """
     from tasks.train import register
 
@@ -233,6 +237,8 @@ def register_candidate(
         contract,
         config,
         automatic,
+        training=training,
+        origin=register.Origin(flow_run_id, prefect_ui_url, trigger_event_id),
     )
     if keys is not None:
         seal.seal_evidence(tracking_uri, contract.name, version, evidence_json, keys)

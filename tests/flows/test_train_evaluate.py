@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import prefect_api
@@ -18,6 +20,9 @@ from flows.ingest_validate import IngestParams, ingest_validate
 from flows.train_evaluate import TrainParams, train_evaluate
 from samples.synthetic import SyntheticConfig, write_synthetic
 from tasks.train.fit import TrainingConfig, TrainingDataError
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +108,52 @@ def test_first_model_is_registered_with_its_evidence(configured: str, prefect_se
     # the most recent applications are never trained on: their labels have not matured
     assert evidence["data_window"][1] < "2025-12-01"
     assert _event_arrives(prefect_server, result.event_id, result.version)
+    _mlflow_tells_what_and_why(configured, prefect_server, version, evidence)
+
+
+def _mlflow_tells_what_and_why(uri: str, api: str, version: ModelVersion, evidence: dict[str, Any]) -> None:
+    """What a reviewer sees in MLflow: a model-training experiment, a run named after its version and trigger,
+    linked to its Prefect flow run, with the deployed rule's measures, the training set and the model card."""
+    import httpx
+
+    from closedloop.contract import load_contract
+    from closedloop.registry import DESCRIPTION_LIMIT, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+    from tasks.train.model_card import model_card
+    from tasks.train.register import file_digest
+
+    got = httpx.get(f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "credit_synthetic"})
+    tags = {t["key"]: t["value"] for t in got.raise_for_status().json()["experiment"]["tags"]}
+    assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING  # the UI's "Model training" kind, not GenAI
+    run = client(uri).get_run(version.run_id)
+    start, end = (day[:7] for day in evidence["data_window"])
+    assert run.info.run_name == f"train v{version.version} - drift retrain {start}..{end}"
+    assert run.data.tags["closedloop.trigger_event_id"] == "evt-123"
+    assert run.data.tags["closedloop.contract_fingerprint"] == load_contract(SYNTHETIC).fingerprint
+    flow_run_id = run.data.tags["closedloop.prefect_flow_run_id"]
+    ui = load_settings().prefect_ui_url
+    assert run.data.tags["closedloop.prefect_flow_run"] == f"{ui}/runs/flow-run/{flow_run_id}"
+    flow_run = prefect_api("GET", f"{api}/flow_runs/{flow_run_id}").json()  # the run that trained this version
+    assert flow_run["parameters"]["params"]["trigger_event_id"] == "evt-123"
+    metrics, report = run.data.metrics, evidence["report"]
+    assert metrics["decision_threshold"] == pytest.approx(evidence["decision_threshold"])
+    group_thresholds = evidence["gates"]["fairness"].get("mitigation")
+    deployed = report["mitigation"] if group_thresholds else {"fairness": report["fairness"], **report["decision"]}
+    assert metrics["test_expected_cost"] == pytest.approx(deployed["expected_cost"])
+    for attribute in ("age", "sex", "marital_status"):
+        for measure in ("demographic_parity_difference", "equalized_odds_difference", "disparate_impact"):
+            value = deployed["fairness"][attribute][measure]
+            assert metrics[f"fairness.{attribute}.{measure}"] == pytest.approx(value), (attribute, measure)
+    (given,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+    training_file = Path(json.loads(given.dataset.source)["uri"][7:])
+    assert training_file.parent.name == "credit_synthetic" and given.dataset.digest == file_digest(training_file)
+    assert json.loads(given.dataset.profile)["num_rows"] == evidence["training_rows"]
+    card = model_card("credit_synthetic", evidence)
+    description = version.description
+    assert len(description) <= DESCRIPTION_LIMIT
+    assert description == card or (
+        card.startswith(description.split("\n\n*Cut to")[0]) and "model_card.md" in description
+    )
 
 
 def test_the_training_set_streams_to_parquet_in_time_order(configured: str) -> None:

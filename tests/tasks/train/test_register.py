@@ -12,16 +12,25 @@ import pandas as pd
 import pytest
 
 from closedloop.contract import load_contract
-from closedloop.registry import REFERENCE_PROFILE, REFERENCE_SAMPLE
+from closedloop.registry import REFERENCE_PROFILE, REFERENCE_SAMPLE, version_description
 from closedloop.settings import PROJECT_ROOT
 from tasks.shared.drift import SCORE
 from tasks.shared.features import EVENT_TIMESTAMP, SPLIT, feature_names, typed_features
 from tasks.train.coverage import FeatureCoverage
 from tasks.train.dataset import TrainingData, TrainingSet
-from tasks.train.evidence import Evaluation, GateVerdict, Report
+from tasks.train.evidence import Evaluation, GateVerdict, Mitigation, Report
 from tasks.train.fit import TrainingConfig, Trial, Tuning
 from tasks.train.guards import AUTOMATIC_TAG
-from tasks.train.register import GOLDEN_ROWS, evidence_of, reference_documents, run_record
+from tasks.train.register import (
+    GOLDEN_ROWS,
+    Origin,
+    evidence_of,
+    reason,
+    reference_documents,
+    run_name,
+    run_record,
+    run_tags,
+)
 
 CONTRACT = load_contract(PROJECT_ROOT / "datasets/credit_synthetic/contract.yaml")
 NOW = datetime(2025, 7, 1, tzinfo=UTC)
@@ -83,7 +92,12 @@ def test_params_metrics_and_tags_of_the_run(automatic: bool) -> None:
     params, metrics, tags = run_record(evidence, evaluation, CONTRACT, TrainingConfig(max_depth=5), automatic)
     assert params["max_depth"] == 5 and params["engine"] == "local" and params["window_days"] is None
     assert params["features"] == ",".join(feature_names(CONTRACT)) and params["entity_frame_hash"] == "abc"
-    assert metrics == {"test_roc_auc": 0.8, "test_roc_auc_ci_low": 0.7, "test_roc_auc_ci_high": 0.9}
+    assert metrics == {
+        "test_roc_auc": 0.8,
+        "test_roc_auc_ci_low": 0.7,
+        "test_roc_auc_ci_high": 0.9,
+        "decision_threshold": 0.1234567,
+    }
     assert tags["gate.quality_floor"] == "pass" and tags["eligible"] == "true"
     assert tags["decision_threshold"] == "0.123457" and tags["decision_policy"] == "threshold_optimizer:age"
     assert (tags.get(AUTOMATIC_TAG) == "true") is automatic
@@ -139,3 +153,95 @@ def test_the_fairness_limits_applied_are_recorded_with_their_sources() -> None:
     assert params["fairness.min_group_rows"] == 25 and params["fairness.min_group_rows.source"] == "override"
     assert params["fairness.mitigation"] == "threshold_optimizer" and tags["fairness.override"] == "true"
     assert "fairness_policy" not in evidence_of(TRAINING, evaluation, CONTRACT, None, "me", NOW).model_dump()
+
+
+@pytest.mark.parametrize(
+    ("started_by", "automatic", "why"),
+    [
+        ("event:4f1c", True, "drift retrain"),
+        ("deployment:train-evaluate (flow run 1, scheduled 2026-01-04 03:00)", True, "scheduled retrain"),
+        ("deployment:train-evaluate (flow run 1, scheduled 2026-01-04 03:00)", False, "manual"),
+        ("direct call (CLI or code)", False, "manual"),
+        ("direct call (CLI or code)", True, "guarded retrain"),
+    ],
+)
+def test_the_run_is_named_after_why_it_trained(started_by: str, automatic: bool, why: str) -> None:
+    assert reason(started_by, automatic) == why
+
+
+def test_the_run_name_gains_the_version_once_registered() -> None:
+    start, end = datetime(2025, 6, 3, tzinfo=UTC), datetime(2025, 11, 28, tzinfo=UTC)
+    assert run_name("drift retrain", start, end) == "train - drift retrain 2025-06..2025-11"
+    assert run_name("drift retrain", start, end, "3") == "train v3 - drift retrain 2025-06..2025-11"
+    assert run_name("manual", end, end, "12") == "train v12 - manual 2025-11"
+
+
+def _measured(dp: float, eo: float | None, di: float) -> dict[str, Any]:
+    return {
+        "verdict": "pass",
+        "demographic_parity_difference": dp,
+        "equalized_odds_difference": eo,
+        "disparate_impact": di,
+    }
+
+
+def _judged(mitigated: bool) -> Evaluation:
+    """A report with a fairness analysis and a group-threshold candidate; ``mitigated``: the gate passed by it."""
+    fairness = {"age": _measured(0.2, 0.3, 0.6), "sex": _measured(0.01, None, 0.98), "region": {"verdict": "skipped"}}
+    report = Report(
+        test_rows=100,
+        test_positives=10,
+        metrics={"roc_auc": 0.8},
+        decision={"threshold": 0.2, "expected_cost": 1.5},
+        fairness=fairness,
+        mitigation=Mitigation(attribute="age", fairness={"age": _measured(0.05, 0.1, 0.9)}, expected_cost=1.75),
+    )
+    verdict = GateVerdict(verdict="pass", **({"mitigation": "threshold_optimizer:age"} if mitigated else {}))
+    return Evaluation(report=report, gates={"fairness": verdict}, eligible=True, threshold=0.2)
+
+
+@pytest.mark.parametrize("mitigated", [False, True])
+def test_the_deployed_rules_cost_and_fairness_are_metrics(mitigated: bool) -> None:
+    """Each fairness measure per judged attribute, the expected cost and the threshold: the group thresholds' when
+    the version deploys them; nothing for a measure that was not computed or an attribute that was skipped."""
+    evaluation = _judged(mitigated)
+    evidence = evidence_of(TRAINING, evaluation, CONTRACT, None, "me", NOW).model_dump()
+    metrics = run_record(evidence, evaluation, CONTRACT, TrainingConfig(), False)[1]
+    assert metrics["decision_threshold"] == 0.2
+    assert metrics["test_expected_cost"] == (1.75 if mitigated else 1.5)
+    assert metrics["fairness.age.demographic_parity_difference"] == (0.05 if mitigated else 0.2)
+    assert metrics["fairness.age.equalized_odds_difference"] == (0.1 if mitigated else 0.3)
+    assert metrics["fairness.age.disparate_impact"] == (0.9 if mitigated else 0.6)
+    fairness = {name for name in metrics if name.startswith("fairness.")}
+    if mitigated:  # the group-threshold candidate's analysis is the deployed rule's
+        assert fairness == {
+            f"fairness.age.{m}"
+            for m in ("demographic_parity_difference", "equalized_odds_difference", "disparate_impact")
+        }
+    else:
+        assert (
+            "fairness.sex.equalized_odds_difference" not in metrics and metrics["fairness.sex.disparate_impact"] == 0.98
+        )
+        assert not any(name.startswith("fairness.region.") for name in metrics)
+
+
+def test_the_run_links_its_flow_run_event_and_contract() -> None:
+    evidence = evidence_of(TRAINING, _evaluation(), CONTRACT, None, "event:evt-9", NOW).model_dump()
+    origin = Origin(flow_run_id="0b1c", prefect_ui_url="http://127.0.0.1:4200/", trigger_event_id="evt-9")
+    tags = run_tags(evidence, origin)
+    assert tags["closedloop.prefect_flow_run"] == "http://127.0.0.1:4200/runs/flow-run/0b1c"
+    assert tags["closedloop.prefect_flow_run_id"] == "0b1c" and tags["closedloop.trigger_event_id"] == "evt-9"
+    assert tags["closedloop.contract_fingerprint"] == CONTRACT.fingerprint
+    assert tags["closedloop.started_by"] == "event:evt-9" and tags["closedloop.data_window"] == "2025-01-01..2025-03-31"
+    assert "[0b1c](http://127.0.0.1:4200/runs/flow-run/0b1c)" in tags["mlflow.note.content"]
+    alone = run_tags(evidence, Origin())  # outside a flow run (a task's function called by code): no link
+    assert not any(key.startswith(("closedloop.prefect", "closedloop.trigger")) for key in alone)
+
+
+def test_a_long_description_is_cut_at_a_line_with_a_link_to_the_whole() -> None:
+    card = "\n".join(f"| row {i} | {'x' * 40} |" for i in range(200))
+    assert version_description(card[:4_000], "http://mlflow/card") == card[:4_000]
+    cut = version_description(card, "http://mlflow/card", limit=5_000)
+    assert len(cut) <= 5_000 and cut.endswith("[the whole text](http://mlflow/card).*")
+    kept = cut.split("\n\n*Cut to")[0]
+    assert card.startswith(kept) and card[len(kept)] == "\n"  # whole lines only: no table row cut in half
