@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from benchmarks import harness
-from cli.console import JsonFlag, emit, fail, settings_or_fail
+from cli.console import JsonFlag, Progress, emit, fail, settings_or_fail
 
 
 def bench(
@@ -32,7 +32,14 @@ def bench(
             options["train"] = {"customers": customers}
         if data is not None:
             options.setdefault("train", {})["data"] = str(data.resolve())
-        report, path = harness.run(list(names or []), out or settings.state_dir / "bench", **options)
+        chosen = list(names or [])
+        with Progress("bench", len(chosen) or None, "benchmarks") as bar:
+
+            def running(name: str, done: int, total: int) -> None:
+                bar.reached(done, total, say=False)
+                bar.step(name)
+
+            report, path = harness.run(chosen, out or settings.state_dir / "bench", progress=running, **options)
     except KeyError as exc:
         fail(str(exc.args[0]))
     emit(report.to_dict(), as_json, report.markdown() + f"\nresults: {path} (+ .md)")

@@ -40,8 +40,13 @@ BENCHMARKS: dict[str, Callable[..., list[Measurement]]] = {
 }
 
 
-def run(names: list[str], out_dir: Path, **options: Any) -> tuple[BenchReport, Path]:
-    """Run the named benchmarks (all when empty); write ``<out_dir>/bench-<time>.{json,md}``."""
+def run(
+    names: list[str], out_dir: Path, progress: Callable[[str, int, int], object] | None = None, **options: Any
+) -> tuple[BenchReport, Path]:
+    """Run the named benchmarks (all when empty); write ``<out_dir>/bench-<time>.{json,md}``.
+
+    ``progress``: told each benchmark's name, how many ran before it and how many there are.
+    """
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise KeyError(f"unknown benchmark(s) {unknown}; available: {sorted(BENCHMARKS)}")
@@ -53,7 +58,10 @@ def run(names: list[str], out_dir: Path, **options: Any) -> tuple[BenchReport, P
             "platform": platform.platform(),
         },
     )
-    for name in names or list(BENCHMARKS):
+    chosen = names or list(BENCHMARKS)
+    for done, name in enumerate(chosen):
+        if progress is not None:
+            progress(name, done, len(chosen))
         report.measurements.extend(BENCHMARKS[name](**options.get(name, {})))
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"bench-{report.started_at.replace(':', '')}"

@@ -193,7 +193,7 @@ def flow_runs(steps: FlowSteps | None = None, total: int | None = None) -> Itera
             return
         with Progress(steps.what, total, steps.unit) as progress:
             reader = _FlowProgress(steps, progress)
-            runs = logging.getLogger("prefect")  # flow and task run records pass through it on their way up
+            runs = logging.getLogger()  # where flow and task run records end up, after Prefect's console printed them
             runs.addHandler(reader)
             try:
                 reader.start()
@@ -268,7 +268,7 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn(self.unit),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=Console(stderr=True, markup=False, highlight=False),  # log lines are printed as they are
                 redirect_stdout=False,  # stdout is the command's result, never the bar's
                 redirect_stderr=True,
             )
@@ -287,14 +287,15 @@ class Progress:
         """Log lines printed while the bar is shown go above it, through ``stderr`` (the bar's), not across it.
 
         Prefect's console handler prints through a rich console of its own, a plain handler to its stream: both
-        were given the real stderr when logging was set up, and keep writing there unless pointed elsewhere.
+        were given the real stderr when logging was set up, and keep writing there unless pointed elsewhere. The
+        first is given the bar's console (a rich console would see through the redirected stderr to the real one).
         """
         loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
         for handler in {h for log in loggers for h in getattr(log, "handlers", [])}:
             output = getattr(handler, "console", None)
             if type(handler).__name__ == "PrefectConsoleHandler" and output is not None:
-                self._routed.append(partial(setattr, output, "file", output.file))
-                output.file = stderr
+                self._routed.append(partial(setattr, handler, "console", output))
+                handler.console = self._bar.console  # type: ignore[attr-defined]  # a console unwraps stderr's proxy
             elif type(handler) is logging.StreamHandler and handler.stream is sys.__stderr__:
                 self._routed.append(partial(handler.setStream, handler.stream))
                 handler.setStream(stderr)

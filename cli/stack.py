@@ -103,7 +103,8 @@ def components(settings: Settings, s3: bool = False, flows: bool = False, servin
             name="mlflow",
             port=settings.mlflow_port,
             health_url=f"{settings.mlflow_tracking_uri}/health",
-            ui_url=settings.mlflow_tracking_uri,
+            # MLflow 3 opens on its GenAI view unless told the experiments hold model training
+            ui_url=f"{settings.mlflow_tracking_uri}/#/experiments?workflowType=machine_learning",
             command=[
                 _bin("mlflow"),
                 "server",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,36 @@ def test_contract_check_shows_what_is_derived() -> None:
     assert "loan_amount" in origins["sent with the request"] and "income" in origins["stored view profiles"]
     assert derived["layout"]["outcomes"]["role"].startswith("label")
     assert derived["sensitive_read_from"]["age"] == "profiles"
+    assert derived["model_input_sources"]["utilisation_mean_6m"] == {
+        "name": "utilisation_mean_6m",
+        "type": "float",
+        "origin": "history aggregates",
+        "table": "credit_history",
+        "how": "mean of utilisation over the last 6 rows of credit_history",
+    }
+
+
+def test_contract_check_prints_every_model_input_and_each_table_s_columns() -> None:
+    from closedloop.contract import load_contract
+    from tasks.shared.features import feature_names
+
+    path = REPO / "datasets/credit_synthetic/contract.yaml"
+    result = runner.invoke(app, ["contract", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    contract = load_contract(path)
+    trained_on = feature_names(contract)  # the list the model is trained on, in its order
+    assert f"  model inputs ({len(trained_on)}, in the order the model is trained on and scored with):" in lines
+    numbered = [line.split()[1] for line in lines if re.match(r"^ +\d+ ", line)]
+    assert numbered == trained_on
+    said = {line.split()[1]: line for line in lines if re.match(r"^ +\d+ ", line)}
+    assert said["income"].endswith("float    stored view profiles")
+    assert said["loan_amount"].endswith("sent with the request")
+    assert said["utilisation_mean_6m"].endswith("mean of utilisation over the last 6 rows of credit_history")
+    assert said["debt_to_income"].endswith("ratios: loan_amount / income, computed when scored")
+    for table in contract.tables:  # the headers each table's batches need
+        needs = ", ".join(contract.file_columns(table).values())
+        assert any(line.startswith(f"  table {table} (") and line.endswith(f"a batch needs {needs}") for line in lines)
 
 
 def test_contract_check_explains_a_flat_header_less_file() -> None:

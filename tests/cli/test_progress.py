@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pty
@@ -10,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from cli.console import INGEST_STEPS, TRAIN_STEPS
-from closedloop.lake import Lake
-from closedloop.settings import Settings
+from cli.main import app
+from closedloop.settings import PROJECT_ROOT, Settings, load_settings
 from samples.synthetic import SyntheticConfig, write_synthetic
 
 CLI = str(Path(sys.executable).parent / "closedloop")
@@ -70,14 +72,26 @@ def test_data_synth_prints_plain_lines_when_not_on_a_terminal(settings: Settings
     assert done.stdout.startswith("wrote ") and "\x1b[" not in done.stderr + done.stdout
 
 
-def test_the_train_steps_are_the_tasks_the_train_flow_runs() -> None:
-    """The bar follows task runs by name: a renamed task would leave it stuck on a step."""
-    from tasks.ingest import tasks as ingest
-    from tasks.train import tasks as train
+def _task_names(module: Path) -> dict[str, str]:
+    """Function name -> Prefect task name of each ``@task(name=...)`` in a module (read, not imported: cheap)."""
+    names = {}
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.FunctionDef):
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "task":
+                    names[node.name] = next(k.value.value for k in decorator.keywords if k.arg == "name")  # type: ignore[attr-defined]
+    return names
 
-    names = [train.build_training_set.name, train.train_model.name, train.evaluate_candidate.name]
-    assert [name for name, _ in TRAIN_STEPS.steps] == [*names, train.register_candidate.name]
-    assert set(INGEST_STEPS.per_item) == {ingest.ingest_batch.name, ingest.replay_quarantined.name}
+
+def test_the_steps_are_the_tasks_the_flows_run_in_their_order() -> None:
+    """The bar follows task runs by name: a renamed or reordered task would leave it stuck on a step."""
+    train = _task_names(PROJECT_ROOT / "tasks/train/tasks.py")
+    flow = (PROJECT_ROOT / "flows/train_evaluate.py").read_text()
+    called = sorted(train, key=lambda f: flow.find(f"= {f}(") if f"= {f}(" in flow else len(flow))
+    steps = [name for name, _ in TRAIN_STEPS.steps]
+    assert [train[f] for f in called if train[f] in steps] == steps
+    ingest = _task_names(PROJECT_ROOT / "tasks/ingest/tasks.py")
+    assert set(INGEST_STEPS.per_item) == {ingest["ingest_batch"], ingest["replay_quarantined"]}
 
 
 @pytest.mark.integration
@@ -85,12 +99,12 @@ def test_ingest_counts_its_batches_on_stderr(
     settings: Settings, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CLOSEDLOOP_PREFECT_URL", prefect_server.removesuffix("/api"))
-    write_synthetic(SyntheticConfig(customers=200, months=1), Lake.of(settings.lake_uri, "credit_synthetic").landing)
-    done = subprocess.run(
-        [CLI, "ingest", "--no-materialize", "--json"], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    batches = len(json.loads(done.stdout)["batches"])  # stdout: the JSON alone
-    assert batches > 1
+    written = write_synthetic(SyntheticConfig(customers=200, months=1), (settings.state_dir / "export").as_uri())
+    files = sorted(uri.removeprefix("file://") for uri in written.files if "/credit_history/" in uri)[:3]
+    for key, value in load_settings().server_environment().items():
+        monkeypatch.setenv(key, value)  # what connect() sets for the flow, put back after the test
+    done = CliRunner().invoke(app, ["ingest", *files, "--no-materialize", "--json"])
+    assert done.exit_code == 0, done.output
+    assert [b["status"] for b in json.loads(done.stdout)["batches"]] == ["accepted"] * 3  # stdout: the JSON alone
     counted = [line for line in done.stderr.splitlines() if line.startswith("closedloop: ingest:")]
-    assert counted == [f"closedloop: ingest: {n}/{batches} batches" for n in range(1, batches + 1)]
+    assert counted == [f"closedloop: ingest: {n}/3 batches" for n in (1, 2, 3)]

@@ -165,6 +165,14 @@ def test_a_flat_file_becomes_a_governed_model_by_the_six_documented_steps(demo: 
     assert abs(trained["metrics"]["roc_auc"] - by_hand) <= 0.01, (trained["metrics"]["roc_auc"], by_hand)
 
 
+def _artifact(s: dict[str, Any], flow_run: str) -> str:
+    """The id of the markdown artifact a flow run published (its page for a reviewer)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run]}, "type": {"any_": ["markdown"]}}}
+    found = prefect_api("POST", f"{s['prefect_ui']}/api/artifacts/filter", json=body).json()
+    assert found, f"flow run {flow_run} published no markdown artifact"
+    return str(found[0]["id"])
+
+
 def browse(s: dict[str, Any], folder: str) -> None:
     """Open the Prefect and MLflow UIs in Debian's Chromium; each wait fails the test if the text never shows."""
     from playwright.sync_api import sync_playwright
@@ -186,7 +194,21 @@ def browse(s: dict[str, Any], folder: str) -> None:
             page.get_by_text("Completed").first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "prefect-drift-triggered-retrain.png", full_page=True)
 
+            # the retrain's page for a reviewer: its verdict and gates, then its link to the MLflow run
+            page.goto(f"{s['prefect_ui']}/artifacts/artifact/{_artifact(s, s['retrain']['flow_run'])}")
+            page.get_by_text(f"credit_synthetic v{s['versions']['new_champion']}: ").first.wait_for(timeout=30_000)
+            page.get_by_text("eligible for promotion").first.wait_for(timeout=30_000)
+            page.get_by_text("fairness").first.wait_for(timeout=30_000)
+            page.screenshot(path=shots / "prefect-retrain-review.png", full_page=True)
+            mlflow_run = page.get_by_role("link", name="MLflow run").first.get_attribute("href")
+            assert mlflow_run and mlflow_run.startswith(s["mlflow_ui"]), mlflow_run
+
             # MLflow's UI keeps polling the server: the network never idles, the page is ready when the text shows
+            page.goto(mlflow_run, wait_until="domcontentloaded")  # the run links back to the Prefect flow run
+            page.get_by_text(f"train v{s['versions']['new_champion']} - drift retrain").first.wait_for(timeout=30_000)
+            page.get_by_role("link", name=s["retrain"]["flow_run"]).first.wait_for(timeout=30_000)
+            page.screenshot(path=shots / "mlflow-retrain-run.png", full_page=True)
+
             page.goto(f"{s['mlflow_ui']}/#/models/credit_synthetic", wait_until="domcontentloaded")
             page.get_by_text("champion").first.wait_for(timeout=30_000)
             page.get_by_text(f"Version {s['versions']['new_champion']}").first.wait_for(timeout=30_000)
