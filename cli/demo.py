@@ -190,7 +190,7 @@ def _window(
         "skew_sampled": (record.get("skew") or {}).get("sampled"),
         "alert": record.get("alert", {}).get("alert", False),
         "event_id": record.get("event_id"),
-        "report": (record.get("evidently") or {}).get("uri"),
+        "report": (record.get("evidently") or {}).get("url"),  # MLflow's page of it: opens in a browser
         "flow_run": record["flow_run"],
     }
     summary.windows.append(window)

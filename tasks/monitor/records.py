@@ -4,12 +4,14 @@
 <lake>/<dataset>/monitor/windows/<window end %Y%m%dT%H%M%S%f>.json
 <lake>/<dataset>/monitor/reports/<window end>.html          the Evidently report of the window
 ```
+
+A window is named to a person (its MLflow run, its Prefect artifact) by :func:`window_label`.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from closedloop import storage
@@ -21,6 +23,21 @@ REPORTS = "monitor/reports"
 
 def window_uri(lake: Lake, end: datetime, area: str = WINDOWS, suffix: str = "json") -> str:
     return storage.join(lake.root, area, f"{end:%Y%m%dT%H%M%S%f}.{suffix}")
+
+
+def window_label(start: datetime, end: datetime) -> str:
+    """A window as a person reads it, in UTC: ``2026-04-03 10:00-11:00 UTC``.
+
+    Seconds show only when an end has some (a window judged from the form or by a test), so that two such windows
+    a few seconds apart get two names; the end's date only when it is not the start's.
+    """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    whole_minutes = all(t.second == 0 and t.microsecond == 0 for t in (start, end))
+    clock = "%H:%M" if whole_minutes else "%H:%M:%S"
+    first = start.strftime(f"%Y-%m-%d {clock}")
+    if end.date() == start.date():
+        return f"{first}-{end.strftime(clock)} UTC"
+    return f"{first} - {end.strftime(f'%Y-%m-%d {clock}')} UTC"
 
 
 def write_window(lake: Lake, record: dict[str, Any]) -> str:

@@ -82,28 +82,43 @@ def _log_report(
     tracking_uri: str,
     dataset: str,
     champion: str,
-    end: datetime,
-    html: str,
-    drifted: dict[str, dict[str, bool]],
-    fairness: FairnessDrift | None = None,
-) -> str:
-    """One run of the dataset's monitoring experiment: the report, both drifted-column counts, the fairness verdict."""
+    span: window.Span,
+    verdicts: window.Verdicts,
+    found: report.DriftReport,
+) -> tuple[str, str]:
+    """One run of the dataset's monitoring experiment, named by its window: the report, both verdicts, fairness.
+
+    Returns the experiment's and the run's ids (the report's page in MLflow's UI needs both).
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = f"{dataset}-monitoring"
-    found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"window {end:%Y-%m-%d %H:%M}") as run:
-        mlflow.set_tags({"closedloop.dataset": dataset, "champion": champion})
-        mlflow.log_text(html, "evidently/data_drift.html")
-        mlflow.log_metric("drifted_columns_evidently", sum(drifted["evidently"].values()))
-        mlflow.log_metric("drifted_columns_fast", sum(drifted["fast"].values()))
+    existing = mlflow.get_experiment_by_name(experiment)
+    experiment_id = existing.experiment_id if existing else mlflow.create_experiment(experiment)
+    start, end = datetime.fromisoformat(span.start), datetime.fromisoformat(span.end)
+    name = f"monitor {records.window_label(start, end)} v{champion}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.set_tags(
+            {
+                "closedloop.dataset": dataset,
+                "champion": champion,
+                "closedloop.window_start": span.start,
+                "closedloop.window_end": span.end,
+                "violations": ",".join(verdicts.violations) or "none",
+                "feature_drift": str("feature_drift" in verdicts.violations).lower(),
+                "evidently_dataset_drift": str(found.dataset_drift).lower(),
+            }
+        )
+        mlflow.log_text(found.html, report.REPORT_PATH)
+        mlflow.log_metric("drifted_columns_evidently", sum(found.columns.values()))
+        mlflow.log_metric("drifted_columns_fast", sum(verdicts.fast_drift().values()))
+        fairness = verdicts.fairness_drift
         if fairness is not None:
             mlflow.log_metrics(_fairness_metrics(fairness))
             mlflow.set_tag("fairness_drift", ",".join(fairness.drifted) or "none")
             mlflow.log_dict(fairness.model_dump(mode="json"), "fairness/fairness_drift.json")
-    return str(run.info.run_id)
+    return str(experiment_id), str(run.info.run_id)
 
 
 @task(name="evidently_report", cache_policy=NO_CACHE)
@@ -113,29 +128,25 @@ def evidently_report(
     lake: Lake,
     frame: pd.DataFrame,
     champion: str,
-    end: datetime,
-    drifted: dict[str, bool],
-    fairness: FairnessDrift | None = None,
+    span: window.Span,
+    verdicts: window.Verdicts,
+    drift_share: float,
 ) -> report.Agreement:
-    """Evidently's report on a sample of the window: saved to the lake, logged to MLflow, linked from Prefect.
+    """Evidently's report on a sample of the window, under our drift rule: in the lake, in MLflow, linked from Prefect.
 
-    The MLflow run also carries the window's fairness verdict (metrics per attribute, the verdict as JSON).
+    The window's MLflow run also carries its fairness verdict (metrics per attribute, the verdict as JSON). The
+    link is MLflow's page of the report, which renders it in a browser (a lake URI may be a path on the server).
     """
-    sample = sources.reference_sample(settings.mlflow_tracking_uri, contract.name, champion)
-    html, verdicts = report.drift_report(sample, frame, contract, feature_names(contract))
-    uri = records.write_report(lake, end, html)
-    run_id = _log_report(
-        settings.mlflow_tracking_uri,
-        contract.name,
-        champion,
-        end,
-        html,
-        {"evidently": verdicts, "fast": drifted},
-        fairness,
-    )
-    link = uri if "://" in uri else f"file://{uri}"
-    create_link_artifact(link=link, link_text="Evidently data drift report", description=f"window ending {end}")
-    return report.agreement(uri, run_id, verdicts, drifted)
+    tracking_uri = settings.mlflow_tracking_uri
+    sample = sources.reference_sample(tracking_uri, contract.name, champion)
+    found = report.drift_report(sample, frame, contract, feature_names(contract), drift_share)
+    uri = records.write_report(lake, datetime.fromisoformat(span.end), found.html)
+    experiment_id, run_id = _log_report(tracking_uri, contract.name, champion, span, verdicts, found)
+    url = report.mlflow_artifact_url(tracking_uri, experiment_id, run_id, report.REPORT_PATH)
+    label = records.window_label(datetime.fromisoformat(span.start), datetime.fromisoformat(span.end))
+    create_link_artifact(link=url, link_text="Evidently data drift report", description=f"window {label}, in MLflow")
+    ours = "feature_drift" in verdicts.violations
+    return report.agreement(uri, run_id, url, found, verdicts.fast_drift(), ours, drift_share)
 
 
 @task(name="post_deploy_verification", cache_policy=NO_CACHE)
@@ -175,7 +186,7 @@ def _log_skew(tracking_uri: str, dataset: str, champion: str, end: datetime, ver
     experiment = f"{dataset}-monitoring"
     found = mlflow.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"skew {end:%Y-%m-%d %H:%M}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"skew {end:%Y-%m-%d %H:%M:%S} UTC v{champion}") as run:
         mlflow.set_tags({"closedloop.dataset": dataset, "champion": champion, "closedloop.check": "skew"})
         mlflow.log_metrics({f"skew_share.{f.feature}": f.share for f in verdict.features})
         mlflow.log_metrics({"skew_sampled": verdict.sampled, "skewed_features": len(verdict.skewed)})

@@ -114,7 +114,9 @@ def test_up_status_down_as_a_user_runs_them(settings: Settings) -> None:
         assert status.returncode == 0
         rows = {c["name"]: c for c in json.loads(status.stdout)["components"]}
         assert rows["prefect"]["address"] == settings.prefect_ui_url and rows["prefect"]["state"] == "running"
-        assert rows["mlflow"]["address"] == settings.mlflow_tracking_uri
+        assert (
+            rows["mlflow"]["address"] == f"{settings.mlflow_tracking_uri}/#/experiments?workflowType=machine_learning"
+        )
     finally:
         down = _cli("down", env=env)
     assert down.returncode == 0 and "stopped: mlflow, prefect" in down.stdout

@@ -209,6 +209,20 @@ def browse(s: dict[str, Any], folder: str) -> None:
             page.get_by_role("link", name=s["retrain"]["flow_run"]).first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "mlflow-retrain-run.png", full_page=True)
 
+            # the window that raised the alert: its verdicts, then the Evidently report through MLflow's artifact view
+            alerted = next(w for w in s["windows"] if w["alert"])
+            page.goto(f"{s['prefect_ui']}/artifacts/artifact/{_artifact(s, alerted['flow_run'])}")
+            page.get_by_text("Monitoring window of credit_synthetic").first.wait_for(timeout=30_000)
+            for section in ("Feature drift", "Score drift", "Data quality", "Fairness drift", "Training-serving skew"):
+                page.get_by_text(section).first.wait_for(timeout=30_000)
+            page.get_by_text("Drift alert raised").first.wait_for(timeout=30_000)
+            page.screenshot(path=shots / "prefect-monitor-window.png", full_page=True)
+            report = page.get_by_role("link", name="Evidently data drift report").first.get_attribute("href")
+            assert report and report.startswith(s["mlflow_ui"]) and report == alerted["report"], report
+            page.goto(report, wait_until="domcontentloaded")
+            page.get_by_text("data_drift.html").first.wait_for(timeout=30_000)
+            page.screenshot(path=shots / "mlflow-evidently-report.png", full_page=True)
+
             page.goto(f"{s['mlflow_ui']}/#/models/credit_synthetic", wait_until="domcontentloaded")
             page.get_by_text("champion").first.wait_for(timeout=30_000)
             page.get_by_text(f"Version {s['versions']['new_champion']}").first.wait_for(timeout=30_000)

@@ -263,6 +263,8 @@ def test_guarded_retrain_defers_then_trains_then_cools_down(configured: dict[str
     assert "income" not in verified.drifted and verified.alert and not verified.alert.alert
     assert verified.verification.comparison == "not enough labelled rows yet"
     assert "## Post-deploy verification" in headings(monitor_artifact()["data"])
+    assert verified.agreement and not verified.agreement.dataset_drift  # a quiet window for both, by the same rule
+    assert not verified.agreement.evidently_dataset_drift and not verified.agreement.evidently_drifted
 
 
 def test_post_deploy_verification_rolls_back_a_champion_worse_than_previous(configured: dict[str, Any]) -> None:
