@@ -195,7 +195,7 @@ def _window(
     }
     summary.windows.append(window)
     if record.get("verification"):
-        summary.verification = record["verification"]
+        summary.verification = {**record["verification"], "flow_run": record["flow_run"]}
     return record
 
 

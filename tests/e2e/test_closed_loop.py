@@ -223,6 +223,12 @@ def browse(s: dict[str, Any], folder: str) -> None:
             page.get_by_text("data_drift.html").first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "mlflow-evidently-report.png", full_page=True)
 
+            # the new champion's first window: the verification that the violations that led to it are gone
+            page.goto(f"{s['prefect_ui']}/artifacts/artifact/{_artifact(s, s['verification']['flow_run'])}")
+            page.get_by_text("Post-deploy verification").first.wait_for(timeout=30_000)
+            page.get_by_text(f"champion v{s['versions']['new_champion']}").first.wait_for(timeout=30_000)
+            page.screenshot(path=shots / "prefect-verification.png", full_page=True)
+
             page.goto(f"{s['mlflow_ui']}/#/models/credit_synthetic", wait_until="domcontentloaded")
             page.get_by_text("champion").first.wait_for(timeout=30_000)
             page.get_by_text(f"Version {s['versions']['new_champion']}").first.wait_for(timeout=30_000)
