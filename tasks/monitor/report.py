@@ -99,9 +99,13 @@ def mlflow_artifact_url(tracking_uri: str, experiment_id: str, run_id: str, path
     """The page of MLflow's UI that shows one artifact of a run (an HTML one rendered in the page).
 
     MLflow 3's UI routes a run's artifact as ``#/experiments/<id>/runs/<run>/artifacts/<path>`` (its
-    ``getRunPageRoute`` with an artifact path); the UI is served where the tracking server is.
+    ``getRunPageRoute`` with an artifact path); the UI is served where the tracking server is. Without
+    ``workflowType`` it shows the run in its GenAI layout, whatever the experiment's kind.
     """
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+    return (
+        f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+        "?workflowType=machine_learning"
+    )
 
 
 def _dataset(frame: pd.DataFrame, present: list[str], categorical: list[str], definition: Any) -> Any:

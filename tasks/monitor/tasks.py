@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from closedloop.contract import Contract, Drift
 from closedloop.lake import Lake
-from closedloop.registry import load_model, read_evidence
+from closedloop.registry import load_model, read_evidence, training_experiment
 from closedloop.settings import Settings
 from tasks.monitor import records, report, skew, sources, verification, window
 from tasks.monitor.fairness_drift import FairnessDrift
@@ -94,8 +94,7 @@ def _log_report(
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = f"{dataset}-monitoring"
-    existing = mlflow.get_experiment_by_name(experiment)
-    experiment_id = existing.experiment_id if existing else mlflow.create_experiment(experiment)
+    experiment_id = training_experiment(tracking_uri, experiment)  # marked as model training, not GenAI
     start, end = datetime.fromisoformat(span.start), datetime.fromisoformat(span.end)
     name = f"monitor {records.window_label(start, end)} v{champion}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
@@ -184,8 +183,7 @@ def _log_skew(tracking_uri: str, dataset: str, champion: str, end: datetime, ver
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = f"{dataset}-monitoring"
-    found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
+    experiment_id = training_experiment(tracking_uri, experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"skew {end:%Y-%m-%d %H:%M:%S} UTC v{champion}") as run:
         mlflow.set_tags({"closedloop.dataset": dataset, "champion": champion, "closedloop.check": "skew"})
         mlflow.log_metrics({f"skew_share.{f.feature}": f.share for f in verdict.features})

@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(1800
 CLOSEDLOOP = str(Path(sys.executable).parent / "closedloop")
 SCREENSHOTS = PROJECT_ROOT / ".closedloop" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TRAIN_PAGE, MONITOR_PAGE = "model-card-credit-synthetic", "monitor-credit-synthetic"  # the runs' artifact keys
 
 
 def _run_demo(env: dict[str, str], keep_as: str) -> dict[str, Any]:
@@ -165,12 +166,12 @@ def test_a_flat_file_becomes_a_governed_model_by_the_six_documented_steps(demo: 
     assert abs(trained["metrics"]["roc_auc"] - by_hand) <= 0.01, (trained["metrics"]["roc_auc"], by_hand)
 
 
-def _artifact(s: dict[str, Any], flow_run: str) -> str:
-    """The id of the markdown artifact a flow run published (its page for a reviewer)."""
-    body = {"artifacts": {"flow_run_id": {"any_": [flow_run]}, "type": {"any_": ["markdown"]}}}
+def _artifact(s: dict[str, Any], flow_run: str, key: str) -> str:
+    """The Prefect UI page of the artifact ``key`` a flow run published (its page for a reviewer)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run]}, "key": {"any_": [key]}}}
     found = prefect_api("POST", f"{s['prefect_ui']}/api/artifacts/filter", json=body).json()
-    assert found, f"flow run {flow_run} published no markdown artifact"
-    return str(found[0]["id"])
+    assert found, f"flow run {flow_run} published no artifact {key!r}"
+    return f"{s['prefect_ui']}/artifacts/artifact/{found[0]['id']}"
 
 
 def browse(s: dict[str, Any], folder: str) -> None:
@@ -195,7 +196,7 @@ def browse(s: dict[str, Any], folder: str) -> None:
             page.screenshot(path=shots / "prefect-drift-triggered-retrain.png", full_page=True)
 
             # the retrain's page for a reviewer: its verdict and gates, then its link to the MLflow run
-            page.goto(f"{s['prefect_ui']}/artifacts/artifact/{_artifact(s, s['retrain']['flow_run'])}")
+            page.goto(_artifact(s, s["retrain"]["flow_run"], TRAIN_PAGE))
             page.get_by_text(f"credit_synthetic v{s['versions']['new_champion']}: ").first.wait_for(timeout=30_000)
             page.get_by_text("eligible for promotion").first.wait_for(timeout=30_000)
             page.get_by_text("fairness").first.wait_for(timeout=30_000)
@@ -211,7 +212,7 @@ def browse(s: dict[str, Any], folder: str) -> None:
 
             # the window that raised the alert: its verdicts, then the Evidently report through MLflow's artifact view
             alerted = next(w for w in s["windows"] if w["alert"])
-            page.goto(f"{s['prefect_ui']}/artifacts/artifact/{_artifact(s, alerted['flow_run'])}")
+            page.goto(_artifact(s, alerted["flow_run"], MONITOR_PAGE))
             page.get_by_text("Monitoring window of credit_synthetic").first.wait_for(timeout=30_000)
             for section in ("Feature drift", "Score drift", "Data quality", "Fairness drift", "Training-serving skew"):
                 page.get_by_text(section).first.wait_for(timeout=30_000)
@@ -224,7 +225,7 @@ def browse(s: dict[str, Any], folder: str) -> None:
             page.screenshot(path=shots / "mlflow-evidently-report.png", full_page=True)
 
             # the new champion's first window: the verification that the violations that led to it are gone
-            page.goto(f"{s['prefect_ui']}/artifacts/artifact/{_artifact(s, s['verification']['flow_run'])}")
+            page.goto(_artifact(s, s["verification"]["flow_run"], MONITOR_PAGE))
             page.get_by_text("Post-deploy verification").first.wait_for(timeout=30_000)
             page.get_by_text(f"champion v{s['versions']['new_champion']}").first.wait_for(timeout=30_000)
             page.screenshot(path=shots / "prefect-verification.png", full_page=True)

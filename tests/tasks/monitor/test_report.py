@@ -90,4 +90,7 @@ def test_agreement_compares_only_the_columns_both_judged() -> None:
 
 def test_the_report_link_is_mlflow_s_page_of_the_run_artifact() -> None:
     url = report.mlflow_artifact_url("http://127.0.0.1:5000/", "3", "abc", report.REPORT_PATH)
-    assert url == "http://127.0.0.1:5000/#/experiments/3/runs/abc/artifacts/evidently/data_drift.html"
+    assert (
+        url
+        == "http://127.0.0.1:5000/#/experiments/3/runs/abc/artifacts/evidently/data_drift.html?workflowType=machine_learning"
+    )
