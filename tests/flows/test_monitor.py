@@ -171,6 +171,7 @@ def test_drift_alerts_on_the_second_violated_window_with_a_small_event(configure
     assert [run.info.run_name for run in runs] == [named(first), named(second)] and named(first) != named(second)
     assert second.agreement.url == (
         f"{uri}/#/experiments/{runs[1].info.experiment_id}/runs/{runs[1].info.run_id}/artifacts/{REPORT_PATH}"
+        "?workflowType=machine_learning"  # MLflow's model-training layout, not its GenAI one
     )
     served = httpx.get(f"{uri}/get-artifact", params={"path": REPORT_PATH, "run_uuid": runs[1].info.run_id})
     assert served.status_code == 200 and "Dataset Drift is detected" in served.text  # what the UI's page fetches
